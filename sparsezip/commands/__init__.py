@@ -1,0 +1,1 @@
+"""Subcommands of the ``sparsezip`` console script (see ``sparsezip.cli``)."""

@@ -1,0 +1,115 @@
+"""The two data contracts every compression method speaks: what it gets, what it returns.
+
+Shapes use B = batch, N = vision tokens including CLS at index 0 (577 for CLIP ViT-L/14-336),
+C = vision hidden size (1024), Dk = head dim of the averaged keys (64), H = attention heads (16).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class VisionContext:
+    """Everything a method may read from the vision tower's selected layer (layer -2 by default).
+
+    Attributes:
+        hidden: ``[B, N, C]`` the layer's output hidden states, CLS at index 0. This is what gets
+            selected / merged and then projected into the LLM.
+        keys: ``[B, N, Dk]`` the layer's key projection (bias included, no scaling), reshaped to heads
+            and averaged over heads.
+        cls_attn: ``[B, H, N]`` the CLS query's softmax attention row over all keys inside that layer,
+            or ``None`` when the caller could not provide it (methods with ``needs_attention`` refuse).
+        text_query: ``[B, C]`` the question already mapped into vision hidden space (see
+            ``sparsezip.adapters.llava``), or ``None`` for no text awareness.
+    """
+
+    hidden: torch.Tensor
+    keys: torch.Tensor
+    cls_attn: torch.Tensor | None = None
+    text_query: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.hidden.ndim != 3:
+            raise ValueError(f"VisionContext.hidden must be [B, N, C], got shape {tuple(self.hidden.shape)}")
+        b, n, c = self.hidden.shape
+        if n < 2:
+            raise ValueError(f"VisionContext.hidden needs CLS plus at least one patch, got N={n}")
+        if self.keys.ndim != 3 or self.keys.shape[:2] != (b, n):
+            raise ValueError(
+                f"VisionContext.keys must be [B={b}, N={n}, Dk], got shape {tuple(self.keys.shape)}"
+            )
+        if self.cls_attn is not None and (self.cls_attn.ndim != 3 or self.cls_attn.shape[0] != b
+                                          or self.cls_attn.shape[2] != n):
+            raise ValueError(
+                f"VisionContext.cls_attn must be [B={b}, H, N={n}], got shape {tuple(self.cls_attn.shape)}"
+            )
+        if self.text_query is not None and tuple(self.text_query.shape) != (b, c):
+            raise ValueError(
+                f"VisionContext.text_query must be [B={b}, C={c}], got shape {tuple(self.text_query.shape)}"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return self.hidden.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        """N, CLS included."""
+        return self.hidden.shape[1]
+
+    @property
+    def num_patches(self) -> int:
+        """N - 1: the patch tokens LLaVA would feed the LLM uncompressed (576 for LLaVA-1.5)."""
+        return self.hidden.shape[1] - 1
+
+    @property
+    def grid_size(self) -> int:
+        """Side of the square patch grid (24 for LLaVA-1.5). Raises if the patches are not a square."""
+        side = math.isqrt(self.num_patches)
+        if side * side != self.num_patches:
+            raise ValueError(f"{self.num_patches} patches do not form a square grid")
+        return side
+
+
+@dataclass
+class CompressionResult:
+    """What a method hands to the projector.
+
+    Attributes:
+        tokens: ``[B, T, C]`` compressed pre-projector tokens, image b's real tokens first, zero-padded to
+            the batch maximum T.
+        lengths: ``[B]`` int64, real tokens per image (``lengths.max() == T``).
+        kept_index: ``[B, Kmax]`` int64, source index (into N, CLS = 0) of each dominant / kept token, in
+            output order, ``-1`` padded.
+        assignment: ``[B, N]`` int64, the output slot (into T) every source token went to; ``-1`` = dropped.
+        k: ``[B]`` int64, number of dominant tokens chosen per image (excluding CLS and merged tokens).
+        info: free-form per-call statistics (e.g. per-layer counts for in-LLM methods); JSON-friendly values.
+    """
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    kept_index: torch.Tensor
+    assignment: torch.Tensor
+    k: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.tokens.ndim != 3:
+            raise ValueError(f"CompressionResult.tokens must be [B, T, C], got {tuple(self.tokens.shape)}")
+        b = self.tokens.shape[0]
+        for name in ("lengths", "k"):
+            value = getattr(self, name)
+            if tuple(value.shape) != (b,):
+                raise ValueError(f"CompressionResult.{name} must be [B={b}], got {tuple(value.shape)}")
+        for name in ("kept_index", "assignment"):
+            value = getattr(self, name)
+            if value.ndim != 2 or value.shape[0] != b:
+                raise ValueError(f"CompressionResult.{name} must be [B={b}, *], got {tuple(value.shape)}")
+
+    def per_image(self) -> list[torch.Tensor]:
+        """The real tokens of each image, unpadded: a list of B tensors ``[lengths[b], C]``."""
+        return [self.tokens[b, : int(n)] for b, n in enumerate(self.lengths.tolist())]

@@ -1,0 +1,12 @@
+"""Method registry. Importing this package registers every built-in method (and does nothing else)."""
+
+from sparsezip.methods import none  # noqa: F401  (registration side effect, one line per method)
+from sparsezip.methods.base import (
+    CompressionMethod,
+    get_method,
+    list_methods,
+    method_class,
+    register_method,
+)
+
+__all__ = ["CompressionMethod", "get_method", "list_methods", "method_class", "register_method"]
