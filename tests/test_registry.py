@@ -20,7 +20,7 @@ def test_none_is_llava_default_feature_selection() -> None:
 
 
 def test_unknown_method_names_the_available_ones() -> None:
-    with pytest.raises(ValueError, match="unknown method 'nope'.*none"):
+    with pytest.raises(ValueError, match=r"unknown method 'nope'.*none"):
         get_method("nope")
     assert "none" in list_methods()
 
