@@ -1,0 +1,78 @@
+"""What the evaluation runner needs from a model integration: the one seam between ``runner.py`` and
+``adapters/llava.py``, so either side can change without the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from sparsezip.methods.base import CompressionMethod
+
+# The per-sample stage names, in pipeline order (evaluation.md, "Timing").
+STAGES: tuple[str, ...] = ("vision_ms", "compress_ms", "prefill_ms", "decode_ms", "total_ms")
+
+
+@dataclass
+class GenerationOutput:
+    """One sample's answer plus what it cost.
+
+    Attributes:
+        text: the raw generated text (special tokens stripped), never post-processed.
+        new_tokens: tokens generated (EOS included if produced).
+        visual_tokens: visual tokens fed to the LLM for this image; for in-LLM methods (stage ``"llm"``)
+            the layer-averaged equivalent.
+        prefill_tokens: length of the prefill sequence for this sample (text + visual, padding excluded).
+        timings: milliseconds per stage, keys = ``STAGES``. In a batch, every sample of the batch reports
+            the batch's stage times (the batch is one forward); ``batch_size`` says how many shared them.
+        visual_tokens_per_layer: for in-LLM methods, visual tokens seen by each decoder layer; else ``None``.
+        batch_size: how many samples shared the forward passes that ``timings`` measured.
+    """
+
+    text: str
+    new_tokens: int
+    visual_tokens: float
+    prefill_tokens: int
+    timings: dict[str, float]
+    visual_tokens_per_layer: list[int] | None = None
+    batch_size: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """A JSON-friendly dict of every field."""
+        return asdict(self)
+
+
+class VisionLanguageModel(Protocol):
+    """A loaded model that can answer image questions under any registered compression method."""
+
+    name: str
+    device: torch.device
+    num_patches: int  # uncompressed visual tokens per image (576 for LLaVA-1.5)
+
+    def chat_prompt(self, question: str) -> str:
+        """The checkpoint's own chat template applied to one user turn (one ``<image>`` + ``question``),
+        generation prompt appended. Used by ``prompt_style: hf_chat``; ``llava_v1`` lives in data/prompts.py."""
+        ...
+
+    def generate(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        *,
+        method: CompressionMethod,
+        questions: Sequence[str] | None = None,
+        max_new_tokens: int = 16,
+        num_beams: int = 1,
+    ) -> list[GenerationOutput]:
+        """Greedy (or beam) generation for a batch of single-image prompts.
+
+        ``prompts[i]`` holds exactly one ``<image>`` placeholder for ``images[i]``; ``questions[i]`` is the
+        bare question text used by text-aware methods (``None`` = no text awareness).
+        """
+        ...
