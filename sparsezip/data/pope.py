@@ -17,8 +17,11 @@ _PARQUET_COLUMNS = ("question_id", "question", "answer", "category")
 
 def label_files(path: Path, category: str | None = None) -> list[Path]:
     """The label files at ``path``: the file itself, or every ``*_pope_<category>.json`` in the folder
-    (``coco_pope_random.json`` ...), optionally only ``category``'s."""
-    files = [path] if path.is_file() else sorted(path.glob("*pope_*.json"))
+    (``coco_pope_random.json`` ...) in the order random, popular, adversarial, optionally only ``category``'s."""
+    order = {name: i for i, name in enumerate(CATEGORIES)}
+    files = [path] if path.is_file() else sorted(
+        path.glob("*pope_*.json"), key=lambda f: (order.get(file_category(f), len(order)), f.name)
+    )
     if category is not None:
         files = [f for f in files if file_category(f) == category]
     if not files:

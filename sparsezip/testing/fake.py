@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -22,7 +23,7 @@ from sparsezip.methods.base import CompressionMethod
 
 def default_answer(image: Image.Image, question: str) -> str:
     """``"Yes"`` or ``"No"``, a deterministic function of the question text and the image's mean pixel."""
-    mean = sum(sum(band) for band in zip(*image.resize((4, 4)).getdata(), strict=True))
+    mean = int(np.asarray(image.resize((4, 4)), dtype=np.int64).sum())
     digest = hashlib.sha256(f"{question}|{mean}".encode()).digest()
     return "Yes" if digest[0] % 2 == 0 else "No"
 
@@ -65,10 +66,8 @@ class FakeVisionLanguageModel:
     def _context(self, images: Sequence[Image.Image]) -> VisionContext:
         """``hidden: [B, 1 + grid**2, 3]`` pooled RGB patches after a mean CLS token; keys = hidden;
         ``cls_attn: [B, 1, N]`` = softmax of patch brightness."""
-        patches = torch.stack([
-            torch.tensor(list(img.resize((self.grid, self.grid)).getdata()), dtype=torch.float32) / 255.0
-            for img in images
-        ])  # fmt: skip
+        pooled = np.stack([np.asarray(img.resize((self.grid, self.grid)), dtype=np.float32) for img in images])
+        patches = torch.from_numpy(pooled).reshape(len(images), self.grid * self.grid, 3) / 255.0
         hidden = torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
         cls_attn = torch.softmax(hidden.sum(dim=-1), dim=-1).unsqueeze(1)
         return VisionContext(hidden=hidden, keys=hidden.clone(), cls_attn=cls_attn)
