@@ -24,13 +24,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from sparsezip.adapters.api import STAGES, VisionLanguageModel
+from sparsezip.adapters.api import STAGES, GenerationOutput, VisionLanguageModel
 from sparsezip.data.prompts import build_prompt, dataset_question
 from sparsezip.data.records import gold_record, record_key, score_records
 from sparsezip.data.registry import dataset_spec
 from sparsezip.data.sample import Sample
 from sparsezip.data.subsets import shard_bounds
-from sparsezip.jsonio import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl_resumable
+from sparsezip.jsonio import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_jsonl,
+    iter_jsonl,
+    read_jsonl_resumable,
+)
 from sparsezip.memory import kv_cache_bytes, peak_memory
 from sparsezip.methods.base import CompressionMethod
 
@@ -83,6 +89,9 @@ def evaluate(
 
     keys = [record_key(spec.family, gold_record(spec.family, s)) for s in samples]
     positions = {key: i for i, key in enumerate(keys)}
+    if len(positions) != len(keys):
+        repeated = next(k for i, k in enumerate(keys) if positions[k] != i)
+        raise ValueError(f"{dataset}: question {repeated} appears twice in the samples")
     done = _load_done(out_dir / PREDICTIONS_FILE, spec.family, positions)
     todo = [i for i in range(start, end) if keys[i] not in done]
     with (out_dir / PREDICTIONS_FILE).open("ab") as fh, tqdm(
@@ -155,7 +164,7 @@ def _generate(
     family: str,
     prompt_style: str,
     max_new_tokens: int,
-) -> list:
+) -> list[GenerationOutput]:
     images = [s.load_image() for s in batch]
     prompts = [build_prompt(family, s.question, prompt_style, chat_prompt=model.chat_prompt) for s in batch]
     questions = [dataset_question(family, s.question) for s in batch]
@@ -165,7 +174,10 @@ def _generate(
     return outputs
 
 
-def _record(index: int, family: str, sample: Sample, out) -> dict:
+def _record(index: int, family: str, sample: Sample, out: GenerationOutput) -> dict:
+    missing = [stage for stage in STAGES if stage not in out.timings]
+    if missing:
+        raise ValueError(f"sample {sample.id!r}: the model reported no timing for stage(s) {missing}")
     record = {"index": index, **gold_record(family, sample), "question": sample.question, "prediction": out.text}
     record.update(
         new_tokens=out.new_tokens,
@@ -290,6 +302,8 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
     """
     if not shard_dirs:
         raise ValueError("merge needs at least one shard directory")
+    if Path(out_dir).resolve() in {Path(d).resolve() for d in shard_dirs}:
+        raise ValueError(f"merge output {out_dir} must not be one of the shard directories")
     configs, summaries, records = [], [], []
     for shard_dir in map(Path, shard_dirs):
         for name in (RUN_FILE, SUMMARY_FILE):
@@ -303,20 +317,18 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
             raise ValueError(f"{shard_dir}: shard did not finish ({summary.get('n')}/{summary.get('expected')} samples)")
         configs.append(config)
         summaries.append(summary)
-        records.extend(read_jsonl_resumable(shard_dir / PREDICTIONS_FILE))
-    base = {k: v for k, v in configs[0].items() if k != "shard"}
+        records.extend(obj for _, obj in iter_jsonl(shard_dir / PREDICTIONS_FILE))  # read-only: no repair
+    reference = _run_identity(configs[0])
     for shard_dir, config in zip(shard_dirs, configs, strict=True):
-        diff = sorted(k for k in base.keys() | config.keys() if k != "shard" and base.get(k) != config.get(k))
-        if diff or {k: v for k, v in config["shard"].items() if k != "index"} != {
-            k: v for k, v in configs[0]["shard"].items() if k != "index"
-        }:
-            raise ValueError(f"{shard_dir} is a shard of a different run (differs in {diff or ['shard']})")
+        if _run_identity(config) != reference:
+            diff = sorted(k for k in config.keys() | reference.keys() if _run_identity(config).get(k) != reference.get(k))
+            raise ValueError(f"{shard_dir} is a shard of a different run (differs in {diff})")
     count = configs[0]["shard"]["count"]
     indices = sorted(c["shard"]["index"] for c in configs)
     if indices != list(range(count)):
         missing = sorted(set(range(count)) - set(indices))
         raise ValueError(f"merge needs each of the {count} shards exactly once; got {indices}, missing {missing}")
-    family = base["family"]
+    family = configs[0]["family"]
     seen: set[str] = set()
     for record in records:
         key = record_key(family, record)
@@ -326,7 +338,7 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
     records.sort(key=lambda r: r["index"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = {**base, "shard": None}
+    config = {**configs[0], "shard": None}
     atomic_write_json(out_dir / RUN_FILE, config)
     atomic_write_jsonl(out_dir / PREDICTIONS_FILE, records)
     environments = [s["environment"] for s in summaries]
@@ -338,3 +350,8 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
     )  # fmt: skip
     atomic_write_json(out_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def _run_identity(config: Mapping) -> dict:
+    """A shard's ``run.json`` without its own index: equal for all shards of one run."""
+    return {**config, "shard": {**config["shard"], "index": None}}

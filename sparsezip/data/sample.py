@@ -28,7 +28,11 @@ class ParquetImage:
 
     def read_bytes(self) -> bytes:
         """The encoded image bytes. Raises ``ValueError`` naming the file and row when absent."""
-        cells = _row_group_images(self.file, self.row_group, self.column)
+        try:
+            stamp = self.file.stat().st_mtime_ns  # part of the cache key: a rewritten file is re-read
+        except FileNotFoundError:
+            raise ValueError(f"{self}: parquet file not found") from None
+        cells = _row_group_images(self.file, stamp, self.row_group, self.column)
         if not 0 <= self.row < len(cells):
             raise ValueError(f"{self}: row out of range (row group has {len(cells)} rows)")
         cell = cells[self.row]
@@ -41,7 +45,7 @@ class ParquetImage:
 # Samples are read in order, so caching the last couple of row groups' image columns turns per-sample
 # reads into one read per row group, with memory bounded to two row groups.
 @lru_cache(maxsize=2)
-def _row_group_images(file: Path, row_group: int, column: str) -> list:
+def _row_group_images(file: Path, stamp: int, row_group: int, column: str) -> list:
     import pyarrow.parquet as pq
 
     table = pq.ParquetFile(file).read_row_group(row_group, columns=[column])
