@@ -125,17 +125,18 @@ def _claim_out_dir(out_dir: Path, config: dict) -> None:
     run_file = out_dir / RUN_FILE
     if run_file.exists():
         previous = json.loads(run_file.read_text(encoding="utf-8"))
-        diff = sorted(k for k in config.keys() | previous.keys() if k != "sources" and previous.get(k) != config.get(k))
+        problems = [
+            f"{k}: {previous.get(k)!r} -> {config.get(k)!r}"
+            for k in sorted(config.keys() | previous.keys())
+            if k != "sources" and previous.get(k) != config.get(k)
+        ]
+        # A larger --limit may reach further annotation files; a file both runs use must be byte-identical.
         old_sources, new_sources = previous.get("sources", {}), config["sources"]
-        # A larger --limit may reach further annotation files; a file it shares must be byte-identical.
         changed = sorted(f for f in old_sources.keys() & new_sources.keys() if old_sources[f] != new_sources[f])
         if changed:
-            diff.append("sources")
-        if diff:
-            details = "; ".join(f"{k}: {previous.get(k)!r} -> {config.get(k)!r}" for k in diff if k != "sources")
-            if changed:
-                details += f"{'; ' if details else ''}annotation file(s) {changed} changed (sha256 differs)"
-            raise ValueError(f"{out_dir} holds a different run ({details}); use another --out directory")
+            problems.append(f"annotation file(s) {changed} changed (sha256 differs)")
+        if problems:
+            raise ValueError(f"{out_dir} holds a different run ({'; '.join(problems)}); use another --out directory")
         if not new_sources.keys() <= old_sources.keys():
             atomic_write_json(run_file, {**previous, "sources": {**old_sources, **new_sources}})
     elif (out_dir / PREDICTIONS_FILE).exists():
