@@ -78,12 +78,9 @@ class Sample:
         """Decode the image as RGB. Raises ``ValueError`` naming the file for a missing or corrupt image."""
         ref = self.image_ref
         try:
-            if isinstance(ref, ParquetImage):
-                image = Image.open(io.BytesIO(ref.read_bytes()))
-            else:
-                image = Image.open(ref)
-            image.load()
-            return image.convert("RGB")
+            source = io.BytesIO(ref.read_bytes()) if isinstance(ref, ParquetImage) else ref
+            with Image.open(source) as image:  # closes the file handle; convert() returns a new image
+                return image.convert("RGB")
         except FileNotFoundError:
             raise ValueError(f"image file not found: {ref} (sample {self.id!r})") from None
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
