@@ -107,6 +107,9 @@ def test_coco_captions(tmp_path: Path) -> None:
     samples = load("coco_captions", write_tree("coco_captions", "files", tmp_path))
     assert [(s.id, s.answers) for s in samples] == [(42, ("a dog on grass", "a brown dog")), (43, ("a red car",))]
     assert samples[0].load_image().size == (8, 8)
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "captions.parquet")
+    with pytest.raises(ValueError, match=r"only the captions_val2014\.json layout"):
+        load("coco_captions", tmp_path / "captions.parquet")
 
 
 def test_resolve_dataset_follows_the_data_root_convention(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from sparsezip.data.records import score_records
 from sparsezip.data.subsets import limit_samples
 from sparsezip.methods import get_method
 from sparsezip.methods.base import CompressionMethod
-from sparsezip.runner import evaluate, merge_runs
+from sparsezip.runner import evaluate, merge_runs, summarize
 from sparsezip.testing.fake import FakeVisionLanguageModel
 from sparsezip.testing.trees import write_tree
 
@@ -204,3 +204,14 @@ def test_merge_refuses_bad_shard_sets(pope: list, tmp_path: Path) -> None:
     run(pope, tmp_path / "unsharded")
     with pytest.raises(ValueError, match="not a shard run"):
         merge_runs([tmp_path / "unsharded"], tmp_path / "m")
+
+
+def test_summary_of_an_in_llm_method_reports_per_layer_means(pope: list, tmp_path: Path) -> None:
+    run(pope[:2], tmp_path / "out")
+    records = read(tmp_path / "out" / "predictions.jsonl")
+    records[0]["visual_tokens_per_layer"] = [576, 309, 113]
+    records[1]["visual_tokens_per_layer"] = [576, 305, 111]
+    config = json.loads((tmp_path / "out" / "run.json").read_text())
+    summary = summarize(config, records, expected=2, peak=(1, "x"), environment={}, kv_bytes_per_token=None)
+    assert summary["tokens"]["visual_per_layer_mean"] == [576.0, 307.0, 112.0]
+    assert summary["memory"]["kv_cache_saved_bytes_per_sample"] is None
