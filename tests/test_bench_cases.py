@@ -79,33 +79,30 @@ def test_model_identity_from_the_checkpoint_folder(tmp_path: Path) -> None:
         checkpoint_num_patches(snapshot)
 
 
-def _summary(n: int = 4) -> dict:
-    return {
-        "n": n, "expected": n, "complete": True,
-        "metrics": {"accuracy": 0.75, "precision": 1.0, "recall": 0.5, "f1": 2 / 3, "yes_ratio": 0.25, "n": n},
-        "latency_ms": {s: {"mean": 1.0, "median": 1.0, "p90": 1.0} for s in
-                       ("vision_ms", "compress_ms", "prefill_ms", "decode_ms", "total_ms")},
-        "tokens": {"visual": {"mean": 16.0, "min": 16.0, "max": 16.0}, "visual_per_layer_mean": None,
-                   "prefill_mean": 60.0, "new_tokens_mean": 2.0, "max_new_tokens": 16},
-        "memory": {"peak_bytes": 123, "peak_kind": "cpu_rss_high_water", "kv_cache_saved_bytes_per_sample": 512.0,
-                   "kv_bytes_per_token": 4.0},
-        "config": {"sources": {"/d/coco_pope_random.json": "sha"}, "batch_size": 8},
-    }
-
-
-def test_extra_info_holds_quality_tokens_cost_and_config() -> None:
-    from sparsezip.adapters.api import GenerationOutput
+def test_extra_info_from_a_real_run_of_the_fake_model(tmp_path: Path) -> None:
+    """The runner's real summary (fake model, real method and metrics) -> everything a case records."""
+    from sparsezip.data import load_dataset
     from sparsezip.methods import get_method
+    from sparsezip.runner import evaluate
+    from sparsezip.testing.fake import FakeVisionLanguageModel
+    from sparsezip.testing.trees import write_tree
 
-    case = next(c for c in build_matrix("tiny-shapes", 144, datasets=["pope-random"], methods=["none"]))
+    samples = list(load_dataset("pope", write_tree("pope", "files", tmp_path / "data"), category="random"))
+    model = FakeVisionLanguageModel(grid=12)
+    case = next(c for c in build_matrix("fake", 144, datasets=["pope-random"], methods=["none"]))
     method = get_method("none")
-    timed = GenerationOutput(text="Yes", new_tokens=2, visual_tokens=144.0, prefill_tokens=200,
-                             timings={"total_ms": 5.0})
-    info = extra_info(case, method, _summary(), timed, num_patches=144)
-    assert info["headline"] == {"name": "f1", "value": pytest.approx(2 / 3), "scale": 1.0}
-    assert info["visual_tokens"]["mean"] == 16.0 and info["visual_tokens"]["per_layer"] is None
-    assert info["stage_ms"]["prefill_ms"] == 1.0 and info["timed_sample"]["new_tokens"] == 2
-    assert info["kv_cache_saved_bytes"] == 512.0 and info["dataset_sha256"] == "sha"
-    assert info["method_config"] == {"budget": None} and info["row"] == "none"
-    assert "k_distribution" not in info
-    assert batch_size_for(method) == 8
+    summary = evaluate(model, method, samples, tmp_path / "run", dataset=case.dataset,
+                       batch_size=batch_size_for(method), progress=False)
+    [timed] = model.generate([samples[0].load_image()], ["<image>"], method=method, questions=["q"])
+    info = extra_info(case, method, summary, timed, num_patches=model.num_patches)
+
+    assert info["headline"] == {"name": "f1", "value": summary["metrics"]["f1"], "scale": 1.0}
+    assert info["metrics"]["n"] == info["n"] == len(samples) == 4
+    assert info["visual_tokens"]["mean"] == info["visual_tokens"]["llm_input"] == 144
+    assert info["visual_tokens"]["per_layer"] is None
+    assert set(info["stage_ms"]) == {"vision_ms", "compress_ms", "prefill_ms", "decode_ms", "total_ms"}
+    assert info["timed_sample"]["visual_tokens"] == 144 and info["new_tokens_mean"] >= 1
+    assert info["kv_cache_saved_bytes"] == 0  # `none` saves nothing
+    assert info["dataset_sha256"] == samples[0].meta["source_sha256"]
+    assert info["method_config"] == {"budget": None} and info["eval_batch_size"] == 8
+    assert info["peak_memory_bytes"] > 0 and "k_distribution" not in info
