@@ -86,27 +86,25 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
         return get_method(case.row.method, **kwargs), None
     k_min, k_max = _dynk_range(model.num_patches)
     fixed = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max)
-    calibration = calibrate_dynamic_k(fixed, model, samples[:DYNK_CALIBRATION_IMAGES], case.family,
-                                      k_min=k_min, k_max=k_max)
+    calibration = calibrate_dynamic_k(fixed, model, samples[:DYNK_CALIBRATION_IMAGES], case.family)
     method = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max, dynk=calibration.as_config())
     return method, calibration.to_dict()
 
 
 def calibrate_dynamic_k(method: CompressionMethod, model: VisionLanguageModel, samples: Sequence[Sample],
-                        family: str, *, k_min: int, k_max: int):
-    """Calibrate ``method``'s dynamic K on ``samples`` (their images and questions): the mean K hits the
-    number of dominant tokens ``method`` keeps at its budget. Returns a ``DynamicKCalibration``."""
-    from sparsezip.budget import calibrate_dynamic_k as calibrate
-    from sparsezip.budget import score_log_variance
+                        family: str):
+    """Calibrate SparseZip ``method``'s dynamic K on ``samples`` (their images, and their questions for the
+    text term): the mean K hits the number of dominant tokens ``method`` keeps at its budget. Returns the
+    ``DynamicKCalibration``. Needs a model exposing ``vision_context`` (the LLaVA adapter does)."""
     from sparsezip.data.prompts import dataset_question
 
     if not samples:
         raise ValueError("dynamic-K calibration needs at least one sample, got none")
+    if not hasattr(model, "vision_context"):
+        raise ValueError(f"model {model.name!r} cannot hand out vision contexts (no vision_context method)")
     images = [s.load_image() for s in samples]
-    questions = [dataset_question(family, s.question) for s in samples]
-    ctx = model.vision_context(images, questions=questions, method=method)
-    log_var = score_log_variance(method.scores(ctx), method.cfg.dynk.eps)
-    return calibrate(log_var, float(method.cfg.dominant), k_min=k_min, k_max=k_max)
+    questions = [dataset_question(family, s.question) for s in samples] if method.needs_text else None
+    return method.calibrate([model.vision_context(images, questions=questions)])
 
 
 def extra_info(case: Case, method: CompressionMethod, summary: dict, timed: GenerationOutput, *,
