@@ -62,8 +62,12 @@ def assemble(
     kept_src = kept_padded.gather(1, t.clamp_max(kept_padded.shape[1] - 1))
     ctx_pos = (t - n_keep[:, None]).clamp(0, slot_padded.shape[1] - 1)
     slot = slot_padded.gather(1, ctx_pos)
-    source = torch.where(t < n_keep[:, None], kept_src, torch.where(slot >= 0, n + slot, -1))
-    tokens = gather_tokens(torch.cat([hidden, contextual.to(hidden.dtype)], dim=1), source)
+    is_kept = (t < n_keep[:, None])[:, :, None]
+    tokens = torch.where(
+        is_kept,
+        gather_tokens(hidden, torch.where(is_kept[:, :, 0], kept_src, -1)),
+        gather_tokens(contextual.to(hidden.dtype), torch.where(is_kept[:, :, 0], -1, slot)),
+    )
 
     # Source token -> output slot: kept tokens by their rank, merged tokens by their slot's rank.
     keep_slot = keep.long().cumsum(1) - 1

@@ -78,6 +78,7 @@ def kmeans_plus_plus(
     available = valid.clone()
     nearest_d2 = torch.full((b, m), float("inf"), device=device)
     p = points.float()
+    sq_norm = (p * p).sum(-1)  # [B, M], for ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2
     rows = torch.arange(b, device=device)
     for j in range(width):
         active = j < num_centres
@@ -93,7 +94,8 @@ def kmeans_plus_plus(
         chosen_idx[:, j] = pick
         safe = pick.clamp_min(0)
         available[rows, safe] &= ~active
-        d2 = ((p - p[rows, safe][:, None, :]) ** 2).sum(-1)
+        centre = p[rows, safe]  # [B, D]
+        d2 = (sq_norm - 2 * torch.einsum("bmd,bd->bm", p, centre) + sq_norm[rows, safe][:, None]).clamp_min(0)
         nearest_d2 = torch.where(active[:, None], torch.minimum(nearest_d2, d2), nearest_d2)
     return chosen_idx
 

@@ -73,9 +73,9 @@ def mutual_information_proxy(keys: torch.Tensor, tau: float) -> torch.Tensor:
     if m <= 2:
         return torch.ones(b, m, device=keys.device)
     k_hat = l2_normalize(keys)
-    sim = torch.bmm(k_hat, k_hat.transpose(1, 2)) / tau
+    sim = torch.bmm(k_hat, k_hat.transpose(1, 2)).div_(tau)
     eye = torch.eye(m, dtype=torch.bool, device=keys.device)
-    log_q = torch.log_softmax(sim.masked_fill(eye, float("-inf")), dim=-1)
+    log_q = torch.log_softmax(sim.masked_fill_(eye, float("-inf")), dim=-1)
     # exp(-inf) * -inf = NaN on the diagonal: zero those terms explicitly.
     plogp = (log_q.exp() * log_q).masked_fill(eye, 0.0)
     entropy = -plogp.sum(dim=-1)

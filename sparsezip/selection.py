@@ -79,5 +79,7 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     if x.ndim != 3 or index.ndim != 2 or index.shape[0] != x.shape[0]:
         raise ValueError(f"need x [B, N, C] and index [B, K], got {tuple(x.shape)} and {tuple(index.shape)}")
     valid = index >= 0
+    if x.shape[1] == 0:  # nothing to pick from: only padding can be asked for
+        return x.new_zeros(index.shape[0], index.shape[1], x.shape[2])
     picked = torch.gather(x, 1, index.clamp_min(0)[:, :, None].expand(-1, -1, x.shape[2]))
     return torch.where(valid[:, :, None], picked, torch.zeros((), dtype=x.dtype, device=x.device))
