@@ -7,6 +7,9 @@ target (reported, not asserted): SparseZip's full compress costs no more than on
 
     pytest benchmarks/test_core_speed.py --benchmark-enable -q            # add --gpu for CUDA
 
+On a shared or loaded CPU, run with ``OMP_NUM_THREADS=1``: oversubscribed intra-op threads made every row
+here (the CLIP layer too) 3-100x slower and erratic on the 2-core development machine.
+
 Every registered vision-stage method gets a row automatically (default config and ``budget=64``).
 """
 

@@ -62,11 +62,11 @@ def assemble(
     kept_src = kept_padded.gather(1, t.clamp_max(kept_padded.shape[1] - 1))
     ctx_pos = (t - n_keep[:, None]).clamp(0, slot_padded.shape[1] - 1)
     slot = slot_padded.gather(1, ctx_pos)
-    is_kept = (t < n_keep[:, None])[:, :, None]
+    is_kept = t < n_keep[:, None]
     tokens = torch.where(
-        is_kept,
-        gather_tokens(hidden, torch.where(is_kept[:, :, 0], kept_src, -1)),
-        gather_tokens(contextual.to(hidden.dtype), torch.where(is_kept[:, :, 0], -1, slot)),
+        is_kept[:, :, None],
+        gather_tokens(hidden, torch.where(is_kept, kept_src, -1)),
+        gather_tokens(contextual.to(hidden.dtype), torch.where(is_kept, -1, slot)),
     )
 
     # Source token -> output slot: kept tokens by their rank, merged tokens by their slot's rank.
