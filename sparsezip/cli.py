@@ -14,6 +14,9 @@ import sys
 # name -> module; one line per command, in the order `sparsezip --help` lists them.
 COMMANDS: dict[str, str] = {
     "methods": "sparsezip.commands.methods",
+    "eval": "sparsezip.commands.eval",
+    "score": "sparsezip.commands.score",
+    "merge": "sparsezip.commands.merge",
 }
 
 
