@@ -13,7 +13,7 @@ hits a target with real spread.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -100,9 +100,6 @@ class DynamicKCalibration:
     def as_config(self) -> dict:
         """The ``dynk`` overrides for a SparseZip config: ``{"c": ..., "scale": ...}``."""
         return {"c": self.c, "scale": self.scale}
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def calibrate_dynamic_k(

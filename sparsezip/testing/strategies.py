@@ -83,9 +83,3 @@ def vision_contexts(
 
     return VisionContext(hidden=cast(hidden), keys=cast(keys), cls_attn=cast(cls_attn), text_query=cast(text_query))
 
-
-@st.composite
-def contexts_and_budgets(draw: st.DrawFn, **context_kwargs: object) -> tuple[VisionContext, int]:
-    """A context and a budget in ``[1, M]`` that fits it (dependent draw)."""
-    ctx = draw(vision_contexts(**context_kwargs))
-    return ctx, draw(st.integers(1, ctx.num_patches))
