@@ -6,6 +6,7 @@ plain functions so ``tests/`` can exercise it on the fake model without pytest-b
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -73,7 +74,7 @@ def _dynk_range(num_patches: int) -> tuple[int, int]:
 
 def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sample]) -> tuple[
         CompressionMethod, dict | None]:
-    """The case's method, and for a dynamic-K row the calibration (``DynamicKCalibration.to_dict()``).
+    """The case's method, and for a dynamic-K row the calibration (a ``DynamicKCalibration`` as a dict).
 
     A dynamic-K row turns dynamic K on with ``k_min/k_max`` = the seed's 32/64 mapped to the model's patch
     count, and ``dynk.c`` / ``dynk.scale`` calibrated on the first :data:`DYNK_CALIBRATION_IMAGES` samples so
@@ -88,7 +89,7 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
     fixed = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max)
     calibration = calibrate_dynamic_k(fixed, model, samples[:DYNK_CALIBRATION_IMAGES], case.family)
     method = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max, dynk=calibration.as_config())
-    return method, calibration.to_dict()
+    return method, dataclasses.asdict(calibration)
 
 
 def calibrate_dynamic_k(method: CompressionMethod, model: VisionLanguageModel, samples: Sequence[Sample],
