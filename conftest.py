@@ -10,6 +10,7 @@ Options (all optional; with none given the suite runs on CPU on the embedded def
     --budgets 64,128     only these token budgets in the matrix, in the LLaVA-1.5 scale (64/128/192 of 576
                          patches; 576 = `none`), mapped to the model's own patch count
     --update-expected    rewrite fixtures/expected/ from this run instead of asserting against it
+    --expected-dir DIR   where the expectations live (default: $SPARSEZIP_EXPECTED_DIR, else fixtures/expected)
     --run-dir DIR        root of the matrix's resumable run folders (default: $SPARSEZIP_RUN_DIR, else
                          runs/bench/<fingerprint of code, model, data, device, limit>)
 
@@ -67,6 +68,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(on 144 patches: 16,32,48)")
     group.addoption("--update-expected", action="store_true",
                     help="write fixtures/expected/ from this run instead of asserting against it")
+    group.addoption("--expected-dir", default=os.environ.get("SPARSEZIP_EXPECTED_DIR"),
+                    help="folder of the matrix's quality expectations <model>.json (default: "
+                         "$SPARSEZIP_EXPECTED_DIR, else fixtures/expected)")
     group.addoption("--run-dir", default=os.environ.get("SPARSEZIP_RUN_DIR"),
                     help="root of the benchmark matrix's resumable run folders (default: $SPARSEZIP_RUN_DIR, "
                          "else runs/bench/<fingerprint>)")

@@ -91,7 +91,7 @@ def bench(request: pytest.FixtureRequest, device: torch.device) -> BenchSettings
         # LLaVA-1.5 is evaluated in fp16 on GPU; CPU kernels want fp32.
         dtype=torch.float16 if device.type == "cuda" else torch.float32,
         update_expected=config.getoption("--update-expected"),
-        expected_file=EXPECTED_DIR / f"{name}.json",
+        expected_file=Path(config.getoption("--expected-dir") or EXPECTED_DIR) / f"{name}.json",
         rounds=max(1, config.getoption("benchmark_min_rounds")),
     )
 
