@@ -53,7 +53,7 @@ def draw_token_overlay(
     from PIL import ImageDraw
 
     dominant, slots = patch_roles(kept_index, assignment)
-    grid = int(round(dominant.numel() ** 0.5))
+    grid = round(dominant.numel() ** 0.5)
     if grid * grid != dominant.numel():
         raise ValueError(f"{dominant.numel()} patches do not form a square grid")
     if cell < 2:
@@ -62,7 +62,7 @@ def draw_token_overlay(
     base = image.convert("RGB").resize((side, side), PILImage.Resampling.BICUBIC)
     tint = PILImage.new("RGBA", (side, side), (0, 0, 0, 0))
     draw = ImageDraw.Draw(tint)
-    for patch, (is_dominant, slot) in enumerate(zip(dominant.tolist(), slots.tolist())):
+    for patch, (is_dominant, slot) in enumerate(zip(dominant.tolist(), slots.tolist(), strict=True)):
         row, col = divmod(patch, grid)
         box = (col * cell, row * cell, (col + 1) * cell - 1, (row + 1) * cell - 1)
         if is_dominant:

@@ -167,11 +167,11 @@ class LlavaVLM:
         Mean of the LLM input embeddings of each question's tokens (no special tokens), ``t [B, D]``, then
         ``W1^T (W2^T t)`` with the projector's two weight matrices (``sparsezip.scoring.text_to_vision_space``).
         """
-        from sparsezip.scoring import text_to_vision_space
-
         empty = [i for i, q in enumerate(questions) if not q or not q.strip()]
         if empty:
             raise ValueError(f"questions {empty} are empty; pass questions=None for no text awareness")
+        from sparsezip.scoring import text_to_vision_space
+
         encoded = self.tokenizer(list(questions), add_special_tokens=False, padding=True, return_tensors="pt")
         ids, mask = encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
         embeds = self.model.get_input_embeddings()(ids).float()
@@ -242,7 +242,7 @@ class LlavaVLM:
         if method.stage == "llm":
             return [
                 self._generate_in_llm(image, prompt, method, max_new_tokens)
-                for image, prompt in zip(images, prompts)
+                for image, prompt in zip(images, prompts, strict=True)
             ]
         prepared = self.prepare(images, prompts, method=method, questions=questions)
         first_token = FirstCallClock(self.device)
@@ -272,7 +272,11 @@ class LlavaVLM:
                     prefill_tokens=prefill,
                     timings=dict(timings),
                     batch_size=batch,
-                    extra={"k": int(prepared.result.k[b]), "prefill_flops": self._prefill_flops(prefill)},
+                    extra={
+                        "token_ids": tokens,
+                        "k": int(prepared.result.k[b]),
+                        "prefill_flops": self._prefill_flops(prefill),
+                    },
                 )
             )
         return outputs
@@ -310,6 +314,7 @@ class LlavaVLM:
             visual_tokens_per_layer=per_layer,
             batch_size=1,
             extra={
+                "token_ids": tokens,
                 "counts_after_pruning": run.counts_after_pruning,
                 "prefill_flops": self._prefill_flops(run.prefill_tokens_per_layer),
             },

@@ -172,7 +172,7 @@ def generate_sparsevlm(
     if text_start >= inputs_embeds.shape[1]:
         raise ValueError("sparsevlm needs prompt text after the image (its raters), found none")
     raters = select_raters(inputs_embeds[0, visual_start:text_start], inputs_embeds[0, text_start:])
-    keep_at = dict(zip(plan.layers, plan.keep))
+    keep_at = dict(zip(plan.layers, plan.keep, strict=True))
 
     cache = LayerwiseKVCache(len(layers))
     hidden = inputs_embeds

@@ -1,7 +1,9 @@
 """Method registry. Importing this package registers every built-in method (and does nothing else)."""
 
-from sparsezip.methods import none  # noqa: F401  (registration side effect, one line per method)
-from sparsezip.methods import sparsevlm  # noqa: F401
+from sparsezip.methods import (
+    none,  # noqa: F401  (registration side effect, one line per method)
+    sparsevlm,  # noqa: F401
+)
 from sparsezip.methods.base import (
     CompressionMethod,
     get_method,

@@ -49,7 +49,7 @@ class PruningPlan:
     def __post_init__(self) -> None:
         if len(self.layers) != len(self.keep) or not self.layers:
             raise ValueError(f"PruningPlan needs one keep count per layer, got layers={self.layers} keep={self.keep}")
-        if any(b <= a for a, b in zip(self.layers, self.layers[1:])) or self.layers[0] < 0:
+        if any(b <= a for a, b in zip(self.layers, self.layers[1:], strict=True)) or self.layers[0] < 0:
             raise ValueError(f"PruningPlan layers must be strictly increasing and >= 0, got {self.layers}")
         if any(k < 1 for k in self.keep):
             raise ValueError(f"PruningPlan keep counts must be >= 1, got {self.keep}")
@@ -82,7 +82,7 @@ def visual_tokens_per_layer(plan: PruningPlan, num_patches: int, num_layers: int
     if plan.layers[-1] >= num_layers:
         raise ValueError(f"pruning layer {plan.layers[-1]} does not exist in a {num_layers}-layer model")
     per_layer, current = [], num_patches
-    after = dict(zip(plan.layers, counts_after_pruning(plan, num_patches)))
+    after = dict(zip(plan.layers, counts_after_pruning(plan, num_patches), strict=True))
     for layer in range(num_layers):
         current = after.get(layer, current)
         per_layer.append(current)
