@@ -16,6 +16,7 @@ from sparsezip.adapters.llava import LlavaVLM, load_llava
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.data.prompts import llava_v1_prompt
 from sparsezip.methods import CompressionMethod, get_method, list_methods, method_class
+from sparsezip.testing.methods import KeepEveryNth, KeepFirst
 from sparsezip.testing.models import build_tiny_llava
 
 QUESTIONS = ["Is there a red circle in the image?", "What is the total amount?", "How many shapes are there?"]
@@ -29,47 +30,6 @@ def _images() -> list[Image.Image]:
 
 
 IMAGES = _images()
-
-
-class KeepEveryNth(CompressionMethod):
-    """Test-only, unregistered: image ``b`` keeps every ``(b + 2)``-th patch, so K differs per image. It declares
-    ``needs_text`` and records the text query it was handed."""
-
-    name = "test-every-nth"
-    needs_text = True
-
-    def __init__(self) -> None:
-        self.seen_text_query: torch.Tensor | None = None
-
-    def compress(self, ctx: VisionContext) -> CompressionResult:
-        self.seen_text_query = ctx.text_query
-        b, n, _ = ctx.hidden.shape
-        patch = torch.arange(n - 1)
-        keep = (patch[None, :] % (torch.arange(b)[:, None] + 2)) == 0  # [B, P]
-        lengths = keep.sum(dim=1)
-        width = int(lengths.max())
-        order = torch.sort((~keep).int(), dim=1, stable=True).indices[:, :width]  # kept patches first, ascending
-        valid = torch.arange(width)[None, :] < lengths[:, None]
-        kept_index = torch.where(valid, order + 1, -1)
-        tokens = ctx.hidden.gather(1, kept_index.clamp(min=0)[..., None].expand(-1, -1, ctx.hidden.shape[2]))
-        slot = keep.long().cumsum(dim=1) - 1
-        assignment = torch.cat([torch.full((b, 1), -1), torch.where(keep, slot, -1)], dim=1)
-        return CompressionResult(tokens * valid[..., None], lengths, kept_index, assignment, lengths.clone())
-
-
-class FirstPatchesNeedingAttention(CompressionMethod):
-    """Test-only: declares ``needs_attention``; keeps the first 8 patches."""
-
-    name = "test-needs-attention"
-    needs_attention = True
-
-    def compress(self, ctx: VisionContext) -> CompressionResult:
-        b = ctx.batch_size
-        index = torch.arange(1, 9).expand(b, 8)
-        assignment = torch.full((b, ctx.num_tokens), -1)
-        assignment[:, 1:9] = torch.arange(8)
-        full = torch.full((b,), 8)
-        return CompressionResult(ctx.hidden[:, 1:9], full, index.clone(), assignment, full.clone())
 
 
 METHOD_NAMES = [*list_methods(), KeepEveryNth.name]
@@ -276,7 +236,7 @@ def test_method_needing_attention_on_a_tower_that_cannot_provide_it() -> None:
     layer.self_attn = _AttentionWithoutProjections(layer.self_attn)
     vlm = LlavaVLM(model, processor)
     with pytest.raises(ValueError, match=r"needs the CLS attention row.*no nn.Linear q_proj"):
-        vlm.generate(IMAGES[:1], PROMPTS[:1], method=FirstPatchesNeedingAttention())
+        vlm.generate(IMAGES[:1], PROMPTS[:1], method=KeepFirst(8, needs_attention=True))
     # methods that do not need attention still run
     assert vlm.generate(IMAGES[:1], PROMPTS[:1], method=get_method("none"), max_new_tokens=1)[0].new_tokens == 1
 

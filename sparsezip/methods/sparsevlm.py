@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 
@@ -49,7 +50,7 @@ class PruningPlan:
     def __post_init__(self) -> None:
         if len(self.layers) != len(self.keep) or not self.layers:
             raise ValueError(f"PruningPlan needs one keep count per layer, got layers={self.layers} keep={self.keep}")
-        if any(b <= a for a, b in zip(self.layers, self.layers[1:], strict=True)) or self.layers[0] < 0:
+        if any(b <= a for a, b in pairwise(self.layers)) or self.layers[0] < 0:
             raise ValueError(f"PruningPlan layers must be strictly increasing and >= 0, got {self.layers}")
         if any(k < 1 for k in self.keep):
             raise ValueError(f"PruningPlan keep counts must be >= 1, got {self.keep}")
