@@ -15,6 +15,9 @@ import sys
 COMMANDS: dict[str, str] = {
     "methods": "sparsezip.commands.methods",
     "smoke": "sparsezip.commands.smoke",
+    "eval": "sparsezip.commands.eval",
+    "score": "sparsezip.commands.score",
+    "merge": "sparsezip.commands.merge",
 }
 
 
