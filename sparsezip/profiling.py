@@ -1,4 +1,5 @@
-"""Stage timers, peak memory and analytic prefill FLOPs: the cost side of every result.
+"""Stage timers and analytic prefill FLOPs: the cost side of every result (peak memory and KV-cache bytes live
+in ``sparsezip.memory``).
 
 Timing follows evaluation.md ("Timing"): wall-clock ``perf_counter`` with ``torch.cuda.synchronize()`` inside
 the timed region on CUDA, so queued kernels are charged to the stage that launched them.
@@ -6,8 +7,6 @@ the timed region on CUDA, so queued kernels are charged to the stage that launch
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -79,25 +78,6 @@ class FirstCallClock:
         if self.first_call is None:
             self.first_call = clock(self.device)
         return scores
-
-
-def reset_peak_memory(device: torch.device | str) -> None:
-    """Start a new peak-memory window on CUDA. On CPU the RSS high-water mark cannot be reset (see
-    :func:`peak_memory_bytes`)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_memory_bytes(device: torch.device | str) -> int:
-    """Peak memory in bytes: ``torch.cuda.max_memory_allocated`` on CUDA (since the last
-    :func:`reset_peak_memory`); on CPU the process's resident-set high-water mark since it started (``ru_maxrss``),
-    which includes everything the process ever held, not just the model."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)  # macOS reports bytes, Linux KiB
 
 
 def decoder_prefill_flops(

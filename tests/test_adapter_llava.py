@@ -286,3 +286,13 @@ def test_bad_models_and_paths(tmp_path: Path) -> None:
         LlavaVLM(model, processor)
     with pytest.raises(ValueError, match="must be a CompressionMethod"):
         LlavaVLM(build_tiny_llava(seed=3)[0], processor).generate(IMAGES[:1], PROMPTS[:1], method="none")
+
+
+def test_dtype_by_name_and_a_half_precision_run(tiny_llava_dir: Path) -> None:
+    vlm = load_llava(tiny_llava_dir, dtype="bfloat16")
+    assert vlm.model.dtype == torch.bfloat16
+    out = vlm.generate(IMAGES[:2], PROMPTS[:2], method=KeepEveryNth(), questions=QUESTIONS[:2], max_new_tokens=2)
+    assert all(o.new_tokens >= 1 for o in out)
+    for bad in ("int8", "banana"):
+        with pytest.raises(ValueError, match="floating-point dtype"):
+            load_llava(tiny_llava_dir, dtype=bad)

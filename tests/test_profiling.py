@@ -1,17 +1,11 @@
-"""Stage timers, the first-token clock, peak memory and the analytic prefill FLOPs."""
+"""Stage timers, the first-token clock and the analytic prefill FLOPs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sparsezip.profiling import (
-    FirstCallClock,
-    StageTimer,
-    decoder_prefill_flops,
-    peak_memory_bytes,
-    reset_peak_memory,
-)
+from sparsezip.profiling import FirstCallClock, StageTimer, decoder_prefill_flops
 
 
 def test_stage_timer_accumulates_per_stage() -> None:
@@ -39,11 +33,6 @@ def test_first_call_clock_keeps_the_first_timestamp_and_passes_scores_through() 
     first = clock.first_call
     clock(torch.zeros(2, 4, dtype=torch.long), scores)
     assert first is not None and clock.first_call == first
-
-
-def test_peak_memory_on_cpu_is_the_process_high_water_mark() -> None:
-    reset_peak_memory("cpu")  # a no-op on CPU
-    assert peak_memory_bytes("cpu") > 10 * 2**20
 
 
 def test_prefill_flops_by_hand() -> None:

@@ -359,16 +359,22 @@ class LlavaVLM:
 
 
 def load_llava(
-    model_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    model_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
 ) -> LlavaVLM:
     """Load a local LLaVA checkpoint (llava-hf layout) with ``from_pretrained``: offline
-    (``local_files_only=True``), no remote code. ``dtype`` defaults to float32 on CPU and float16 on CUDA."""
+    (``local_files_only=True``), no remote code. ``dtype`` (a ``torch.dtype`` or its name, e.g. ``"bfloat16"``)
+    defaults to float32 on CPU and float16 on CUDA."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     path = Path(model_path)
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} is not a checkpoint directory (no config.json)")
     device = torch.device(device)
+    if isinstance(dtype, str):
+        named = getattr(torch, dtype, None)
+        if not isinstance(named, torch.dtype) or not named.is_floating_point:
+            raise ValueError(f"dtype {dtype!r} is not a torch floating-point dtype (e.g. float16, bfloat16, float32)")
+        dtype = named
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
