@@ -41,13 +41,14 @@ def patch_roles(kept_index: torch.Tensor, assignment: torch.Tensor) -> tuple[tor
 
 
 def draw_token_overlay(
-    image: Image.Image, kept_index: torch.Tensor, assignment: torch.Tensor, *, cell: int = 16
+    image: Image.Image, kept_index: torch.Tensor, assignment: torch.Tensor, *, cell: int | None = None
 ) -> Image.Image:
     """The overlay for one image.
 
     image: the (square) image the tower saw; kept_index ``[K]`` / assignment ``[N]`` as in
     :class:`~sparsezip.context.CompressionResult` for this image, with ``N - 1`` a square number of patches.
-    ``cell``: pixels per patch in the output (the output is ``grid * cell`` pixels square).
+    ``cell``: pixels per patch in the output (the output is ``grid * cell`` pixels square); default: about
+    450 pixels in all.
     """
     from PIL import Image as PILImage
     from PIL import ImageDraw
@@ -56,8 +57,9 @@ def draw_token_overlay(
     grid = round(dominant.numel() ** 0.5)
     if grid * grid != dominant.numel():
         raise ValueError(f"{dominant.numel()} patches do not form a square grid")
-    if cell < 2:
-        raise ValueError(f"cell must be >= 2 pixels, got {cell}")
+    cell = max(4, 450 // grid) if cell is None else cell
+    if cell < 4:
+        raise ValueError(f"cell must be >= 4 pixels, got {cell}")
     side = grid * cell
     base = image.convert("RGB").resize((side, side), PILImage.Resampling.BICUBIC)
     tint = PILImage.new("RGBA", (side, side), (0, 0, 0, 0))
@@ -65,8 +67,11 @@ def draw_token_overlay(
     for patch, (is_dominant, slot) in enumerate(zip(dominant.tolist(), slots.tolist(), strict=True)):
         row, col = divmod(patch, grid)
         box = (col * cell, row * cell, (col + 1) * cell - 1, (row + 1) * cell - 1)
-        if is_dominant:
-            draw.rectangle(box, outline=(255, 255, 255, 255), width=max(1, cell // 8))
+        if is_dominant:  # black then white frame: visible on any background
+            width = max(1, cell // 10)
+            draw.rectangle(box, outline=(0, 0, 0, 255), width=width)
+            inner = (box[0] + width, box[1] + width, box[2] - width, box[3] - width)
+            draw.rectangle(inner, outline=(255, 255, 255, 255), width=width)
         elif slot < 0:
             draw.rectangle(box, fill=(0, 0, 0, 170))
         else:

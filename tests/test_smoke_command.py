@@ -22,7 +22,7 @@ def test_smoke_with_a_checkpoint_and_an_image(tiny_llava_dir: Path, tmp_path: Pa
     assert status == 0
     assert "visual tokens: 144 -> 144" in printed and "answer (" in printed and "prefill" in printed
     with Image.open(tmp_path / "out" / "smoke-none.png") as png:
-        assert png.size == (12 * 16, 12 * 16)
+        assert png.size == (12 * (450 // 12), 12 * (450 // 12))
 
 
 def test_smoke_clip_only_with_in_llm_method(tiny_llava_dir: Path, tmp_path: Path,
@@ -45,7 +45,7 @@ def test_overlay_marks_kept_merged_and_dropped_patches() -> None:
     assert dominant.tolist() == [True, False, False, False] and slots.tolist() == [0, 1, -1, -1]
     out = draw_token_overlay(Image.new("RGB", (8, 8), (128, 128, 128)), kept, assignment, cell=10)
     pixels = out.load()
-    assert pixels[5, 5] == (128, 128, 128)  # kept: untinted inside its outline
+    assert pixels[5, 5] == (128, 128, 128) and pixels[0, 0] == (0, 0, 0)  # kept: framed, untinted inside
     assert pixels[15, 5] != (128, 128, 128) and pixels[15, 5] != pixels[5, 15]  # merged: tinted
     assert sum(pixels[5, 15]) < sum(pixels[5, 5])  # dropped: darkened
     assert slot_colour(1) != slot_colour(2)
