@@ -296,3 +296,13 @@ def test_dtype_by_name_and_a_half_precision_run(tiny_llava_dir: Path) -> None:
     for bad in ("int8", "banana"):
         with pytest.raises(ValueError, match="floating-point dtype"):
             load_llava(tiny_llava_dir, dtype=bad)
+
+
+def test_padding_falls_back_to_eos_without_a_pad_token() -> None:
+    model, processor = build_tiny_llava(seed=4)
+    processor.tokenizer.pad_token = None
+    vlm = LlavaVLM(model, processor)
+    assert vlm.pad_token_id == model.generation_config.eos_token_id
+    assert vlm.generate(IMAGES[:1], PROMPTS[:1], method=KeepFirst(16), max_new_tokens=2)[0].new_tokens >= 1
+    with pytest.raises(ValueError, match="no pad token, so batches need size 1"):
+        vlm.generate(IMAGES[:2], PROMPTS[:2], method=KeepFirst(16))

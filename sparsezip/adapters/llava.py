@@ -94,6 +94,9 @@ class LlavaVLM:
         vision = config.vision_config
         self.num_patches = (vision.image_size // vision.patch_size) ** 2
         self.name = name or Path(str(getattr(model, "name_or_path", "") or "llava")).name or "llava"
+        # Re-packed batches pad with this id (masked out, so any id works); without a pad token, EOS.
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else min(self._eos_ids()))
 
     @property
     def device(self) -> torch.device:
@@ -194,7 +197,10 @@ class LlavaVLM:
         timer = StageTimer(self.device)
         start = timer.now()
         with timer.stage("vision_ms"):
-            inputs = self.processor(images=list(images), text=list(prompts), return_tensors="pt", padding=True)
+            batched = len(prompts) > 1
+            if batched and self.tokenizer.pad_token_id is None:
+                raise ValueError(f"model {self.name!r}: its tokenizer has no pad token, so batches need size 1")
+            inputs = self.processor(images=list(images), text=list(prompts), return_tensors="pt", padding=batched)
             pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
             features = self.tap(pixel_values)
         with timer.stage("compress_ms"):
@@ -212,7 +218,7 @@ class LlavaVLM:
             inputs["attention_mask"].to(self.device),
             result.lengths.to(self.device),
             image_token_id=self.image_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
+            pad_token_id=self.pad_token_id,
             expected_run=self.num_patches,
         )
         projected = self.model.model.multi_modal_projector(result.tokens)
@@ -254,7 +260,7 @@ class LlavaVLM:
                 num_beams=num_beams,
                 do_sample=False,
                 logits_processor=[first_token],
-                pad_token_id=self.tokenizer.pad_token_id,
+                pad_token_id=self.pad_token_id,
             )
         end = prepared.timer.now()
         timings = self._timings(prepared, first_token.first_call, end)
