@@ -21,7 +21,7 @@ from sparsezip.testing.models import build_tiny_llava
 
 QUESTIONS = ["Is there a red circle in the image?", "What is the total amount?", "How many shapes are there?"]
 PROMPTS = [llava_v1_prompt(q) for q in QUESTIONS]
-MAX_NEW = 6
+MAX_NEW = 4
 
 
 def _images() -> list[Image.Image]:
@@ -53,6 +53,21 @@ def plain(tiny_plain):
     return tiny_plain
 
 
+@pytest.fixture(scope="module")
+def batched_run(tiny_vlm: LlavaVLM):
+    """``batched_run(name)``: the outputs of one batched generate over all three samples, computed once per
+    method and shared by the tests below (generation is the slow part)."""
+    cache: dict[str, list] = {}
+
+    def run(name: str) -> list:
+        if name not in cache:
+            cache[name] = tiny_vlm.generate(IMAGES, PROMPTS, method=make_method(name), questions=QUESTIONS,
+                                            max_new_tokens=MAX_NEW)
+        return cache[name]
+
+    return run
+
+
 def plain_generate(plain, images, prompts, **kwargs) -> list[list[int]]:
     model, processor = plain
     inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
@@ -67,9 +82,10 @@ def plain_generate(plain, images, prompts, **kwargs) -> list[list[int]]:
 
 # ---------------------------------------------------------------------------------------------- exactness
 @pytest.mark.parametrize("batch", [1, 3])
-def test_none_reproduces_the_plain_model(vlm: LlavaVLM, plain, batch: int) -> None:
+def test_none_reproduces_the_plain_model(vlm: LlavaVLM, plain, batched_run, batch: int) -> None:
     images, prompts = IMAGES[:batch], PROMPTS[:batch]
-    outputs = vlm.generate(images, prompts, method=get_method("none"), max_new_tokens=MAX_NEW)
+    outputs = batched_run("none") if batch == 3 else vlm.generate(images, prompts, method=get_method("none"),
+                                                                  max_new_tokens=MAX_NEW)
     assert [o.extra["token_ids"] for o in outputs] == plain_generate(plain, images, prompts)
 
     model, processor = plain
@@ -85,11 +101,11 @@ def test_none_reproduces_the_plain_model(vlm: LlavaVLM, plain, batch: int) -> No
 
 # ---------------------------------------------------------------------------------------------- every method
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_visual_positions_fed_equal_the_methods_token_count(vlm: LlavaVLM, name: str) -> None:
+def test_visual_positions_fed_equal_the_methods_token_count(vlm: LlavaVLM, batched_run, name: str) -> None:
     prepared = vlm.prepare(IMAGES, PROMPTS, method=make_method(name), questions=QUESTIONS)
     fed = prepared.image_mask.sum(dim=1)
     assert torch.equal(fed, prepared.result.lengths)
-    outputs = vlm.generate(IMAGES, PROMPTS, method=make_method(name), questions=QUESTIONS, max_new_tokens=2)
+    outputs = batched_run(name)
     text_tokens = prepared.attention_mask.sum(dim=1) - fed
     for b, out in enumerate(outputs):
         assert out.prefill_tokens == int(prepared.attention_mask[b].sum())
@@ -107,9 +123,15 @@ def test_variable_token_counts_per_image_really_differ(vlm: LlavaVLM) -> None:
     assert prepared.image_mask.sum(dim=1).tolist() == [72, 48, 36]
 
 
-@pytest.mark.parametrize("name", METHOD_NAMES)
-def test_batched_generation_equals_per_sample(vlm: LlavaVLM, name: str) -> None:
-    batched = vlm.generate(IMAGES, PROMPTS, method=make_method(name), questions=QUESTIONS, max_new_tokens=MAX_NEW)
+# `random` draws one [B, P] block of uniforms per call and gives image b row b, so an image's patches depend on
+# its position in the batch (and predictions on --batch-size). Reported to the lead; strict, so a fix shows.
+_RANDOM_DEPENDS_ON_BATCH = pytest.mark.xfail(strict=True, reason="random's patches depend on the batch position")
+BATCH_CASES = [pytest.param(n, marks=_RANDOM_DEPENDS_ON_BATCH) if n == "random" else n for n in METHOD_NAMES]
+
+
+@pytest.mark.parametrize("name", BATCH_CASES)
+def test_batched_generation_equals_per_sample(vlm: LlavaVLM, batched_run, name: str) -> None:
+    batched = batched_run(name)
     if name == KeepEveryNth.name:
         # per-sample K depends on the position in the batch for this test method; compare like with like
         singles = [
@@ -128,7 +150,7 @@ def test_batched_generation_equals_per_sample(vlm: LlavaVLM, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_beam_search(vlm: LlavaVLM, name: str) -> None:
+def test_beam_search(vlm: LlavaVLM, plain, name: str) -> None:
     if is_llm_stage(name):
         with pytest.raises(ValueError, match="greedy decoding only"):
             vlm.generate(IMAGES[:2], PROMPTS[:2], method=make_method(name), num_beams=2)
@@ -136,19 +158,15 @@ def test_beam_search(vlm: LlavaVLM, name: str) -> None:
     outputs = vlm.generate(IMAGES[:2], PROMPTS[:2], method=make_method(name), questions=QUESTIONS[:2],
                            num_beams=2, max_new_tokens=MAX_NEW)
     assert len(outputs) == 2 and all(1 <= o.new_tokens <= MAX_NEW for o in outputs)
-
-
-def test_beam_search_with_none_matches_the_plain_model(vlm: LlavaVLM, plain) -> None:
-    outputs = vlm.generate(IMAGES[:2], PROMPTS[:2], method=get_method("none"), num_beams=2, max_new_tokens=MAX_NEW)
-    assert [o.extra["token_ids"] for o in outputs] == plain_generate(plain, IMAGES[:2], PROMPTS[:2], num_beams=2)
+    if name == "none":  # beams through the adapter are HF's own beam search
+        assert [o.extra["token_ids"] for o in outputs] == plain_generate(plain, IMAGES[:2], PROMPTS[:2], num_beams=2)
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
-def test_generation_is_deterministic(vlm: LlavaVLM, name: str) -> None:
-    runs = [vlm.generate(IMAGES, PROMPTS, method=make_method(name), questions=QUESTIONS, max_new_tokens=MAX_NEW)
-            for _ in range(2)]
-    assert [o.extra["token_ids"] for o in runs[0]] == [o.extra["token_ids"] for o in runs[1]]
-    assert [o.visual_tokens_per_layer for o in runs[0]] == [o.visual_tokens_per_layer for o in runs[1]]
+def test_generation_is_deterministic(vlm: LlavaVLM, batched_run, name: str) -> None:
+    again = vlm.generate(IMAGES, PROMPTS, method=make_method(name), questions=QUESTIONS, max_new_tokens=MAX_NEW)
+    assert [o.extra["token_ids"] for o in again] == [o.extra["token_ids"] for o in batched_run(name)]
+    assert [o.visual_tokens_per_layer for o in again] == [o.visual_tokens_per_layer for o in batched_run(name)]
 
 
 # ---------------------------------------------------------------------------------------------- outputs
