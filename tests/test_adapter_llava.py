@@ -73,11 +73,11 @@ def plain_generate(plain, images, prompts, **kwargs) -> list[list[int]]:
     inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
     with torch.inference_mode():
         out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False, **kwargs)
-    eos = model.generation_config.eos_token_id
-    rows = []
-    for row in out[:, inputs["input_ids"].shape[1]:].tolist():
-        rows.append(row[: row.index(eos) + 1] if eos in row else row)
-    return rows
+    return [trim_at_eos(row, model.generation_config.eos_token_id) for row in out[:, inputs["input_ids"].shape[1]:].tolist()]
+
+
+def trim_at_eos(row: list[int], eos: int) -> list[int]:
+    return row[: row.index(eos) + 1] if eos in row else row
 
 
 # ---------------------------------------------------------------------------------------------- exactness
@@ -97,6 +97,24 @@ def test_none_reproduces_the_plain_model(vlm: LlavaVLM, plain, batched_run, batc
         adapted = vlm.model(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask).logits
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(adapted[real], reference[real], rtol=1e-5, atol=1e-5)
+
+
+def test_scatter_agrees_with_hf_mm_encoder_outputs(vlm: LlavaVLM, batched_run) -> None:
+    """The adapter scatters projected tokens into inputs_embeds; transformers 5's own route for precomputed
+    features (mm_encoder_outputs) gives the same tokens, here with a different K per image."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    prepared = vlm.prepare(IMAGES, PROMPTS, method=KeepEveryNth())
+    ids = prepared.input_ids
+    with torch.inference_mode():
+        projected = vlm.model.model.multi_modal_projector(prepared.result.tokens)
+        per_image = [projected[b, :n] for b, n in enumerate(prepared.result.lengths.tolist())]
+        out = vlm.model.generate(
+            input_ids=ids, attention_mask=prepared.attention_mask, max_new_tokens=MAX_NEW, do_sample=False,
+            mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=per_image)},
+        )
+    rows = [trim_at_eos(row, vlm.model.generation_config.eos_token_id) for row in out[:, ids.shape[1]:].tolist()]
+    assert rows == [o.extra["token_ids"] for o in batched_run(KeepEveryNth.name)]
 
 
 # ---------------------------------------------------------------------------------------------- every method

@@ -46,6 +46,7 @@ class PreparedBatch:
     """A batch ready for the LLM: what :meth:`LlavaVLM.prepare` hands to generation.
 
     Attributes:
+        input_ids: ``[B, S]`` the prompts' ids with each image's placeholder run shortened, left-padded.
         inputs_embeds: ``[B, S, D]`` text embeddings with the projected visual tokens scattered in, left-padded.
         attention_mask: ``[B, S]`` 1 = real token.
         image_mask: ``[B, S]`` True at the visual token positions.
@@ -55,6 +56,7 @@ class PreparedBatch:
         compress_end: timestamp when compression finished (prefill is measured from here).
     """
 
+    input_ids: torch.Tensor
     inputs_embeds: torch.Tensor
     attention_mask: torch.Tensor
     image_mask: torch.Tensor
@@ -70,7 +72,9 @@ class LlavaVLM:
     the duration of a call and nothing is patched, so other models in the process are unaffected.
 
     Supported layout: a CLIP-style vision tower, one integer ``vision_feature_layer`` and
-    ``vision_feature_select_strategy == "default"`` (CLS at index 0, dropped by LLaVA), as in LLaVA-1.5.
+    ``vision_feature_select_strategy == "default"`` (CLS at index 0, dropped by LLaVA), as in LLaVA-1.5. If the
+    feature layer's attention module cannot be read (no ``q_proj``/``k_proj``), methods that need attention are
+    refused with a ``ValueError`` and the others get ``VisionContext.keys`` as an empty ``[B, N, 0]`` tensor.
     """
 
     def __init__(
@@ -226,7 +230,7 @@ class LlavaVLM:
         embeds = self.model.get_input_embeddings()(ids)
         image_mask = ids == self.image_token_id
         embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), projected[real].to(embeds.dtype))
-        return PreparedBatch(embeds, mask, image_mask, result, timer, start, compress_end)
+        return PreparedBatch(ids, embeds, mask, image_mask, result, timer, start, compress_end)
 
     def generate(
         self,
