@@ -4,6 +4,7 @@ from sparsezip.methods import (
     none,  # noqa: F401  (registration side effect, one line per method)
     pool,  # noqa: F401
     random_select,  # noqa: F401
+    sparsevlm,  # noqa: F401
     sparsezip,  # noqa: F401
     visionzip,  # noqa: F401
 )
