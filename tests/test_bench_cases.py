@@ -3,9 +3,15 @@
 from pathlib import Path
 
 import pytest
+import torch
+from PIL import Image
 
+from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.data.prompts import llava_v1_prompt
+from sparsezip.methods import CompressionMethod, get_method
 from sparsezip.testing.cases import (
     batch_size_for,
+    build_method,
     case_dir,
     dataset_fingerprint,
     extra_info,
@@ -106,3 +112,46 @@ def test_extra_info_from_a_real_run_of_the_fake_model(tmp_path: Path) -> None:
     assert info["dataset_sha256"] == samples[0].meta["source_sha256"]
     assert info["method_config"] == {"budget": None} and info["eval_batch_size"] == 8
     assert info["peak_memory_bytes"] > 0 and "k_distribution" not in info
+
+
+class _Recorder(CompressionMethod):
+    """Keeps every patch and remembers the context the adapter handed it."""
+
+    name = "test-recorder"
+    needs_attention = True
+    needs_text = True
+
+    def compress(self, ctx: VisionContext) -> CompressionResult:
+        self.seen = ctx
+        return get_method("none").compress(ctx)
+
+
+def test_vision_context_is_what_generate_hands_the_method(tiny_vlm) -> None:
+    images = [Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (30, 40), (10, 10, 200))]
+    questions = ["Is there a red circle?", "Is there a blue square in the image?"]
+    recorder = _Recorder()
+    tiny_vlm.generate(images, [llava_v1_prompt(q) for q in questions], method=recorder, questions=questions,
+                      max_new_tokens=1)
+    ctx = tiny_vlm.vision_context(images, questions=questions)
+    for field in ("hidden", "keys", "cls_attn", "text_query"):
+        assert torch.allclose(getattr(ctx, field), getattr(recorder.seen, field), atol=1e-5), field
+    assert tiny_vlm.vision_context(images).text_query is None
+    with pytest.raises(ValueError, match="1 questions for 2 images"):
+        tiny_vlm.vision_context(images, questions=questions[:1])
+
+
+def test_dynamic_k_row_is_calibrated_to_the_budget(tiny_vlm, tmp_path: Path) -> None:
+    from sparsezip.data import load_dataset
+    from sparsezip.testing.trees import write_tree
+
+    samples = list(load_dataset("pope", write_tree("pope", "files", tmp_path / "data"), category="random"))
+    [case] = build_matrix("tiny", tiny_vlm.num_patches, datasets=["pope-random"], methods=["sparsezip-dynk"])
+    method, calibration = build_method(case, tiny_vlm, samples)
+    config = method.config()
+    assert config["dynamic_k"] is True and (config["k_min"], config["k_max"]) == (8, 16)  # 32/64 of 576 -> 144
+    assert calibration["target_mean_k"] == config["dominant"] == 9  # fixed-K split of 16: 1 + 9 + 6
+    assert abs(calibration["mean_k"] - 9) <= 0.5 and calibration["num_images"] == len(samples)
+    assert config["dynk"]["c"] == pytest.approx(calibration["c"])
+    plain, none_calibration = build_method(next(iter(build_matrix("tiny", 144, methods=["visionzip"]))),
+                                           tiny_vlm, samples)
+    assert none_calibration is None and plain.name == "visionzip"

@@ -41,6 +41,8 @@ def test_matrix_records_checks_and_resumes(tmp_path: Path) -> None:
     infos = {b["extra_info"]["case"]: b["extra_info"] for b in run["benchmarks"]}
     assert sorted(infos) == sorted(CASES)
     assert infos[CASES[1]]["visual_tokens"]["mean"] == 16 and infos[CASES[0]]["visual_tokens"]["mean"] == 144
+    # (144 - 16) tokens x K and V x 2 layers x hidden 64 x 4 bytes (fp32 on CPU)
+    assert infos[CASES[1]]["kv_cache_saved_bytes"] == 128 * 2 * 2 * 64 * 4
     assert run["machine_info"]["sparsezip"]["device_type"] == "cpu"
     predictions = sorted((tmp_path / "runs").rglob("predictions.jsonl"))
     assert len(predictions) == 2
