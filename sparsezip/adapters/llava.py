@@ -22,6 +22,7 @@ prompt at a time through their own greedy loop (:mod:`sparsezip.adapters.sparsev
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,7 +214,10 @@ class LlavaVLM:
             if method.needs_text and method.stage == "vision" and questions is not None:
                 text_query = self.text_query(questions).to(hidden.dtype)
             keys = features.keys if features.keys is not None else hidden.new_zeros(*hidden.shape[:2], 0)
-            ctx = VisionContext(hidden=hidden, keys=keys, cls_attn=features.cls_attn, text_query=text_query)
+            seeds = torch.tensor([image_seed(image) for image in images], dtype=torch.long)
+            ctx = VisionContext(
+                hidden=hidden, keys=keys, cls_attn=features.cls_attn, text_query=text_query, sample_seeds=seeds
+            )
             result = method(ctx)
             self._check_result(result, hidden.shape[0], hidden.shape[2], method)
         compress_end = timer.now()
@@ -390,3 +394,11 @@ def load_llava(
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     return LlavaVLM(model.to(device), processor, name=path.name)
+
+
+def image_seed(image: Image.Image) -> int:
+    """A per-image seed from the image's mode, size and pixels (``VisionContext.sample_seeds``): methods that
+    draw random numbers then give an image the same result in any batch, in any run."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)
