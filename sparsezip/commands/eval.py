@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- Integration points owned by other modules (kept here, in one place) --------------------------------
+# --- Loading the method config and the model -------------------------------------------------------
 def _method_config(path: str | None) -> dict:
     """The ``model.sparsezip`` block of ``--config`` as keyword arguments for the method (strictly checked
     by ``sparsezip.config``)."""
