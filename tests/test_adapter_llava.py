@@ -141,13 +141,7 @@ def test_variable_token_counts_per_image_really_differ(vlm: LlavaVLM) -> None:
     assert prepared.image_mask.sum(dim=1).tolist() == [72, 48, 36]
 
 
-# `random` draws one [B, P] block of uniforms per call and gives image b row b, so an image's patches depend on
-# its position in the batch (and predictions on --batch-size). Reported to the lead; strict, so a fix shows.
-_RANDOM_DEPENDS_ON_BATCH = pytest.mark.xfail(strict=True, reason="random's patches depend on the batch position")
-BATCH_CASES = [pytest.param(n, marks=_RANDOM_DEPENDS_ON_BATCH) if n == "random" else n for n in METHOD_NAMES]
-
-
-@pytest.mark.parametrize("name", BATCH_CASES)
+@pytest.mark.parametrize("name", METHOD_NAMES)
 def test_batched_generation_equals_per_sample(vlm: LlavaVLM, batched_run, name: str) -> None:
     batched = batched_run(name)
     if name == KeepEveryNth.name:

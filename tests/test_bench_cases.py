@@ -133,7 +133,7 @@ def test_vision_context_is_what_generate_hands_the_method(tiny_vlm) -> None:
     tiny_vlm.generate(images, [llava_v1_prompt(q) for q in questions], method=recorder, questions=questions,
                       max_new_tokens=1)
     ctx = tiny_vlm.vision_context(images, questions=questions)
-    for field in ("hidden", "keys", "cls_attn", "text_query"):
+    for field in ("hidden", "keys", "cls_attn", "text_query", "sample_seeds"):
         assert torch.allclose(getattr(ctx, field), getattr(recorder.seen, field), atol=1e-5), field
     assert tiny_vlm.vision_context(images).text_query is None
     with pytest.raises(ValueError, match="1 questions for 2 images"):

@@ -34,9 +34,18 @@ def test_random_is_seeded() -> None:
     first = get_method("random", budget=16, seed=1)(ctx).kept_index
     assert torch.equal(first, get_method("random", budget=16, seed=1)(ctx).kept_index)
     assert not torch.equal(first, get_method("random", budget=16, seed=2)(ctx).kept_index)
-    assert not torch.equal(first[0], first[1])  # images of a batch get different draws
     with pytest.raises(ValueError, match="seed"):
         get_method("random", seed="0")
+
+
+def test_random_draws_per_image_seed_not_per_batch_position() -> None:
+    ctx = _ctx(3, 8)
+    seeds = torch.tensor([11, 12, 11])
+    method = get_method("random", budget=16, seed=1)
+    batched = method(VisionContext(hidden=ctx.hidden, keys=ctx.keys, sample_seeds=seeds)).kept_index
+    assert torch.equal(batched[0], batched[2]) and not torch.equal(batched[0], batched[1])
+    alone = method(VisionContext(hidden=ctx.hidden[1:2], keys=ctx.keys[1:2], sample_seeds=seeds[1:2])).kept_index
+    assert torch.equal(alone[0], batched[1])
 
 
 @pytest.mark.parametrize(("budget", "grid"), [(64, (8, 8)), (128, (8, 16)), (192, (12, 16)), (16, (4, 4)),

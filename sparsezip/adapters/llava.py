@@ -22,6 +22,7 @@ prompt at a time through their own greedy loop (:mod:`sparsezip.adapters.sparsev
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,12 +198,17 @@ class LlavaVLM:
         projector = self.model.model.multi_modal_projector
         return text_to_vision_space(mean, projector.linear_1.weight, projector.linear_2.weight)
 
-    def _context(self, features: TowerFeatures, questions: Sequence[str] | None) -> VisionContext:
+    def _context(
+        self, images: Sequence[Image.Image], features: TowerFeatures, questions: Sequence[str] | None
+    ) -> VisionContext:
         """The method's input from the feature layer, with the text query when ``questions`` are given."""
         hidden = features.hidden
         text_query = None if questions is None else self.text_query(questions).to(hidden.dtype)
         keys = features.keys if features.keys is not None else hidden.new_zeros(*hidden.shape[:2], 0)
-        return VisionContext(hidden=hidden, keys=keys, cls_attn=features.cls_attn, text_query=text_query)
+        seeds = torch.tensor([image_seed(image) for image in images], dtype=torch.long)
+        return VisionContext(
+            hidden=hidden, keys=keys, cls_attn=features.cls_attn, text_query=text_query, sample_seeds=seeds
+        )
 
     @torch.inference_mode()
     def vision_context(self, images: Sequence[Image.Image], questions: Sequence[str] | None = None) -> VisionContext:
@@ -212,7 +218,7 @@ class LlavaVLM:
         if questions is not None and len(questions) != len(images):
             raise ValueError(f"got {len(questions)} questions for {len(images)} images")
         pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-        return self._context(self.tap(pixel_values.to(self.device, self.model.dtype)), questions)
+        return self._context(images, self.tap(pixel_values.to(self.device, self.model.dtype)), questions)
 
     @torch.inference_mode()
     def prepare(
@@ -236,7 +242,7 @@ class LlavaVLM:
             features = self.tap(pixel_values)
         with timer.stage("compress_ms"):
             text_aware = method.needs_text and method.stage == "vision"
-            ctx = self._context(features, questions if text_aware else None)
+            ctx = self._context(images, features, questions if text_aware else None)
             result = method(ctx)
             self._check_result(result, ctx.batch_size, ctx.hidden.shape[2], method)
         compress_end = timer.now()
@@ -413,3 +419,11 @@ def load_llava(
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
     processor = AutoProcessor.from_pretrained(path, local_files_only=True)
     return LlavaVLM(model.to(device), processor, name=path.name)
+
+
+def image_seed(image: Image.Image) -> int:
+    """A per-image seed from the image's mode, size and pixels (``VisionContext.sample_seeds``): methods that
+    draw random numbers then give an image the same result in any batch, in any run."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- Integration points owned by other modules (kept here, in one place) --------------------------------
+# --- Loading the method config and the model -------------------------------------------------------
 def _method_config(path: str | None) -> dict:
     """The ``model.sparsezip`` block of ``--config`` as keyword arguments for the method (strictly checked
     by ``sparsezip.config``)."""
@@ -74,10 +74,11 @@ def _method_config(path: str | None) -> dict:
 
 
 def _load_model(model_path: str, device: str | None, dtype: str | None):
-    """The LLaVA adapter's loader (``sparsezip.adapters.llava.load_llava``)."""
-    try:
-        from sparsezip.adapters.llava import load_llava
-    except ImportError as err:
-        raise ValueError(f"the LLaVA adapter is not available in this checkout ({err})") from None
-    kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
-    return load_llava(model_path, **kwargs)
+    """The LLaVA adapter's loader on ``device`` (default: CUDA when available, else CPU)."""
+    import torch
+
+    from sparsezip.adapters.llava import load_llava
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_llava(model_path, device=device, dtype=dtype)

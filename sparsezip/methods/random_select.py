@@ -5,6 +5,8 @@ The control every scoring method must beat at the same budget (methods.md sectio
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from sparsezip.budget import check_budget_fits, check_budget_positive
@@ -20,9 +22,10 @@ DEFAULT_BUDGET = 64
 class RandomSelection(CompressionMethod):
     """Keep ``budget`` (default 64) uniformly random patches per image; CLS and the other patches are dropped.
 
-    A fresh ``torch.Generator`` seeded with ``seed`` is used on every call, so the same input always gives
-    the same output. The random keys are drawn on the CPU (``[B, M]`` uniforms, image b gets row b), so CPU
-    and CUDA pick the same patches.
+    Image b draws its patches from a fresh CPU ``torch.Generator`` seeded with ``(seed, sample_seeds[b])``
+    (``VisionContext.sample_seeds``; 0 when absent): the same image always gets the same patches, whatever
+    batch it is in and on CPU or CUDA alike, and different images get different patches. The loop over images
+    draws only ``B`` small random vectors; the selection itself is batched.
     """
 
     name = "random"
@@ -40,11 +43,19 @@ class RandomSelection(CompressionMethod):
         k = DEFAULT_BUDGET if self.budget is None else self.budget
         check_budget_fits(self.name, k, ctx.num_patches)
         b, n, _ = ctx.hidden.shape
-        generator = torch.Generator().manual_seed(self.seed)
-        keys = torch.rand(b, n - 1, generator=generator).to(ctx.hidden.device)
+        sample_seeds = [0] * b if ctx.sample_seeds is None else ctx.sample_seeds.tolist()
+        keys = torch.stack(
+            [torch.rand(n - 1, generator=_generator(self.seed, s)) for s in sample_seeds]
+        ).to(ctx.hidden.device)
         keep = torch.zeros(b, n, dtype=torch.bool, device=ctx.hidden.device)
         keep[:, 1:] = topk_mask(keys, k)
         return assemble(ctx.hidden, keep, torch.full((b,), k, dtype=torch.long, device=ctx.hidden.device))
 
     def config(self) -> dict:
         return {"budget": self.budget, "seed": self.seed}
+
+
+def _generator(seed: int, sample_seed: int) -> torch.Generator:
+    """A CPU generator for one image, seeded by the method's seed and the image's own seed."""
+    mixed = hashlib.sha256(f"{seed}:{sample_seed}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(mixed[:8], "little") & (2**63 - 1))
