@@ -6,7 +6,6 @@ The options themselves live in the root ``conftest.py``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -40,6 +39,7 @@ class BenchSettings:
     update_expected: bool
     expected_file: Path
     rounds: int
+    torch_threads: int
 
 
 @cache
@@ -68,12 +68,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def bench(request: pytest.FixtureRequest, device: torch.device) -> BenchSettings:
-    """The session's benchmark settings (model, data, run folder, expectations file)."""
+def bench(request: pytest.FixtureRequest, device: torch.device):
+    """The session's benchmark settings (model, data, run folder, expectations file). Sets torch's CPU threads
+    for the matrix (``--torch-threads``) and restores them afterwards."""
     from sparsezip.testing.cases import run_fingerprint
 
     config = request.config
     model_path, name, _ = _model_identity(config.getoption("--model-path"))
+    threads = config.getoption("--torch-threads")
+    if threads is None:
+        # One thread for the embedded model on CPU: its width-128 matmuls gain nothing from more, and on a
+        # shared machine extra OpenMP threads oversubscribe the cores (10-100x slower, erratic latency).
+        threads = 1 if device.type == "cpu" and not config.getoption("--model-path") else torch.get_num_threads()
     data_root = Path(config.getoption("--data-root") or DEFAULT_DATA_ROOT)
     limit = config.getoption("--limit")
     run_root = config.getoption("--run-dir")
@@ -81,7 +87,7 @@ def bench(request: pytest.FixtureRequest, device: torch.device) -> BenchSettings
         fingerprint = run_fingerprint(package_dir=REPO_ROOT / "sparsezip", model_path=model_path,
                                       data_root=data_root, device_type=device.type, limit=limit)
         run_root = REPO_ROOT / "runs" / "bench" / fingerprint
-    return BenchSettings(
+    settings = BenchSettings(
         model_path=model_path,
         model=name,
         data_root=data_root,
@@ -93,7 +99,12 @@ def bench(request: pytest.FixtureRequest, device: torch.device) -> BenchSettings
         update_expected=config.getoption("--update-expected"),
         expected_file=Path(config.getoption("--expected-dir") or EXPECTED_DIR) / f"{name}.json",
         rounds=max(1, config.getoption("benchmark_min_rounds")),
+        torch_threads=threads,
     )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    yield settings
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
@@ -133,5 +144,4 @@ def bench_samples(bench: BenchSettings):
 def pytest_report_header(config: pytest.Config) -> list[str]:
     model = config.getoption("--model-path") or f"{DEFAULT_MODEL_PATH} ({DEFAULT_MODEL_NAME})"
     data = config.getoption("--data-root") or DEFAULT_DATA_ROOT
-    threads = os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())
-    return [f"sparsezip benchmarks: model {model}; data {data}; torch threads {threads}"]
+    return [f"sparsezip benchmarks: model {model}; data {data}"]

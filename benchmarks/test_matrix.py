@@ -62,6 +62,7 @@ def test_case(case: Case, bench, bench_model, bench_samples, benchmark) -> None:
     k_values = _k_values(run_dir) if calibration is not None else None
     benchmark.extra_info.update(extra_info(case, method, summary, timed, num_patches=bench_model.num_patches,
                                            calibration=calibration, k_values=k_values))
+    benchmark.extra_info["torch_threads"] = bench.torch_threads
 
     measured = headline(case.family, summary["metrics"])
     dataset_sha = benchmark.extra_info["dataset_sha256"]

@@ -10,6 +10,7 @@ runs would land in one storage folder and ``--benchmark-compare`` would happily 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import re
 from pathlib import Path
@@ -32,7 +33,7 @@ def cpu_model() -> str:
 
 def device_info(device: torch.device) -> dict:
     """JSON-friendly description of what ``device`` runs on: device type, GPU name / compute capability /
-    CUDA version (``None`` on CPU), CPU model, torch and transformers versions, torch CPU threads."""
+    CUDA version (``None`` on CPU), CPU model and core count, torch and transformers versions."""
     on_cuda = device.type == "cuda"
     return {
         "device_type": device.type,
@@ -40,7 +41,7 @@ def device_info(device: torch.device) -> dict:
         "gpu_capability": ".".join(map(str, torch.cuda.get_device_capability(device))) if on_cuda else None,
         "cuda_version": torch.version.cuda if on_cuda else None,
         "cpu_model": cpu_model(),
-        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "transformers": importlib.metadata.version("transformers"),  # no import: it takes seconds
     }
