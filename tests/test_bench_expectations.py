@@ -22,6 +22,10 @@ def test_headline_per_family() -> None:
     mme = {"subtasks": {"count": {}, "color": {}}, "perception": 250.0, "cognition": 0.0}
     assert headline("mme", mme) == Headline("total_score", 250.0, 400.0)
     assert headline("docvqa", {"anls": 0.5}) == Headline("anls", 0.5, 1.0)
+    perception_only = {"subtasks": {"count": {}}, "perception": 150.0, "cognition": None}
+    assert headline("mme", perception_only) == Headline("total_score", 150.0, 200.0)
+    with pytest.raises(ValueError, match="no subtask scores"):
+        headline("mme", {"subtasks": {}, "perception": None, "cognition": None})
     with pytest.raises(ValueError, match="pope metrics lack 'f1'"):
         headline("pope", {"accuracy": 1.0})
     with pytest.raises(ValueError, match="family 'coco'"):

@@ -41,16 +41,19 @@ class Headline:
 def headline(family: str, metrics: dict) -> Headline:
     """The headline metric of a runner summary's ``metrics`` for dataset ``family`` (pope, mme, docvqa).
 
-    POPE: ``f1`` of the case's one label file; MME: ``perception + cognition`` over the subtasks present;
-    DocVQA: ``anls``.
+    POPE: ``f1`` of the case's one label file; MME: ``perception + cognition`` over the subtasks present (a
+    group without subtasks counts 0); DocVQA: ``anls``.
     """
     try:
         if family == "pope":
             return Headline("f1", float(metrics["f1"]), 1.0)
         if family == "mme":
             subtasks = metrics["subtasks"]
-            total = float(metrics["perception"]) + float(metrics["cognition"])
-            return Headline("total_score", total, MME_SUBTASK_RANGE * len(subtasks))
+            # A group with none of its subtasks present is null (the synthetic MME has perception only).
+            groups = [metrics[g] for g in ("perception", "cognition") if metrics[g] is not None]
+            if not subtasks or not groups:
+                raise ValueError(f"mme metrics hold no subtask scores: {metrics}")
+            return Headline("total_score", float(sum(groups)), MME_SUBTASK_RANGE * len(subtasks))
         if family == "docvqa":
             return Headline("anls", float(metrics["anls"]), 1.0)
     except KeyError as err:
