@@ -14,6 +14,7 @@ import sys
 # name -> module; one line per command, in the order `sparsezip --help` lists them.
 COMMANDS: dict[str, str] = {
     "methods": "sparsezip.commands.methods",
+    "make-fixtures": "sparsezip.commands.make_fixtures",
 }
 
 
