@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "methods": "sparsezip.commands.methods",
     "make-fixtures": "sparsezip.commands.make_fixtures",
+    "train-tiny": "sparsezip.commands.train_tiny",
 }
 
 

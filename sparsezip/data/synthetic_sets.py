@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from sparsezip.data.synthetic import (
     JPEG_OPTIONS,
@@ -32,8 +31,8 @@ from sparsezip.data.synthetic import (
     count_pair,
     existence_pair,
     existence_question,
-    popularity_order,
     pope_negatives,
+    popularity_order,
     position_pair,
     render_scene,
     sample_scene,
