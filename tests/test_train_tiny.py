@@ -25,7 +25,7 @@ from sparsezip.testing.train_tiny import (
     layer_m2_features,
     question_batch,
     render_scenes,
-    shared_prefix_logits,
+    shared_prefix_hidden,
     tower_layer_m2,
     train_tiny,
     training_questions,
@@ -67,8 +67,8 @@ def test_shared_prefix_equals_full_prompts(micro) -> None:
     items = [(qa.question, qa.answer) for i in range(2) for qa in training_questions(data.scenes[i], rng, 3)]
     batch = question_batch(prompts, items, processor.tokenizer.pad_token_id)
     with torch.no_grad():
-        logits = shared_prefix_logits(model, prompts, layer_m2_features(model, processor, data.pixels[:2]),
-                                      batch, questions_per_image=3)
+        features = layer_m2_features(model, processor, data.pixels[:2])
+        logits = model.lm_head(shared_prefix_hidden(model, prompts, features, batch, questions_per_image=3))
         for j, (question, answer) in enumerate(items):
             text = build_prompt("pope", question) + ANSWER_TEXT[answer] + "</s>"
             inputs = processor(images=[Image.fromarray(data.pixels[j // 3])], text=[text], return_tensors="pt")

@@ -20,6 +20,7 @@ global RNG is never read. Same seed and thread count, same weights (on the same 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -35,9 +36,12 @@ from torch.nn import functional as F
 
 from sparsezip.data.prompts import build_prompt
 from sparsezip.data.synthetic import (
+    COLOURS,
+    COUNT_WORDS,
     NUM_CLASSES,
     OBJECT_NAMES,
     QA,
+    SHAPES,
     Scene,
     class_prior,
     colour_pair,
@@ -75,17 +79,18 @@ class TrainRecipe:
     threads: int = 2
     images: int = 16_000  # rendered once, shared by both stages
     # stage 1: vision tower
-    tower_steps: int = 1200
+    tower_steps: int = 1000
     tower_batch: int = 64
     tower_lr: float = 3e-3
     background_weight: float = 0.25  # per-patch loss weight of background patches (objects: 1)
     # stage 2: projector + language model
-    lm_steps: int = 1500
+    lm_steps: int = 1200
     lm_batch_images: int = 16
     questions_per_image: int = 8
     lm_lr: float = 2e-3
     warmup: int = 100
     weight_decay: float = 0.01
+    aux_weight: float = 1.0  # stage 2 auxiliary presence/count targets
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -118,6 +123,27 @@ def training_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[Q
             if pair is not None:
                 out.append(pair[int(rng.integers(2))])
     return out
+
+
+# Auxiliary categorical targets of stage 2 (class counts): objects in the scene (0-4); the asked colour,
+# shape, count and side (0 = not asked); the named object's state (0 = none named, absent, left, middle,
+# right third of the image).
+AUX_CLASSES: tuple[int, ...] = (5, 1 + len(COLOURS), 1 + len(SHAPES), 5, 3, 5)
+
+
+def aux_targets(question: str, scene: Scene) -> tuple[int, ...]:
+    """The auxiliary targets (see ``AUX_CLASSES``) of one synthetic question about ``scene``."""
+    words = question.rstrip("?").split()
+    colour = next((1 + list(COLOURS).index(w) for w in words if w in COLOURS), 0)
+    shape = next((1 + SHAPES.index(w) for w in words if w in SHAPES), 0)
+    count = next((COUNT_WORDS.index(w) for w in words if w in COUNT_WORDS[1:5]), 0)
+    side = next((1 + ("left", "right").index(w) for w in words if w in ("left", "right")), 0)
+    named = next((f"{a} {b}" for a, b in itertools.pairwise(words) if a in COLOURS and b in SHAPES), None)
+    state = 0
+    if named is not None:
+        obj = next((o for o in scene.objects if o.name == named), None)
+        state = 1 if obj is None else 2 + min(2, int(3 * obj.cx / scene.size))
+    return len(scene.objects), colour, shape, count, side, state
 
 
 @dataclass
@@ -340,25 +366,26 @@ def question_batch(prompts: PromptTokens, items: Sequence[tuple[str, bool]], pad
     return QuestionBatch(ids, mask, positions, targets)
 
 
-def shared_prefix_logits(
+def shared_prefix_hidden(
     model: LlavaForConditionalGeneration,
     prompts: PromptTokens,
     features: torch.Tensor,
     batch: QuestionBatch,
     questions_per_image: int,
 ) -> torch.Tensor:
-    """Answer logits for ``questions_per_image`` questions per image, running each image's prefix once.
+    """Final hidden states at the scored positions of ``questions_per_image`` questions per image, running
+    each image's prefix (system prompt + image tokens) once.
 
     ``features: [B, P, C]`` layer -2 patch features; ``batch`` holds ``B * questions_per_image`` suffixes
-    (image-major). Returns ``[B * Q, A, V]`` logits at ``batch.positions``. Mathematically the same as
-    running every full prompt (the prefix is causal and question-independent); tested against that.
+    (image-major). Returns ``[B * Q, A, D]`` at ``batch.positions`` (``model.lm_head`` turns them into
+    logits). Mathematically the same as running every full prompt, since the prefix is causal and
+    question-independent: its KV cache is repeated per question and gradients flow through it (tested).
     """
     from transformers import DynamicCache
 
     lm = model.model.language_model
     b = features.shape[0]
-    embed = lm.get_input_embeddings()
-    prefix = embed(prompts.prefix).unsqueeze(0).repeat(b, 1, 1)
+    prefix = lm.get_input_embeddings()(prompts.prefix).unsqueeze(0).repeat(b, 1, 1)
     prefix[:, prompts.image_positions] = model.model.multi_modal_projector(features)
     cache = DynamicCache(config=lm.config)
     lm(inputs_embeds=prefix, cache=cache, use_cache=True)
@@ -368,8 +395,32 @@ def shared_prefix_logits(
     positions = (torch.arange(batch.ids.shape[1]) + p).unsqueeze(0).expand_as(batch.ids)
     hidden = lm(input_ids=batch.ids, attention_mask=mask, position_ids=positions, cache=cache,
                 use_cache=True).last_hidden_state
-    picked = hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-    return model.lm_head(picked)
+    return hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
+@torch.no_grad()
+def init_language_side(model: LlavaForConditionalGeneration, features: torch.Tensor, seed: int) -> None:
+    """Re-initialise projector and language model for training from scratch at this small width.
+
+    HF's default (normal, std 0.02) is made for wide models: at width 128 it leaves attention logits ~20x
+    smaller than a fan-in init, and the LM sat at chance for hundreds of steps. Here every linear layer
+    gets std ``fan_in ** -0.5``, token embeddings std 1, and the projector's first layer standardises
+    its input (per-channel mean/std of ``features: [n, P, C]``; layer -2 features carry a large shared
+    component) so that image and text tokens enter the LM at comparable scales.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    lm = model.model.language_model
+    for module in [*lm.modules(), model.lm_head, *model.model.multi_modal_projector.modules()]:
+        if isinstance(module, nn.Linear):
+            module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * module.in_features**-0.5)
+            if module.bias is not None:
+                module.bias.zero_()
+    lm.embed_tokens.weight.copy_(torch.randn(lm.embed_tokens.weight.shape, generator=gen))
+    flat = features.reshape(-1, features.shape[-1])
+    mean, std = flat.mean(0), flat.std(0) + 1e-5
+    first = model.model.multi_modal_projector.linear_1
+    first.weight.div_(std)
+    first.bias.copy_(-first.weight @ mean)
 
 
 def train_language(
@@ -381,19 +432,31 @@ def train_language(
     log: Callable[[str], None] = print,
 ) -> dict[str, float]:
     """Stage 2: train the projector and the language model (tower frozen) on yes/no questions about
-    ``data``'s scenes, whose layer -2 patch features are ``features: [n, P, C]``."""
+    ``data``'s scenes, whose layer -2 patch features are ``features: [n, P, C]``.
+
+    Auxiliary targets (weight ``recipe.aux_weight``; a linear head, discarded afterwards) on the hidden
+    state that predicts the answer: what the question asks about and where the named object is
+    (:func:`aux_targets`), which objects are present and how many. Yes/no answers alone are a one-bit signal per question; with it
+    the LM sat at chance for hundreds of steps, unable to find the asked words among ~180 image and
+    prompt tokens. These dense targets teach it to gather the question and the image at that position.
+    """
     prompts = PromptTokens.build(processor)
     pad_id = processor.tokenizer.pad_token_id
     gen = torch.Generator().manual_seed(recipe.seed * 1000 + 3)
     rng = np.random.default_rng(np.random.SeedSequence(recipe.seed, spawn_key=(TRAIN_STREAM, 9)))
+    width = recipe.spec.text_hidden
+    init_language_side(model, features[: min(len(features), 2000)], recipe.seed * 1000 + 4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed * 1000 + 5)
+        aux_head = nn.Linear(width, NUM_CLASSES + sum(AUX_CLASSES))
     model.model.vision_tower.requires_grad_(False)
     params = [*model.model.multi_modal_projector.parameters(), *model.model.language_model.parameters(),
-              *model.lm_head.parameters()]
+              *model.lm_head.parameters(), *aux_head.parameters()]
     opt = _optimizer(params, recipe.lm_lr, recipe.weight_decay)
     model.train()
     q, bsz = recipe.questions_per_image, recipe.lm_batch_images
     order = _epoch_order(len(data), recipe.lm_steps * bsz, gen)
-    window: dict[str, list[float]] = {"loss": [], "answer_acc": []}
+    window: dict[str, list[float]] = {"loss": [], "aux_loss": [], "answer_acc": []}
     start = time.perf_counter()
     for step in range(recipe.lm_steps):
         for group in opt.param_groups:
@@ -401,13 +464,22 @@ def train_language(
         idx = order[step * bsz:(step + 1) * bsz]
         items = [(qa.question, qa.answer) for i in idx for qa in training_questions(data.scenes[i], rng, q)]
         batch = question_batch(prompts, items, pad_id)
-        logits = shared_prefix_logits(model, prompts, features[idx], batch, q)
+        hidden = shared_prefix_hidden(model, prompts, features[idx], batch, q)
+        logits = model.lm_head(hidden)
         loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
+        aux = aux_head(hidden[:, 0])
+        presence = torch.from_numpy(data.presence[idx]).repeat_interleave(q, dim=0)
+        classes = torch.tensor([aux_targets(question, data.scenes[i])
+                                for i, (question, _) in zip(np.repeat(idx, q), items, strict=True)])
+        aux_loss = F.binary_cross_entropy_with_logits(aux[:, :NUM_CLASSES], presence) + sum(
+            F.cross_entropy(logits_j, classes[:, j])
+            for j, logits_j in enumerate(aux[:, NUM_CLASSES:].split(AUX_CLASSES, dim=-1)))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + recipe.aux_weight * aux_loss).backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         window["loss"].append(loss.item())
+        window["aux_loss"].append(aux_loss.item())
         window["answer_acc"].append((logits[:, 0].argmax(-1) == batch.targets[:, 0]).float().mean().item())
         if (step + 1) % 100 == 0 or step + 1 == recipe.lm_steps:
             means = {k: float(np.mean(v)) for k, v in window.items()}
@@ -423,7 +495,7 @@ def train_language(
 def training_corpus() -> list[str]:
     """Tokenizer corpus: every question form the synthetic sets ask, in the evaluation prompt, with its
     answer (so the BPE merges cover them), plus the default corpus (documents, captions)."""
-    from sparsezip.data.synthetic import COLOURS, SHAPES, count_question
+    from sparsezip.data.synthetic import count_question
 
     questions = [existence_question(c) for c in range(NUM_CLASSES)]
     questions += [f"Is the {s} in the image {c}?" for s in SHAPES for c in COLOURS]
