@@ -14,6 +14,10 @@ import sys
 # name -> module; one line per command, in the order `sparsezip --help` lists them.
 COMMANDS: dict[str, str] = {
     "methods": "sparsezip.commands.methods",
+    "smoke": "sparsezip.commands.smoke",
+    "eval": "sparsezip.commands.eval",
+    "score": "sparsezip.commands.score",
+    "merge": "sparsezip.commands.merge",
     "make-fixtures": "sparsezip.commands.make_fixtures",
     "train-tiny": "sparsezip.commands.train_tiny",
 }

@@ -25,12 +25,16 @@ class VisionContext:
             or ``None`` when the caller could not provide it (methods with ``needs_attention`` refuse).
         text_query: ``[B, C]`` the question already mapped into vision hidden space (see
             ``sparsezip.adapters.llava``), or ``None`` for no text awareness.
+        sample_seeds: ``[B]`` int64, one seed per image for methods that draw random numbers, so an image's
+            result does not depend on the batch it is in (the LLaVA adapter derives them from the image's
+            pixels); ``None`` = every image uses seed 0.
     """
 
     hidden: torch.Tensor
     keys: torch.Tensor
     cls_attn: torch.Tensor | None = None
     text_query: torch.Tensor | None = None
+    sample_seeds: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.hidden.ndim != 3:
@@ -50,6 +54,13 @@ class VisionContext:
         if self.text_query is not None and tuple(self.text_query.shape) != (b, c):
             raise ValueError(
                 f"VisionContext.text_query must be [B={b}, C={c}], got shape {tuple(self.text_query.shape)}"
+            )
+        if self.sample_seeds is not None and (
+            tuple(self.sample_seeds.shape) != (b,) or self.sample_seeds.dtype != torch.long
+        ):
+            raise ValueError(
+                f"VisionContext.sample_seeds must be int64 [B={b}], got {self.sample_seeds.dtype} "
+                f"{tuple(self.sample_seeds.shape)}"
             )
 
     @property

@@ -33,3 +33,8 @@ def test_context_rejects_mismatched_shapes() -> None:
 def test_methods_command_lists_none(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["methods"]) == 0
     assert "none" in capsys.readouterr().out
+
+
+def test_context_rejects_bad_sample_seeds() -> None:
+    with pytest.raises(ValueError, match="sample_seeds"):
+        VisionContext(hidden=torch.zeros(2, 5, 4), keys=torch.zeros(2, 5, 2), sample_seeds=torch.zeros(3).long())

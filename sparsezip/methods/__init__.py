@@ -1,6 +1,13 @@
 """Method registry. Importing this package registers every built-in method (and does nothing else)."""
 
-from sparsezip.methods import none  # noqa: F401  (registration side effect, one line per method)
+from sparsezip.methods import (
+    none,  # noqa: F401  (registration side effect, one line per method)
+    pool,  # noqa: F401
+    random_select,  # noqa: F401
+    sparsevlm,  # noqa: F401
+    sparsezip,  # noqa: F401
+    visionzip,  # noqa: F401
+)
 from sparsezip.methods.base import (
     CompressionMethod,
     get_method,

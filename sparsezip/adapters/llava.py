@@ -1,0 +1,404 @@
+"""Hugging Face ``LlavaForConditionalGeneration`` integration: any registered method, batched, timed by stage.
+
+Pipeline of :meth:`LlavaVLM.generate` for a batch of single-image prompts (llava-hf/llava-1.5-7b-hf layout):
+
+1. ``vision_ms``: the processor (image preprocessing + tokenization, each ``<image>`` expanded to
+   ``num_patches`` placeholders) and the vision tower up to the feature layer, whose CLS attention row and
+   head-averaged keys come from hooks (:mod:`sparsezip.adapters.vision_tower`).
+2. ``compress_ms``: the text query (``needs_text`` methods with ``questions``: the mean LLM input embedding of
+   the question mapped into vision space by the projector's transposed weights, methods.md 1.2) and the
+   method's ``compress``.
+3. ``prefill_ms``: the projector on the compressed tokens, each prompt's placeholder run shortened to its
+   image's token count (left-padded batch, mask rebuilt), the projected tokens scattered into
+   ``inputs_embeds``, and the LLM's first forward up to the first token (timestamped by a no-op logits
+   processor inside ``generate``).
+4. ``decode_ms``: the remaining tokens; ``total_ms``: the whole call.
+
+Scattering into ``inputs_embeds`` and passing ``mm_encoder_outputs`` were both checked to give the plain model's
+tokens and bit-identical logits when nothing is dropped (transformers 5.24); the adapter keeps the scatter, which
+does not depend on the newer ``mm_encoder_outputs`` API. In-LLM methods (``stage = "llm"``, SparseVLM) run one
+prompt at a time through their own greedy loop (:mod:`sparsezip.adapters.sparsevlm_llama`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from sparsezip.adapters.api import GenerationOutput
+from sparsezip.adapters.placeholders import shorten_image_runs
+from sparsezip.adapters.vision_tower import FeatureLayerTap
+from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.methods.base import CompressionMethod
+from sparsezip.profiling import FirstCallClock, StageTimer, decoder_prefill_flops
+
+if TYPE_CHECKING:
+    from PIL import Image
+    from transformers import LlavaForConditionalGeneration, ProcessorMixin
+
+
+@dataclass
+class PreparedBatch:
+    """A batch ready for the LLM: what :meth:`LlavaVLM.prepare` hands to generation.
+
+    Attributes:
+        input_ids: ``[B, S]`` the prompts' ids with each image's placeholder run shortened, left-padded.
+        inputs_embeds: ``[B, S, D]`` text embeddings with the projected visual tokens scattered in, left-padded.
+        attention_mask: ``[B, S]`` 1 = real token.
+        image_mask: ``[B, S]`` True at the visual token positions.
+        result: the method's :class:`CompressionResult` (pre-projector).
+        timer: the call's :class:`StageTimer` (``vision_ms`` and ``compress_ms`` filled in).
+        start: the call's start timestamp (``timer.now()`` seconds).
+        compress_end: timestamp when compression finished (prefill is measured from here).
+    """
+
+    input_ids: torch.Tensor
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    image_mask: torch.Tensor
+    result: CompressionResult
+    timer: StageTimer
+    start: float
+    compress_end: float
+
+
+class LlavaVLM:
+    """A loaded LLaVA (``LlavaForConditionalGeneration`` + its processor) implementing
+    :class:`sparsezip.adapters.api.VisionLanguageModel`. Wraps, never modifies, the model: hooks live only for
+    the duration of a call and nothing is patched, so other models in the process are unaffected.
+
+    Supported layout: a CLIP-style vision tower, one integer ``vision_feature_layer`` and
+    ``vision_feature_select_strategy == "default"`` (CLS at index 0, dropped by LLaVA), as in LLaVA-1.5. If the
+    feature layer's attention module cannot be read (no ``q_proj``/``k_proj``), methods that need attention are
+    refused with a ``ValueError`` and the others get ``VisionContext.keys`` as an empty ``[B, N, 0]`` tensor.
+    """
+
+    def __init__(
+        self, model: LlavaForConditionalGeneration, processor: ProcessorMixin, *, name: str | None = None
+    ) -> None:
+        inner = getattr(model, "model", None)
+        if not all(hasattr(inner, a) for a in ("vision_tower", "multi_modal_projector", "language_model")):
+            raise ValueError(f"expected a LlavaForConditionalGeneration, got {type(model).__name__}")
+        config = model.config
+        if config.vision_feature_select_strategy != "default":
+            raise ValueError(
+                "only vision_feature_select_strategy='default' (CLS dropped) is supported, got "
+                f"{config.vision_feature_select_strategy!r}"
+            )
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tap = FeatureLayerTap(inner.vision_tower, config.vision_feature_layer)
+        self.image_token = getattr(processor, "image_token", None) or "<image>"
+        self.image_token_id = int(config.image_token_id)
+        vision = config.vision_config
+        self.num_patches = (vision.image_size // vision.patch_size) ** 2
+        self.name = name or Path(str(getattr(model, "name_or_path", "") or "llava")).name or "llava"
+        # Re-packed batches pad with this id (masked out, so any id works); without a pad token, EOS.
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else min(self._eos_ids()))
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights live."""
+        return self.model.device
+
+    def chat_prompt(self, question: str) -> str:
+        """The checkpoint's chat template applied to one user turn (``<image>`` + ``question``), generation
+        prompt appended."""
+        if not getattr(self.processor, "chat_template", None):
+            raise ValueError(f"model {self.name!r} has no chat template; use prompt_style 'llava_v1'")
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+
+    # ------------------------------------------------------------------------------------------ validation
+    def _validate(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        method: CompressionMethod,
+        questions: Sequence[str] | None,
+        max_new_tokens: int,
+        num_beams: int,
+    ) -> None:
+        if not isinstance(method, CompressionMethod):
+            raise ValueError(f"method must be a CompressionMethod, got {type(method).__name__}")
+        if len(prompts) == 0:
+            raise ValueError("generate needs at least one prompt")
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; each prompt takes one image")
+        for i, prompt in enumerate(prompts):
+            found = prompt.count(self.image_token)
+            if found != 1:
+                raise ValueError(f"prompt {i} holds {found} {self.image_token} placeholders; exactly 1 is needed")
+        if questions is not None and len(questions) != len(prompts):
+            raise ValueError(f"got {len(questions)} questions for {len(prompts)} prompts")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+        if method.needs_attention and self.tap.attention_unavailable is not None:
+            raise ValueError(
+                f"method {method.name!r} needs the CLS attention row, but this model's vision tower cannot provide "
+                f"it: {self.tap.attention_unavailable}"
+            )
+        budget = method.config().get("budget")
+        if method.stage == "vision" and isinstance(budget, int) and budget > self.num_patches:
+            raise ValueError(
+                f"budget {budget} of method {method.name!r} exceeds the {self.num_patches} visual tokens "
+                f"model {self.name!r} produces per image"
+            )
+        if method.stage == "llm" and num_beams != 1:
+            raise ValueError(f"method {method.name!r} prunes inside the LLM with greedy decoding only; got num_beams={num_beams}")
+
+    def _check_result(self, result: CompressionResult, batch: int, channels: int, method: CompressionMethod) -> None:
+        if result.tokens.shape[0] != batch or result.tokens.shape[2] != channels:
+            raise ValueError(
+                f"method {method.name!r} returned tokens {tuple(result.tokens.shape)}; expected [B={batch}, T, C={channels}]"
+            )
+        lengths = result.lengths.tolist()
+        if any(not 1 <= n <= min(result.tokens.shape[1], self.num_patches) for n in lengths):
+            raise ValueError(
+                f"method {method.name!r} returned {lengths} tokens per image; each must be in "
+                f"[1, {self.num_patches}] and fit its [B, T={result.tokens.shape[1]}, C] tokens"
+            )
+
+    # ------------------------------------------------------------------------------------------ pipeline
+    def text_query(self, questions: Sequence[str]) -> torch.Tensor:
+        """The question mapped into vision hidden space: ``[B, C]`` float32.
+
+        Mean of the LLM input embeddings of each question's tokens (no special tokens), ``t [B, D]``, then
+        ``W1^T (W2^T t)`` with the projector's two weight matrices (``sparsezip.scoring.text_to_vision_space``).
+        """
+        empty = [i for i, q in enumerate(questions) if not q or not q.strip()]
+        if empty:
+            raise ValueError(f"questions {empty} are empty; pass questions=None for no text awareness")
+        from sparsezip.scoring import text_to_vision_space
+
+        encoded = self.tokenizer(list(questions), add_special_tokens=False, padding=True, return_tensors="pt")
+        ids, mask = encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
+        embeds = self.model.get_input_embeddings()(ids).float()
+        weights = mask.unsqueeze(-1).float()
+        mean = (embeds * weights).sum(dim=1) / weights.sum(dim=1)
+        projector = self.model.model.multi_modal_projector
+        return text_to_vision_space(mean, projector.linear_1.weight, projector.linear_2.weight)
+
+    @torch.inference_mode()
+    def prepare(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        *,
+        method: CompressionMethod,
+        questions: Sequence[str] | None = None,
+    ) -> PreparedBatch:
+        """Vision tower, compression and the LLM's input embeddings for a batch (steps 1-3 minus the LLM)."""
+        self._validate(images, prompts, method, questions, 1, 1)
+        timer = StageTimer(self.device)
+        start = timer.now()
+        with timer.stage("vision_ms"):
+            batched = len(prompts) > 1
+            if batched and self.tokenizer.pad_token_id is None:
+                raise ValueError(f"model {self.name!r}: its tokenizer has no pad token, so batches need size 1")
+            inputs = self.processor(images=list(images), text=list(prompts), return_tensors="pt", padding=batched)
+            pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
+            features = self.tap(pixel_values)
+        with timer.stage("compress_ms"):
+            hidden = features.hidden
+            text_query = None
+            if method.needs_text and method.stage == "vision" and questions is not None:
+                text_query = self.text_query(questions).to(hidden.dtype)
+            keys = features.keys if features.keys is not None else hidden.new_zeros(*hidden.shape[:2], 0)
+            seeds = torch.tensor([image_seed(image) for image in images], dtype=torch.long)
+            ctx = VisionContext(
+                hidden=hidden, keys=keys, cls_attn=features.cls_attn, text_query=text_query, sample_seeds=seeds
+            )
+            result = method(ctx)
+            self._check_result(result, hidden.shape[0], hidden.shape[2], method)
+        compress_end = timer.now()
+        ids, mask = shorten_image_runs(
+            inputs["input_ids"].to(self.device),
+            inputs["attention_mask"].to(self.device),
+            result.lengths.to(self.device),
+            image_token_id=self.image_token_id,
+            pad_token_id=self.pad_token_id,
+            expected_run=self.num_patches,
+        )
+        projected = self.model.model.multi_modal_projector(result.tokens)
+        real = torch.arange(projected.shape[1], device=self.device)[None, :] < result.lengths.to(self.device)[:, None]
+        embeds = self.model.get_input_embeddings()(ids)
+        image_mask = ids == self.image_token_id
+        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), projected[real].to(embeds.dtype))
+        return PreparedBatch(ids, embeds, mask, image_mask, result, timer, start, compress_end)
+
+    def generate(
+        self,
+        images: Sequence[Image.Image],
+        prompts: Sequence[str],
+        *,
+        method: CompressionMethod,
+        questions: Sequence[str] | None = None,
+        max_new_tokens: int = 16,
+        num_beams: int = 1,
+    ) -> list[GenerationOutput]:
+        """Greedy (or beam) generation for a batch of single-image prompts under ``method``.
+
+        ``prompts[i]`` holds exactly one ``<image>`` for ``images[i]``; ``questions[i]`` is the bare question for
+        text-aware methods (``None``: no text awareness). Every sample of a batch reports the batch's stage
+        times (``batch_size`` says how many shared them); in-LLM methods run one prompt at a time.
+        """
+        self._validate(images, prompts, method, questions, max_new_tokens, num_beams)
+        if method.stage == "llm":
+            return [
+                self._generate_in_llm(image, prompt, method, max_new_tokens)
+                for image, prompt in zip(images, prompts, strict=True)
+            ]
+        prepared = self.prepare(images, prompts, method=method, questions=questions)
+        first_token = FirstCallClock(self.device)
+        with torch.inference_mode():
+            sequences = self.model.generate(
+                inputs_embeds=prepared.inputs_embeds,
+                attention_mask=prepared.attention_mask,
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                logits_processor=[first_token],
+                pad_token_id=self.pad_token_id,
+            )
+        end = prepared.timer.now()
+        timings = self._timings(prepared, first_token.first_call, end)
+        batch = len(prompts)
+        outputs = []
+        for b in range(batch):
+            tokens = self._trim(sequences[b].tolist())
+            visual = int(prepared.result.lengths[b])
+            prefill = int(prepared.attention_mask[b].sum())
+            outputs.append(
+                GenerationOutput(
+                    text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                    new_tokens=len(tokens),
+                    visual_tokens=float(visual),
+                    prefill_tokens=prefill,
+                    timings=dict(timings),
+                    batch_size=batch,
+                    extra={
+                        "token_ids": tokens,
+                        "k": int(prepared.result.k[b]),
+                        "prefill_flops": self._prefill_flops(prefill),
+                    },
+                )
+            )
+        return outputs
+
+    def _generate_in_llm(
+        self, image: Image.Image, prompt: str, method: CompressionMethod, max_new_tokens: int
+    ) -> GenerationOutput:
+        from sparsezip.adapters.sparsevlm_llama import generate_sparsevlm
+
+        if method.name != "sparsevlm":
+            raise ValueError(f"no in-LLM implementation for method {method.name!r} (stage 'llm'); known: sparsevlm")
+        prepared = self.prepare([image], [prompt], method=method)
+        visual_positions = torch.nonzero(prepared.image_mask[0]).flatten()
+        start = int(visual_positions[0])
+        text_config = self.model.config.text_config
+        run = generate_sparsevlm(
+            self.model,
+            prepared.inputs_embeds,
+            start,
+            visual_positions.numel(),
+            method.plan(self.num_patches, text_config.num_hidden_layers),
+            max_new_tokens=max_new_tokens,
+            eos_token_ids=self._eos_ids(),
+            clock=prepared.timer.now,
+        )
+        end = prepared.timer.now()
+        per_layer = run.visual_tokens_per_layer
+        tokens = self._trim(run.tokens)
+        return GenerationOutput(
+            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+            new_tokens=len(tokens),
+            visual_tokens=sum(per_layer) / len(per_layer),
+            prefill_tokens=int(prepared.attention_mask[0].sum()),
+            timings=self._timings(prepared, run.first_token_time, end),
+            visual_tokens_per_layer=per_layer,
+            batch_size=1,
+            extra={
+                "token_ids": tokens,
+                "counts_after_pruning": run.counts_after_pruning,
+                "prefill_flops": self._prefill_flops(run.prefill_tokens_per_layer),
+            },
+        )
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def _eos_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
+
+    def _trim(self, tokens: list[int]) -> list[int]:
+        """Generated ids up to and including the first EOS (the padding HF adds after it removed)."""
+        eos = self._eos_ids()
+        for i, token in enumerate(tokens):
+            if token in eos:
+                return tokens[: i + 1]
+        return tokens
+
+    def _prefill_flops(self, seq_lens: int | list[int]) -> int:
+        text = self.model.config.text_config
+        return decoder_prefill_flops(
+            seq_lens,
+            num_layers=text.num_hidden_layers,
+            hidden=text.hidden_size,
+            intermediate=text.intermediate_size,
+            num_heads=text.num_attention_heads,
+            num_kv_heads=getattr(text, "num_key_value_heads", None),
+            vocab_size=text.vocab_size,
+        )
+
+    @staticmethod
+    def _timings(prepared: PreparedBatch, first_token: float | None, end: float) -> dict[str, float]:
+        if first_token is None:  # generate produced no token (cannot happen with max_new_tokens >= 1)
+            raise ValueError("generation produced no token, so time to first token is undefined")
+        timings = dict(prepared.timer.ms)
+        timings["prefill_ms"] = (first_token - prepared.compress_end) * 1e3
+        timings["decode_ms"] = (end - first_token) * 1e3
+        timings["total_ms"] = (end - prepared.start) * 1e3
+        return timings
+
+
+def load_llava(
+    model_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> LlavaVLM:
+    """Load a local LLaVA checkpoint (llava-hf layout) with ``from_pretrained``: offline
+    (``local_files_only=True``), no remote code. ``dtype`` (a ``torch.dtype`` or its name, e.g. ``"bfloat16"``)
+    defaults to float32 on CPU and float16 on CUDA."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    path = Path(model_path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path} is not a checkpoint directory (no config.json)")
+    device = torch.device(device)
+    if isinstance(dtype, str):
+        named = getattr(torch, dtype, None)
+        if not isinstance(named, torch.dtype) or not named.is_floating_point:
+            raise ValueError(f"dtype {dtype!r} is not a torch floating-point dtype (e.g. float16, bfloat16, float32)")
+        dtype = named
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    return LlavaVLM(model.to(device), processor, name=path.name)
+
+
+def image_seed(image: Image.Image) -> int:
+    """A per-image seed from the image's mode, size and pixels (``VisionContext.sample_seeds``): methods that
+    draw random numbers then give an image the same result in any batch, in any run."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)

@@ -1,0 +1,75 @@
+"""DocVQA (single-page, task 1): ``val_v1.0.json`` + ``documents/`` images, or the HF parquet layout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from sparsezip import metrics
+from sparsezip.data.parquet import find_parquet_files, iter_parquet_rows
+from sparsezip.data.sample import Sample, require_file, resolve_inside
+from sparsezip.jsonio import sha256_file
+
+_FIELDS = ("questionId", "question", "image", "answers")
+_PARQUET_COLUMNS = ("questionId", "question", "answers")
+
+
+def annotation_file(path: Path) -> Path:
+    """``path`` itself, or the ``val_v1.0.json`` (else the only ``*.json``) in the folder."""
+    if path.is_file():
+        return path
+    preferred = path / "val_v1.0.json"
+    if preferred.is_file():
+        return preferred
+    candidates = sorted(path.glob("*.json"))
+    if len(candidates) != 1:
+        raise ValueError(f"no DocVQA annotation file val_v1.0.json in {path} (found {[c.name for c in candidates]})")
+    return candidates[0]
+
+
+def load_files(path: Path, *, check_images: bool = True) -> Iterator[Sample]:
+    """Samples from the RRC json (``{"data": [{questionId, question, image, answers, ...}]}``); image paths
+    (``documents/xxx.png``) are relative to the json's folder and may not leave it. ``check_images=False``
+    (scoring from the json alone) does not require the image files to exist."""
+    file = annotation_file(path)
+    try:
+        payload = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file}:{err.lineno}: malformed JSON ({err.msg})") from None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise ValueError(f"{file}: expected a JSON object with a 'data' list (the DocVQA val_v1.0.json format)")
+    meta = {"source": file.name, "source_sha256": sha256_file(file)}
+    for index, entry in enumerate(data):
+        where = f"{file}: data[{index}]"
+        missing = [k for k in _FIELDS if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise ValueError(f"{where}: DocVQA entry lacks field(s) {missing}")
+        image = resolve_inside(file.parent, str(entry["image"]), where)
+        if check_images:
+            require_file(image, where)
+        yield Sample(entry["questionId"], image, str(entry["question"]), _answers(entry["answers"], where), meta)
+
+
+def load_parquet(path: Path, *, check_images: bool = True) -> Iterator[Sample]:
+    """Samples from the HF parquet layout (``questionId`` is a string there; kept as given). Images stay in
+    the parquet rows (``check_images`` is accepted for symmetry)."""
+    files = find_parquet_files(path)
+    hashes = {f: sha256_file(f) for f in files}
+    for row, image, where in iter_parquet_rows(files, _PARQUET_COLUMNS):
+        meta = {"source": image.file.name, "source_sha256": hashes[image.file]}
+        yield Sample(row["questionId"], image, str(row["question"]), _answers(row["answers"], where), meta)
+
+
+def _answers(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not value or not all(isinstance(a, str) for a in value):
+        raise ValueError(f"{where}: 'answers' must be a non-empty list of strings, got {value!r}")
+    return tuple(value)
+
+
+def score(records: Sequence[Mapping], parser: str | None = None) -> dict:
+    """``{anls, exact_match, n}`` from records ``{prediction, answers}`` (DocVQA has one parser)."""
+    if parser not in (None, "official"):
+        raise ValueError(f"DocVQA has no parser choice (ANLS scores the raw text), got parser={parser!r}")
+    return metrics.docvqa_metrics([r["prediction"] for r in records], [r["answers"] for r in records])

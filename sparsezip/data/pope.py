@@ -1,0 +1,118 @@
+"""POPE: the official label files (JSON lines) + COCO ``val2014/`` images, or the lmms-lab parquet layout."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from sparsezip import metrics
+from sparsezip.data.parquet import find_parquet_files, iter_parquet_rows
+from sparsezip.data.sample import Sample, require_file, resolve_inside
+from sparsezip.jsonio import iter_jsonl, sha256_file
+
+CATEGORIES = ("random", "popular", "adversarial")
+_LABEL_FIELDS = ("question_id", "image", "text", "label")
+_PARQUET_COLUMNS = ("question_id", "question", "answer", "category")
+
+
+def label_files(path: Path, category: str | None = None) -> list[Path]:
+    """The label files at ``path``: the file itself, or every ``*_pope_<category>.json`` in the folder
+    (``coco_pope_random.json`` ...) in the order random, popular, adversarial, optionally only ``category``'s."""
+    order = {name: i for i, name in enumerate(CATEGORIES)}
+    files = [path] if path.is_file() else sorted(
+        path.glob("*pope_*.json"), key=lambda f: (order.get(file_category(f), len(order)), f.name)
+    )
+    if category is not None:
+        files = [f for f in files if file_category(f) == category]
+    if not files:
+        wanted = f"*pope_{category}.json" if category else "coco_pope_{random,popular,adversarial}.json"
+        raise ValueError(f"no POPE label file {wanted} found at {path}")
+    return files
+
+
+def file_category(path: Path) -> str:
+    """``coco_pope_adversarial.json`` -> ``adversarial`` (the part after the last ``_``)."""
+    return path.stem.rsplit("_", 1)[-1]
+
+
+def find_image_root(label_dir: Path, image_root: str | Path | None) -> Path:
+    """Where the COCO images are: ``image_root`` if given, else the first existing ``val2014`` folder next
+    to the label files, one level up, or in a sibling ``coco/`` folder."""
+    if image_root is not None:
+        candidates = [Path(image_root)]
+    else:
+        candidates = [
+            label_dir / "val2014",
+            label_dir / "images",
+            label_dir.parent / "val2014",
+            label_dir.parent / "coco" / "val2014",
+            label_dir / "coco" / "val2014",
+        ]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise ValueError(
+        f"no COCO image folder for the POPE labels in {label_dir}; looked in "
+        f"{[str(c) for c in candidates]} (pass image_root=... / --image-root)"
+    )
+
+
+def load_files(
+    path: Path,
+    *,
+    category: str | None = None,
+    image_root: str | Path | None = None,
+    check_images: bool = True,
+) -> Iterator[Sample]:
+    """Samples from official label files: one JSON object per line with ``question_id``, ``image``,
+    ``text``, ``label``. ``category`` picks one label file out of a folder; the id is ``question_id``.
+    ``check_images=False`` (scoring from label files alone) skips looking for the images."""
+    files = label_files(path, category)
+    if check_images or image_root is not None:
+        root = find_image_root(files[0].parent, image_root)
+    else:
+        root = files[0].parent / "val2014"
+    for file in files:
+        cat = file_category(file)
+        meta_common = {"source": file.name, "source_sha256": sha256_file(file)}
+        for lineno, row in iter_jsonl(file):
+            where = f"{file}:{lineno}"
+            missing = [k for k in _LABEL_FIELDS if k not in row]
+            if missing:
+                raise ValueError(f"{where}: POPE label line lacks field(s) {missing}")
+            label = _label(row["label"], where)
+            image = resolve_inside(root, str(row["image"]), where)
+            if check_images:
+                require_file(image, where)
+            yield Sample(row["question_id"], image, str(row["text"]), (label,), {"category": cat, **meta_common})
+
+
+def load_parquet(path: Path, *, category: str | None = None, check_images: bool = True) -> Iterator[Sample]:
+    """Samples from the lmms-lab POPE parquet files (all three categories in one table, ``category``
+    column); ids are the ``question_id`` column, which repeats across categories. Images stay in the
+    parquet rows (``check_images`` is accepted for symmetry; there is nothing to look for)."""
+    files = find_parquet_files(path)
+    hashes = {f: sha256_file(f) for f in files}
+    for row, image, where in iter_parquet_rows(files, _PARQUET_COLUMNS):
+        if category is not None and row["category"] != category:
+            continue
+        meta = {"category": row["category"], "source": image.file.name, "source_sha256": hashes[image.file]}
+        yield Sample(row["question_id"], image, str(row["question"]), (_label(row["answer"], where),), meta)
+
+
+def _label(value: object, where: str) -> str:
+    label = str(value).strip().lower()
+    if label not in ("yes", "no"):
+        raise ValueError(f"{where}: POPE label must be yes/no, got {value!r}")
+    return label
+
+
+def score(records: Sequence[Mapping], parser: str | None = None) -> dict:
+    """POPE metrics from records ``{prediction, answers, category}``: flat for one category, else
+    ``{"categories", "mean_f1", "pooled"}``."""
+    by_category: dict[str, tuple[list[str], list[str]]] = {}
+    for record in records:
+        preds, labels = by_category.setdefault(str(record.get("category", "")), ([], []))
+        preds.append(record["prediction"])
+        labels.append(record["answers"][0])
+    return metrics.pope_report(by_category, parser=parser or "official")

@@ -1,0 +1,102 @@
+"""Records: what gets scored. A record is ``{question_id, [category], answers, prediction}``; the runner
+writes them (plus timings) to ``predictions.jsonl``, and ``sparsezip score`` builds them by joining a
+predictions file to the annotations. Every metric is computed from records, so both paths agree."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from sparsezip.data.registry import dataset_spec
+from sparsezip.data.sample import Sample
+from sparsezip.jsonio import iter_jsonl
+
+# Where a predictions line keeps its raw answer: ours first, then LLaVA's answer files ("text").
+PREDICTION_FIELDS = ("prediction", "text")
+
+
+def gold_record(family: str, sample: Sample) -> dict:
+    """The annotation half of a record: ``question_id``, the id scope field if the dataset has one, ``answers``."""
+    record: dict = {"question_id": sample.id}
+    scope = dataset_spec(family).id_scope
+    if scope is not None:
+        record[scope] = sample.meta.get(scope)
+    record["answers"] = list(sample.answers)
+    return record
+
+
+def record_key(family: str, record: Mapping) -> str:
+    """The join key of a record or sample: the question id as a string (so the json layout's ``123`` and
+    the parquet layout's ``"123"`` match), qualified by the id scope (POPE: ``random/123``) if any."""
+    scope = dataset_spec(family).id_scope
+    qid = str(record["question_id"])
+    return f"{record.get(scope)}/{qid}" if scope is not None else qid
+
+
+def read_predictions(path: str | Path) -> list[tuple[str, dict]]:
+    """``(file:line, object)`` for each line of a predictions JSON-lines file; each needs ``question_id``
+    and ``prediction`` (or LLaVA's ``text``)."""
+    rows = []
+    for lineno, obj in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if "question_id" not in obj:
+            raise ValueError(f"{where}: prediction line lacks 'question_id'")
+        if not any(isinstance(obj.get(f), str) for f in PREDICTION_FIELDS):
+            raise ValueError(f"{where}: prediction line lacks a string 'prediction'")
+        rows.append((where, obj))
+    if not rows:
+        raise ValueError(f"{path}: no predictions")
+    return rows
+
+
+def join_predictions(
+    family: str,
+    samples: Iterable[Sample],
+    predictions: Sequence[tuple[str, Mapping]],
+    *,
+    allow_missing: bool = False,
+) -> list[dict]:
+    """Scoring records for ``samples`` (in annotation order) with their ``predictions``.
+
+    A prediction whose id is not in the annotations, or a duplicate prediction, is always an error naming
+    its line; an annotation without a prediction is an error unless ``allow_missing`` (then it is left out
+    of the score). POPE predictions may omit ``category`` when the annotations hold one category only.
+    """
+    spec = dataset_spec(family)
+    golds = {}
+    for sample in samples:
+        record = gold_record(family, sample)
+        key = record_key(family, record)
+        if key in golds:
+            raise ValueError(f"{family}: question id {sample.id!r} appears twice in the annotations ({key})")
+        golds[key] = record
+    scopes = {g.get(spec.id_scope) for g in golds.values()} if spec.id_scope else set()
+    answered: dict[str, str] = {}
+    for where, pred in predictions:
+        pred = dict(pred)
+        if spec.id_scope and spec.id_scope not in pred:
+            if len(scopes) != 1:
+                raise ValueError(f"{where}: the annotations span {len(scopes)} {spec.id_scope} values "
+                                 f"{sorted(map(str, scopes))}, so each prediction needs a '{spec.id_scope}' field")
+            pred[spec.id_scope] = next(iter(scopes))
+        key = record_key(family, pred)
+        if key not in golds:
+            raise ValueError(f"{where}: question_id {pred['question_id']!r} is not in the annotations")
+        if key in answered:
+            raise ValueError(f"{where}: duplicate prediction for question_id {pred['question_id']!r}")
+        answered[key] = next(pred[f] for f in PREDICTION_FIELDS if isinstance(pred.get(f), str))
+    missing = [golds[k]["question_id"] for k in golds if k not in answered]
+    if missing and not allow_missing:
+        raise ValueError(f"{len(missing)} annotated question(s) have no prediction, e.g. {missing[:5]} "
+                         "(pass --allow-missing to score only the answered ones)")
+    return [{**gold, "prediction": answered[key]} for key, gold in golds.items() if key in answered]
+
+
+def score_records(family: str, records: Sequence[Mapping], parser: str | None = None) -> dict:
+    """The dataset's metrics dict for ``records`` (see ``DatasetSpec.score``)."""
+    spec = dataset_spec(family)
+    if parser is not None and parser not in spec.parsers:
+        raise ValueError(f"{family} has no parser {parser!r}; choose one of {spec.parsers}")
+    if not records:
+        raise ValueError(f"{family}: nothing to score (0 records)")
+    return spec.score(records, parser)

@@ -1,0 +1,61 @@
+"""``random``: K patches chosen uniformly at random (seeded), kept in ascending order; the rest dropped.
+
+The control every scoring method must beat at the same budget (methods.md section 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from sparsezip.budget import check_budget_fits, check_budget_positive
+from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.layout import assemble
+from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.selection import topk_mask
+
+DEFAULT_BUDGET = 64
+
+
+@register_method
+class RandomSelection(CompressionMethod):
+    """Keep ``budget`` (default 64) uniformly random patches per image; CLS and the other patches are dropped.
+
+    Image b draws its patches from a fresh CPU ``torch.Generator`` seeded with ``(seed, sample_seeds[b])``
+    (``VisionContext.sample_seeds``; 0 when absent): the same image always gets the same patches, whatever
+    batch it is in and on CPU or CUDA alike, and different images get different patches. The loop over images
+    draws only ``B`` small random vectors; the selection itself is batched.
+    """
+
+    name = "random"
+
+    def __init__(self, budget: int | None = None, seed: int = 0) -> None:
+        if budget is not None:
+            check_budget_positive(self.name, budget)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"random: seed must be an integer, got seed={seed!r}")
+        self.budget = budget
+        self.seed = seed
+
+    def compress(self, ctx: VisionContext) -> CompressionResult:
+        """hidden ``[B, N, C]`` -> tokens ``[B, K, C]``, K = budget random patches in raster order."""
+        k = DEFAULT_BUDGET if self.budget is None else self.budget
+        check_budget_fits(self.name, k, ctx.num_patches)
+        b, n, _ = ctx.hidden.shape
+        sample_seeds = [0] * b if ctx.sample_seeds is None else ctx.sample_seeds.tolist()
+        keys = torch.stack(
+            [torch.rand(n - 1, generator=_generator(self.seed, s)) for s in sample_seeds]
+        ).to(ctx.hidden.device)
+        keep = torch.zeros(b, n, dtype=torch.bool, device=ctx.hidden.device)
+        keep[:, 1:] = topk_mask(keys, k)
+        return assemble(ctx.hidden, keep, torch.full((b,), k, dtype=torch.long, device=ctx.hidden.device))
+
+    def config(self) -> dict:
+        return {"budget": self.budget, "seed": self.seed}
+
+
+def _generator(seed: int, sample_seed: int) -> torch.Generator:
+    """A CPU generator for one image, seeded by the method's seed and the image's own seed."""
+    mixed = hashlib.sha256(f"{seed}:{sample_seed}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(mixed[:8], "little") & (2**63 - 1))

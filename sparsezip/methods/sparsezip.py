@@ -1,0 +1,157 @@
+"""``sparsezip``: the project's own method (methods.md section 1), training-free and text-aware.
+
+Per image: hybrid score over patches (z-scored CLS attention, channel entropy, MI proxy, plus the text term)
+-> K dominant patches (fixed, or dynamic from the score variance) -> every other patch merged into
+``contextual_num`` tokens by k-means on L2-normalised keys -> output ``[CLS?, dominant ascending, contextual]``.
+
+Budget (``budget=K``, total visual tokens per image): ``K - keep_cls`` is split between ``dominant`` and
+``merging.contextual_num`` in the ratio of the configured values (54:32 by default, so 64 -> 1 + 40 + 23).
+With dynamic K on, the split's dominant count is the *target* mean K: per image K varies within
+``[k_min, k_max]`` and so does the token count; choose ``dynk.c`` with :meth:`SparseZip.calibrate` so the
+mean over your images hits the target. Fewer tokens than the budget come out only when a contextual cluster
+ends up empty (e.g. many identical tokens) or an image has fewer patches than the configuration asks for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from sparsezip import scoring
+from sparsezip.budget import (
+    DynamicKCalibration,
+    calibrate_dynamic_k,
+    check_budget_fits,
+    check_budget_positive,
+    dynamic_k,
+    fixed_k,
+    score_log_variance,
+    split_budget,
+)
+from sparsezip.config import SparseZipConfig
+from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.layout import assemble
+from sparsezip.merging import kmeans_assign, visionzip_merge, weighted_merge
+from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.selection import topk_mask
+
+
+@register_method
+class SparseZip(CompressionMethod):
+    """SparseZip configured by the keys of ``model.sparsezip`` (see :class:`sparsezip.config.SparseZipConfig`).
+
+    ``SparseZip(budget=None, **cfg)``: ``cfg`` takes the YAML block as-is (nested dicts for ``alphas``,
+    ``dynk``, ``merging``); unknown keys raise ``ValueError`` naming them.
+    """
+
+    name = "sparsezip"
+    needs_attention = True
+    needs_text = True
+
+    def __init__(self, budget: int | None = None, **cfg: Any) -> None:
+        config = SparseZipConfig.from_dict(cfg)
+        if budget is not None:
+            check_budget_positive(self.name, budget)
+            dominant, contextual = split_budget(
+                budget, int(config.keep_cls), config.dominant, config.merging.contextual_num
+            )
+            config = config.replace(
+                dominant=dominant, merging=dataclasses.replace(config.merging, contextual_num=contextual)
+            )
+            if self._dynamic(config) and not config.k_min <= dominant <= config.k_max:
+                raise ValueError(
+                    f"sparsezip: budget={budget} targets {dominant} dominant tokens, outside the dynamic-K range "
+                    f"[k_min={config.k_min}, k_max={config.k_max}]; set k_min/k_max around it"
+                )
+        self.cfg = config
+        self.budget = budget
+
+    @staticmethod
+    def _dynamic(cfg: SparseZipConfig) -> bool:
+        return cfg.dynamic_k and not cfg.skip_dynamic_k
+
+    def scores(self, ctx: VisionContext) -> torch.Tensor:
+        """The final per-patch score ``s`` (hybrid + text term), ``[B, N - 1]`` float32."""
+        if ctx.cls_attn is None:
+            raise ValueError("sparsezip needs the CLS attention row (VisionContext.cls_attn), got None")
+        cfg = self.cfg
+        alphas = (1.0, 0.0, 0.0) if cfg.skip_hybrid_attn else (cfg.alphas.attn, cfg.alphas.entropy, cfg.alphas.mutual)
+        s = scoring.hybrid_score(
+            scoring.cls_attention(ctx.cls_attn),
+            ctx.keys[:, 1:],
+            alpha_attn=alphas[0],
+            alpha_entropy=alphas[1],
+            alpha_mutual=alphas[2],
+            tau_feat=cfg.tau_feat,
+            tau_sim=cfg.tau_sim,
+        )
+        if cfg.cross_beta and ctx.text_query is not None:
+            s = s + cfg.cross_beta * scoring.zscore(scoring.text_relevance(ctx.hidden[:, 1:], ctx.text_query))
+        return s
+
+    def select_k(self, scores: torch.Tensor) -> torch.Tensor:
+        """Dominant tokens per image ``[B]`` from the scores ``[B, M]``: dynamic, or ``dominant`` (<= M)."""
+        cfg = self.cfg
+        if self._dynamic(cfg):
+            return dynamic_k(scores, k_min=cfg.k_min, k_max=cfg.k_max, c=cfg.dynk.c, scale=cfg.dynk.scale,
+                             eps=cfg.dynk.eps)
+        return fixed_k(scores.shape[0], cfg.dominant, scores.shape[1], scores.device)
+
+    def compress(self, ctx: VisionContext) -> CompressionResult:
+        """hidden ``[B, N, C]`` -> tokens ``[B, T, C]`` laid out ``[CLS?, dominant ascending, contextual]``."""
+        if self.budget is not None:
+            check_budget_fits(self.name, self.budget, ctx.num_patches)
+        cfg = self.cfg
+        b = ctx.batch_size
+        patches, patch_keys = ctx.hidden[:, 1:], ctx.keys[:, 1:]
+
+        s = self.scores(ctx)
+        k = self.select_k(s)
+        dominant = topk_mask(s, k)
+        remaining = ~dominant
+        contextual_num = cfg.merging.contextual_num
+        if cfg.skip_ctx_merge:
+            contextual, slot_valid, labels = visionzip_merge(patches, patch_keys, remaining, contextual_num)
+        else:
+            labels, n_clusters = kmeans_assign(
+                scoring.l2_normalize(patch_keys),
+                remaining,
+                contextual_num,
+                init_factor=cfg.merging.kmeans_init_factor,
+                iters=cfg.merging.kmeans_iters,
+                agglomerative=cfg.merging.agglomerative,
+                generator=torch.Generator().manual_seed(cfg.seed),
+            )
+            weights = scoring.cls_attention(ctx.cls_attn) if cfg.merging.attention_weighted else None
+            contextual = weighted_merge(patches, labels, contextual_num, weights)
+            slot_valid = torch.arange(contextual_num, device=s.device) < n_clusters[:, None]
+
+        keep = torch.cat([torch.full((b, 1), cfg.keep_cls, device=s.device), dominant], dim=1)
+        no_label = torch.full((b, 1), -1, dtype=torch.long, device=s.device)
+        return assemble(ctx.hidden, keep, k, contextual, slot_valid, torch.cat([no_label, labels], dim=1))
+
+    def calibrate(
+        self, contexts: Iterable[VisionContext], target_mean_k: float | None = None, *, scale: float | None = None
+    ) -> DynamicKCalibration:
+        """Fit ``dynk.c`` (and ``dynk.scale`` unless given) so dynamic K averages ``target_mean_k`` on ``contexts``.
+
+        The target defaults to this instance's ``dominant`` (the budget's split). Scores are computed with this
+        configuration (alphas, text term, ...). Use the result as
+        ``get_method("sparsezip", budget=..., dynamic_k=True, dynk=calibration.as_config())``.
+        """
+        log_var = [score_log_variance(self.scores(ctx), self.cfg.dynk.eps).cpu() for ctx in contexts]
+        if not log_var:
+            raise ValueError("sparsezip.calibrate needs at least one VisionContext")
+        return calibrate_dynamic_k(
+            torch.cat(log_var),
+            self.cfg.dominant if target_mean_k is None else target_mean_k,
+            k_min=self.cfg.k_min,
+            k_max=self.cfg.k_max,
+            scale=scale,
+        )
+
+    def config(self) -> dict:
+        return {"budget": self.budget, **self.cfg.to_dict()}

@@ -1,0 +1,117 @@
+"""Stage timers and analytic prefill FLOPs: the cost side of every result (peak memory and KV-cache bytes live
+in ``sparsezip.memory``).
+
+Timing follows evaluation.md ("Timing"): wall-clock ``perf_counter`` with ``torch.cuda.synchronize()`` inside
+the timed region on CUDA, so queued kernels are charged to the stage that launched them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for ``device``'s queued kernels (no-op on CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clock(device: torch.device | str) -> float:
+    """Seconds from ``perf_counter`` after synchronising ``device``: a timestamp that includes queued work."""
+    synchronize(device)
+    return time.perf_counter()
+
+
+class StageTimer:
+    """Accumulates wall-clock milliseconds per named stage on one device.
+
+    Example::
+
+        timer = StageTimer(device)
+        with timer.stage("vision_ms"):
+            run_tower()
+        timer.ms  # {"vision_ms": 12.3}
+    """
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.ms: dict[str, float] = {}
+
+    def now(self) -> float:
+        """A synchronised ``perf_counter`` timestamp in seconds."""
+        return clock(self.device)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the ``with`` block and add it to ``ms[name]`` (stages may be entered more than once)."""
+        start = self.now()
+        try:
+            yield
+        finally:
+            self.add(name, self.now() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` (measured elsewhere) to ``ms[name]``."""
+        if seconds < 0:
+            raise ValueError(f"stage {name!r}: negative duration {seconds} s")
+        self.ms[name] = self.ms.get(name, 0.0) + seconds * 1e3
+
+
+class FirstCallClock:
+    """A no-op logits processor that timestamps its first call: inside Hugging Face ``generate`` that is the
+    moment the prefill's logits exist, i.e. time to first token, which splits prefill from decode without
+    touching ``generate`` itself. Pass it in ``logits_processor=[...]``; read ``first_call`` (seconds, or
+    ``None`` if never called).
+    """
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+        self.first_call: float | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """input_ids: ``[B, S]``, scores: ``[B, V]``; returns ``scores`` unchanged."""
+        if self.first_call is None:
+            self.first_call = clock(self.device)
+        return scores
+
+
+def decoder_prefill_flops(
+    seq_lens: int | Sequence[int],
+    *,
+    num_layers: int,
+    hidden: int,
+    intermediate: int,
+    num_heads: int,
+    num_kv_heads: int | None = None,
+    vocab_size: int = 0,
+) -> int:
+    """Analytic FLOPs (multiply-add = 2) of one causal prefill through a Llama-style decoder.
+
+    Per layer with ``S`` tokens and head dim ``d = hidden / num_heads``: projections
+    ``2 S (2 hidden^2 + 2 hidden * kv_heads * d)``, causal attention ``2 S^2 hidden`` (``QK^T`` and ``AV``, each
+    half of the full square), gated MLP ``6 S hidden intermediate``. Plus the LM head on the last token
+    (``2 hidden vocab``). Norms, RoPE and softmax are ignored (a few percent at these sizes).
+
+    seq_lens: tokens each layer processes, one int for all layers or a list of ``num_layers`` ints (in-LLM
+    pruning shortens the sequence for later layers).
+    """
+    lens = [seq_lens] * num_layers if isinstance(seq_lens, int) else list(seq_lens)
+    if len(lens) != num_layers:
+        raise ValueError(f"seq_lens has {len(lens)} entries for num_layers={num_layers}")
+    if any(s < 0 for s in lens):
+        raise ValueError(f"seq_lens must be non-negative, got {lens}")
+    if hidden % num_heads:
+        raise ValueError(f"hidden {hidden} is not divisible by num_heads {num_heads}")
+    kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+    kv_dim = kv_heads * (hidden // num_heads)
+    total = 0
+    for s in lens:
+        total += 2 * s * (2 * hidden * hidden + 2 * hidden * kv_dim)
+        total += 2 * s * s * hidden
+        total += 6 * s * hidden * intermediate
+    return total + 2 * hidden * vocab_size

@@ -1,0 +1,153 @@
+"""Pure per-patch score functions (``specs/methods.md`` section 1, steps 1-2).
+
+Every function maps batched tensors to ``[B, M]`` scores over the M patches (CLS already excluded by the
+caller) and computes in float32 whatever the input dtype, so float16/bfloat16 inputs give the same ranking
+as float32 up to input rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Guards the z-score and the cosine normalisation against zero variance / zero vectors.
+ZSCORE_EPS = 1e-6
+COSINE_EPS = 1e-8
+
+
+def _check_ndim(name: str, x: torch.Tensor, ndim: int, shape: str) -> None:
+    if x.ndim != ndim:
+        raise ValueError(f"{name} must be {shape}, got shape {tuple(x.shape)}")
+
+
+def zscore(values: torch.Tensor, eps: float = ZSCORE_EPS) -> torch.Tensor:
+    """Per-row z-score ``(v - mean) / (std + eps)`` with the population std.
+
+    values: ``[B, M]`` -> ``[B, M]`` float32. A constant row gives zeros (not NaN).
+    """
+    _check_ndim("values", values, 2, "[B, M]")
+    v = values.float()
+    mean = v.mean(dim=1, keepdim=True)
+    std = v.std(dim=1, keepdim=True, correction=0)
+    return (v - mean) / (std + eps)
+
+
+def cls_attention(cls_attn: torch.Tensor) -> torch.Tensor:
+    """Mean over heads of the CLS query's attention row, patches only.
+
+    cls_attn: ``[B, H, N]`` (index 0 = CLS) -> ``[B, N - 1]`` float32.
+    """
+    _check_ndim("cls_attn", cls_attn, 3, "[B, H, N]")
+    return cls_attn[:, :, 1:].float().mean(dim=1)
+
+
+def channel_entropy(keys: torch.Tensor, tau: float) -> torch.Tensor:
+    """Normalised entropy of each patch's channel distribution ``p = softmax(k_i / tau)``.
+
+    keys: ``[B, M, Dk]`` head-averaged patch keys -> ``[B, M]`` float32 in [0, 1] (``H / ln Dk``; 0 when
+    ``Dk == 1``, where the entropy is always 0).
+    """
+    _check_ndim("keys", keys, 3, "[B, M, Dk]")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    log_p = torch.log_softmax(keys.float() / tau, dim=-1)
+    entropy = -(log_p.exp() * log_p).sum(dim=-1)
+    dk = keys.shape[-1]
+    return entropy / math.log(dk) if dk > 1 else torch.zeros_like(entropy)
+
+
+def mutual_information_proxy(keys: torch.Tensor, tau: float) -> torch.Tensor:
+    """``I_i = 1 - H(q_i) / ln(M - 1)`` with ``q_i = softmax(S_i / tau)`` over the *other* patches.
+
+    ``S = k̂ k̂^T`` is the cosine-similarity matrix of the L2-normalised keys, diagonal masked out. A patch
+    similar to a few others gets a peaked ``q_i`` and a high score.
+
+    keys: ``[B, M, Dk]`` -> ``[B, M]`` float32 in [0, 1]. With ``M <= 2`` the distribution has at most one
+    outcome, so every patch gets 1 (zero entropy).
+    """
+    _check_ndim("keys", keys, 3, "[B, M, Dk]")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    b, m, _ = keys.shape
+    if m <= 2:
+        return torch.ones(b, m, device=keys.device)
+    k_hat = l2_normalize(keys)
+    sim = torch.bmm(k_hat, k_hat.transpose(1, 2)).div_(tau)
+    eye = torch.eye(m, dtype=torch.bool, device=keys.device)
+    log_q = torch.log_softmax(sim.masked_fill_(eye, float("-inf")), dim=-1)
+    # exp(-inf) * -inf = NaN on the diagonal: zero those terms explicitly.
+    plogp = (log_q.exp() * log_q).masked_fill(eye, 0.0)
+    entropy = -plogp.sum(dim=-1)
+    return 1.0 - entropy / math.log(m - 1)
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """Float32 unit vectors along the last dim; an all-zero vector stays zero (norm clamped, no NaN).
+
+    x: ``[..., D]`` -> ``[..., D]`` float32.
+    """
+    x = x.float()
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
+
+
+def text_relevance(patches: torch.Tensor, text_query: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity ``r_i = cos(X_i, v)`` of every patch's hidden state with the text vector.
+
+    patches: ``[B, M, C]`` patch hidden states; text_query: ``[B, C]`` the question in vision space
+    (see :func:`text_to_vision_space`) -> ``[B, M]`` float32 in [-1, 1].
+    """
+    _check_ndim("patches", patches, 3, "[B, M, C]")
+    if tuple(text_query.shape) != (patches.shape[0], patches.shape[2]):
+        raise ValueError(
+            f"text_query must be [B={patches.shape[0]}, C={patches.shape[2]}], got {tuple(text_query.shape)}"
+        )
+    return torch.einsum("bmc,bc->bm", l2_normalize(patches), l2_normalize(text_query))
+
+
+def text_to_vision_space(text: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """Map a text vector from LLM embedding space into vision hidden space: ``v = W1^T (W2^T t)``.
+
+    The projector is ``Linear1 (C -> D) -> GELU -> Linear2 (D -> D)``; this applies the transposes of its two
+    weight matrices, ignoring biases and the activation (no learned parameters of our own).
+
+    text: ``[B, D]`` e.g. the mean LLM input embedding of the question tokens; w1: ``[D, C]``
+    (``Linear1.weight``, stored ``[out, in]``); w2: ``[D, D]`` (``Linear2.weight``) -> ``[B, C]`` float32.
+    """
+    _check_ndim("text", text, 2, "[B, D]")
+    d = text.shape[1]
+    if w1.ndim != 2 or w1.shape[0] != d:
+        raise ValueError(f"w1 must be [D={d}, C] (Linear1.weight), got {tuple(w1.shape)}")
+    if tuple(w2.shape) != (d, d):
+        raise ValueError(f"w2 must be [D={d}, D={d}] (Linear2.weight), got {tuple(w2.shape)}")
+    # Row-vector form of W1^T (W2^T t): t^T W2 W1.
+    return text.float() @ w2.float() @ w1.float()
+
+
+def hybrid_score(
+    attn: torch.Tensor,
+    keys: torch.Tensor,
+    *,
+    alpha_attn: float,
+    alpha_entropy: float,
+    alpha_mutual: float,
+    tau_feat: float,
+    tau_sim: float,
+) -> torch.Tensor:
+    """``s = a_attn z(attn) + a_ent z(H) + a_mut z(I)`` over patches.
+
+    attn: ``[B, M]`` per-patch CLS attention (:func:`cls_attention`); keys: ``[B, M, Dk]`` patch keys ->
+    ``[B, M]`` float32. Terms with weight 0 are not computed at all (the MI proxy is the one ``O(M^2)`` term).
+    """
+    _check_ndim("attn", attn, 2, "[B, M]")
+    _check_ndim("keys", keys, 3, "[B, M, Dk]")
+    if attn.shape != keys.shape[:2]:
+        raise ValueError(f"attn {tuple(attn.shape)} and keys {tuple(keys.shape)} disagree on [B, M]")
+    score = torch.zeros(attn.shape, device=attn.device)
+    if alpha_attn:
+        score = score + alpha_attn * zscore(attn)
+    if alpha_entropy:
+        score = score + alpha_entropy * zscore(channel_entropy(keys, tau_feat))
+    if alpha_mutual:
+        score = score + alpha_mutual * zscore(mutual_information_proxy(keys, tau_sim))
+    return score

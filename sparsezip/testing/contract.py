@@ -1,0 +1,139 @@
+"""The generic method contract: properties every registered method must have, whatever it does.
+
+Used by ``tests/test_contract.py`` (parametrized over ``list_methods()``) and available to anyone adding a
+method: ``check_method(get_method("mine"), ctx)`` raises ``AssertionError`` naming the broken property.
+Method-specific behaviour (which tokens, exact counts) is tested per method; this checks the shape of the
+promise: a well-formed, deterministic, finite :class:`CompressionResult` that matches its own bookkeeping.
+
+For ``stage == "llm"`` methods (pruning inside the LLM) the vision-side ``compress`` may be the identity,
+like ``none``; the same result invariants still apply to whatever it returns.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.methods.base import CompressionMethod, list_methods
+
+
+class ContractError(AssertionError):
+    """A method broke the generic contract."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ContractError(message)
+
+
+def check_declarations(method: CompressionMethod) -> None:
+    """Class attributes are what the registry and the adapter rely on; ``config()`` is JSON."""
+    name = type(method).name
+    _require(name in list_methods(), f"{name!r} is not registered")
+    _require(type(method).stage in ("vision", "llm"), f"{name}: stage {type(method).stage!r} is not vision/llm")
+    for attr in ("needs_attention", "needs_text"):
+        _require(isinstance(getattr(type(method), attr), bool), f"{name}: {attr} must be a bool")
+    try:
+        json.dumps(method.config())
+    except TypeError as err:
+        raise ContractError(f"{name}: config() is not JSON-serialisable: {err}") from None
+
+
+def check_result(result: CompressionResult, ctx: VisionContext, name: str = "method") -> None:
+    """Structural invariants of ``result`` for input ``ctx`` (see the module docstring)."""
+    b, n, c = ctx.hidden.shape
+    tokens = result.tokens
+    _require(isinstance(result, CompressionResult), f"{name}: returned {type(result).__name__}")
+    _require(tokens.shape[0] == b and tokens.shape[2] == c, f"{name}: tokens {tuple(tokens.shape)} vs B={b}, C={c}")
+    _require(tokens.dtype == ctx.hidden.dtype, f"{name}: tokens dtype {tokens.dtype} != input {ctx.hidden.dtype}")
+    _require(tokens.device == ctx.hidden.device, f"{name}: tokens on {tokens.device}, input on {ctx.hidden.device}")
+    for field in ("lengths", "kept_index", "assignment", "k"):
+        value = getattr(result, field)
+        _require(value.dtype == torch.long, f"{name}: {field} dtype {value.dtype}, expected int64")
+        _require(value.device == tokens.device, f"{name}: {field} on {value.device}, tokens on {tokens.device}")
+    t = tokens.shape[1]
+    lengths = result.lengths
+    _require(bool(((lengths >= 0) & (lengths <= t)).all()), f"{name}: lengths {lengths.tolist()} outside [0, T={t}]")
+    _require(b == 0 or int(lengths.max()) == t, f"{name}: T={t} but max length is {int(lengths.max())}")
+    real = torch.arange(t, device=tokens.device)[None, :] < lengths[:, None]
+    _require(bool((tokens[~real] == 0).all()), f"{name}: padding positions are not zero")
+    if bool(torch.isfinite(ctx.hidden).all()):
+        _require(bool(torch.isfinite(tokens).all()), f"{name}: non-finite output tokens for finite input")
+    _require(bool(((result.k >= 0) & (result.k <= n)).all()), f"{name}: k {result.k.tolist()} outside [0, N={n}]")
+
+    assignment = result.assignment
+    _require(tuple(assignment.shape) == (b, n), f"{name}: assignment {tuple(assignment.shape)} != [B, N]={(b, n)}")
+    _require(bool(((assignment >= -1) & (assignment < lengths[:, None])).all()),
+             f"{name}: assignment points outside [-1, lengths)")
+    # Every real output token comes from at least one source token (nothing appears from nowhere).
+    used = torch.zeros(b, t + 1, dtype=torch.bool, device=tokens.device)
+    used.scatter_(1, torch.where(assignment >= 0, assignment, t), True)
+    _require(bool((used[:, :t] | ~real).all()), f"{name}: an output token has no source token assigned to it")
+
+    kept = result.kept_index
+    valid = kept >= 0
+    _require(bool(((kept >= -1) & (kept < n)).all()), f"{name}: kept_index outside [-1, N={n})")
+    _require(bool((valid[:, 1:] <= valid[:, :-1]).all()) if kept.shape[1] > 1 else True,
+             f"{name}: kept_index has -1 before a real index (padding must trail)")
+    kept_safe = kept.clamp_min(0)
+    times_kept = torch.zeros(b, n + 1, dtype=torch.long, device=kept.device)
+    times_kept.scatter_add_(1, torch.where(valid, kept, n), torch.ones_like(kept))
+    _require(bool((times_kept[:, :n] <= 1).all()), f"{name}: kept_index repeats a source token")
+    # A kept token is passed through verbatim at the slot its assignment names.
+    slot = assignment.gather(1, kept_safe)
+    _require(bool((slot[valid] >= 0).all()), f"{name}: a kept token is marked dropped in assignment")
+    out = tokens.gather(1, slot.clamp_min(0)[:, :, None].expand(-1, -1, c))
+    src = ctx.hidden.gather(1, kept_safe[:, :, None].expand(-1, -1, c))
+    _require(bool((out == src)[valid].all()), f"{name}: a kept token differs from its source token")
+    try:
+        json.dumps(result.info)
+    except TypeError as err:
+        raise ContractError(f"{name}: info is not JSON-serialisable: {err}") from None
+
+
+def _same(a: CompressionResult, b: CompressionResult) -> bool:
+    return all(
+        torch.equal(getattr(a, f), getattr(b, f)) for f in ("tokens", "lengths", "kept_index", "assignment", "k")
+    ) and a.info == b.info
+
+
+def check_method(method: CompressionMethod, ctx: VisionContext) -> CompressionResult:
+    """Run ``method`` on ``ctx`` twice and check declarations, result invariants, determinism, and that the
+    input was not modified. Returns the result for further, method-specific checks."""
+    name = type(method).name
+    check_declarations(method)
+    before = [t.clone() for t in (ctx.hidden, ctx.keys) if t is not None]
+    first = method(ctx)
+    check_result(first, ctx, name)
+    _require(all(torch.equal(x, y) for x, y in zip(before, (ctx.hidden, ctx.keys), strict=True)),
+             f"{name}: modified its input in place")
+    _require(_same(first, method(ctx)), f"{name}: not deterministic (two calls on the same input differ)")
+    if not type(method).needs_attention:
+        without = VisionContext(hidden=ctx.hidden, keys=ctx.keys, cls_attn=None, text_query=ctx.text_query)
+        _require(_same(first, method(without)), f"{name}: declares needs_attention=False but reads cls_attn")
+    if not type(method).needs_text and ctx.text_query is not None:
+        without = VisionContext(hidden=ctx.hidden, keys=ctx.keys, cls_attn=ctx.cls_attn)
+        _require(_same(first, method(without)), f"{name}: declares needs_text=False but reads text_query")
+    return first
+
+
+def check_budget(method_cls: type[CompressionMethod], ctx: VisionContext, budget: int) -> None:
+    """Budget handling of a vision-stage method: ``budget`` in ``[1, M]`` is honoured (at most ``budget``
+    tokens) or refused with ``ValueError``; ``0`` and ``M + 1`` are refused with ``ValueError``."""
+    name = method_cls.name
+    m = ctx.num_patches
+    try:
+        result = method_cls(budget=budget)(ctx)
+    except ValueError:
+        pass
+    else:
+        check_result(result, ctx, name)
+        _require(int(result.lengths.max()) <= budget, f"{name}: {int(result.lengths.max())} tokens > budget {budget}")
+    for bad in (0, m + 1):
+        try:
+            method_cls(budget=bad)(ctx)
+        except ValueError:
+            continue
+        raise ContractError(f"{name}: budget={bad} with {m} patches was accepted")

@@ -1,0 +1,35 @@
+"""Fixtures shared by the tests: tiny LLaVA checkpoints built once per session (CPU, seconds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sparsezip.testing.models import TinyLlavaSpec, save_tiny_llava
+
+# 12 x 12 = 144 patches and a 4-layer LM: deep enough for SparseVLM's three pruning layers.
+ADAPTER_SPEC = TinyLlavaSpec(text_layers=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny LLaVA checkpoint on disk (safetensors, config, tokenizer, processor)."""
+    return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), ADAPTER_SPEC, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tiny_llava_dir: Path):
+    """That checkpoint behind the adapter (``sparsezip.adapters.llava.load_llava``). Tests must not modify it."""
+    from sparsezip.adapters.llava import load_llava
+
+    return load_llava(tiny_llava_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_plain(tiny_llava_dir: Path):
+    """The same checkpoint loaded a second time, used unmodified as the reference: ``(model, processor)``."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir).eval()
+    return model, AutoProcessor.from_pretrained(tiny_llava_dir)

@@ -1,0 +1,41 @@
+"""The generic contract (sparsezip.testing.contract) on every registered method, including any added later."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsezip import VisionContext, get_method, list_methods
+from sparsezip.methods import method_class
+from sparsezip.testing.contract import check_budget, check_method
+from sparsezip.testing.strategies import vision_contexts
+
+METHODS = list_methods()
+
+
+@pytest.mark.parametrize("name", METHODS)
+@settings(max_examples=25)
+@given(data=st.data())
+def test_default_config_meets_contract(name: str, data: st.DataObject, device: torch.device) -> None:
+    # Defaults target LLaVA-scale inputs (64-87 tokens), so use a grid with at least 81 patches.
+    ctx = data.draw(vision_contexts(min_grid=9, max_grid=10, device=device))
+    check_method(get_method(name), ctx)
+
+
+@pytest.mark.parametrize("name", METHODS)
+@settings(max_examples=25)
+@given(data=st.data())
+def test_budgeted_config_meets_contract(name: str, data: st.DataObject, device: torch.device) -> None:
+    cls = method_class(name)
+    if cls.stage != "vision" or name == "none":
+        pytest.skip(f"{name}: budget is not a vision-side token count (stage {cls.stage!r} or fixed)")
+    ctx = data.draw(vision_contexts(device=device))
+    budget = data.draw(st.integers(1, ctx.num_patches), label="budget")
+    check_budget(cls, ctx, budget)
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if method_class(n).needs_attention])
+def test_methods_needing_attention_refuse_without_it(name: str) -> None:
+    ctx = VisionContext(hidden=torch.zeros(1, 5, 4), keys=torch.zeros(1, 5, 2))
+    with pytest.raises(ValueError, match="cls_attn"):
+        get_method(name)(ctx)
