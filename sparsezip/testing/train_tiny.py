@@ -53,7 +53,6 @@ from sparsezip.data.synthetic import (
     position_pair,
     render_scene,
     sample_scene,
-    shares_attribute,
 )
 from sparsezip.data.synthetic_sets import TRAIN_STREAM, stream_rng
 from sparsezip.testing.models import TinyLlavaSpec, build_tiny_llava, default_corpus
@@ -309,8 +308,7 @@ class PromptTokens:
     @classmethod
     def build(cls, processor: LlavaProcessor, dataset: str = "pope") -> PromptTokens:
         tok = processor.tokenizer
-        num_patches = processor.num_image_tokens if hasattr(processor, "num_image_tokens") else None
-        ids = _prompt_ids(processor, build_prompt(dataset, "?"), num_patches)
+        ids = _prompt_ids(processor, build_prompt(dataset, "?"))
         image_id = tok.convert_tokens_to_ids(processor.image_token)
         last = int((ids == image_id).nonzero().max())
         prefix = ids[: last + 1]
@@ -328,7 +326,7 @@ class PromptTokens:
         return prompt + answer_ids + [self.tokenizer.eos_token_id], len(prompt)
 
 
-def _prompt_ids(processor: LlavaProcessor, prompt: str, _unused: object = None) -> torch.Tensor:
+def _prompt_ids(processor: LlavaProcessor, prompt: str) -> torch.Tensor:
     """Token ids of ``prompt`` with the image placeholder expanded, exactly as the processor does."""
     from PIL import Image
 
@@ -509,19 +507,6 @@ def training_corpus() -> list[str]:
 def build_untrained(recipe: TrainRecipe) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """The randomly initialised model and processor the recipe starts from."""
     return build_tiny_llava(recipe.spec, seed=recipe.seed, corpus=training_corpus())
-
-
-__all__ = [
-    "TINY_SPEC",
-    "TrainRecipe",
-    "cls_attention",
-    "layer_m2_features",
-    "render_scenes",
-    "shares_attribute",
-    "train_language",
-    "train_tower",
-    "training_questions",
-]
 
 
 # ------------------------------------------------------------------------------------------ the command
