@@ -11,7 +11,10 @@ Two stages, as known to work on a 2-core CPU:
    position) in exactly the evaluation prompt (``build_prompt``), answer ``Yes``/``No`` followed by
    ``</s>``, tower frozen. The long shared prefix (system prompt + 144 image tokens) runs once per image;
    its KV cache is repeated for that image's questions (gradients flow through it), which makes a step
-   several times cheaper than running every question's full sequence.
+   several times cheaper than running every question's full sequence. Two things made this stage work
+   at all (without them the LM sat at chance for hundreds of steps, as the issue's earlier attempt did):
+   a fan-in initialisation with a feature-standardising projector (:func:`init_language_side`), and
+   dense auxiliary targets at the answer position (:func:`aux_targets`: what is asked, what is there).
 
 Determinism: ``torch.set_num_threads`` is fixed by the recipe, every random draw uses an explicit
 ``numpy``/``torch`` generator seeded from the recipe seed, data order is a seeded permutation, and the
@@ -593,9 +596,12 @@ def model_card(report: dict) -> str:
         f"{recipe['questions_per_image']} questions, AdamW lr {recipe['lm_lr']}: yes/no",
         "   questions in the exact evaluation prompt, answer then `</s>`; existence negatives mostly share a",
         "   colour or shape with a present object (POPE-adversarial style), so colour and shape must be bound.",
+        "   Fan-in initialisation, a projector that starts by standardising the layer -2 features, and",
+        f"   auxiliary targets at the answer position (weight {recipe['aux_weight']}: which objects are present, how",
+        "   many, what the question asks, where the named object is), via a linear head dropped afterwards.",
         "",
-        f"Training time: {report['minutes']} min on this machine's CPU ({report['torch']}). Same seed and thread",
-        "count give the same weights.",
+        f"Training time: {report['minutes']} min wall clock on the training machine's CPU (torch {report['torch']}). Same seed and",
+        "thread count give the same weights.",
     ]
     if "pope" in report:
         lines += ["", "## Accuracy (synthetic POPE, all visual tokens, greedy first answer token)", "",
