@@ -83,5 +83,5 @@ def test_cls_attention_selection_beats_random_on_the_committed_model() -> None:
         full = pope_probe(model, processor, DATA, "adversarial", limit=120)
         top = pope_probe(model, processor, DATA, "adversarial", selection="cls_topk", k=k, limit=120)
         rand = pope_probe(model, processor, DATA, "adversarial", selection="random", k=k, limit=120)
-    assert full.f1 >= 0.9
-    assert top.f1 > rand.f1 + 0.05, (top, rand)
+    assert full["f1"] >= 0.9
+    assert top["f1"] > rand["f1"] + 0.05, (top, rand)

@@ -4,15 +4,14 @@ This is the training recipe's own measuring stick (model-card accuracy, and "doe
 random at equal token count" while tuning the task), independent of the suite's adapter and runner: it
 computes the layer -2 features and the CLS attention row directly, keeps ``k`` patches per image (raster
 order), projects them and runs the language model on the evaluation prompt with exactly ``k`` image tokens.
-The answer is the greedy first token (what ``generate`` emits first), read with POPE's rule (any "no"/"not"
--> no, everything else -> yes). The suite's real numbers come from ``sparsezip eval`` through the adapter.
+The answer is the greedy first token (what ``generate`` emits first), read with POPE's official parser.
+The suite's real numbers come from ``sparsezip eval`` through the adapter.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -20,45 +19,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sparsezip.data.registry import load_dataset
+from sparsezip.metrics import parse_pope_answer, pope_metrics
 from sparsezip.testing.train_tiny import PromptTokens, cls_attention, pixel_values, tower_layer_m2
 
 if TYPE_CHECKING:
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 Selection = Literal["all", "cls_topk", "random"]
-
-
-@dataclass(frozen=True)
-class YesNoMetrics:
-    """POPE's metrics with "yes" as the positive class."""
-
-    accuracy: float
-    precision: float
-    recall: float
-    f1: float
-    yes_ratio: float
-    n: int
-
-    @classmethod
-    def of(cls, predicted_yes: np.ndarray, label_yes: np.ndarray) -> YesNoMetrics:
-        """``predicted_yes, label_yes: [n]`` bool."""
-        if predicted_yes.shape != label_yes.shape or predicted_yes.ndim != 1:
-            raise ValueError(f"need two [n] arrays, got {predicted_yes.shape} and {label_yes.shape}")
-        tp = int((predicted_yes & label_yes).sum())
-        precision = tp / max(1, int(predicted_yes.sum()))
-        recall = tp / max(1, int(label_yes.sum()))
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return cls(float((predicted_yes == label_yes).mean()), precision, recall, f1,
-                   float(predicted_yes.mean()), len(label_yes))
-
-
-def read_pope(root: str | Path, setting: str) -> list[dict]:
-    """Rows of ``root/pope/coco_pope_<setting>.json`` (JSON lines), each with its image path added."""
-    folder = Path(root) / "pope"
-    rows = [json.loads(line) for line in (folder / f"coco_pope_{setting}.json").read_text().splitlines()]
-    for row in rows:
-        row["path"] = folder / "val2014" / row["image"]
-    return rows
 
 
 def keep_indices(
@@ -118,8 +86,7 @@ def answer_yes(
     hidden_text = lm(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
     last = hidden_text[torch.arange(len(rows)), mask.sum(1) - 1]
     tokens = model.lm_head(last).argmax(-1).tolist()
-    words = [processor.tokenizer.decode([t]).split(".")[0].replace(",", "").split() for t in tokens]
-    return np.array([not any(w in ("No", "no", "not") for w in ws) for ws in words])
+    return np.array([parse_pope_answer(processor.tokenizer.decode([t])) == "yes" for t in tokens])
 
 
 def pope_probe(
@@ -133,25 +100,24 @@ def pope_probe(
     seed: int = 0,
     batch: int = 64,
     limit: int | None = None,
-) -> YesNoMetrics:
-    """POPE metrics of the probe on one synthetic label file under ``root``."""
-    rows = read_pope(root, setting)[:limit]
+) -> dict:
+    """POPE metrics (:func:`sparsezip.metrics.pope_metrics`) of the probe on the ``setting`` label file of
+    the data root ``root``, read by the suite's POPE loader; the first ``limit`` questions if given."""
+    samples = list(islice(load_dataset(f"pope-{setting}", Path(root) / "pope"), limit))
     generator = torch.Generator().manual_seed(seed)
     predicted = []
-    for i in range(0, len(rows), batch):
-        chunk = rows[i:i + batch]
-        images = [Image.open(r["path"]) for r in chunk]
-        predicted.append(answer_yes(model, processor, images, [r["text"] for r in chunk],
-                                    selection=selection, k=k, generator=generator))
-    labels = np.array([r["label"] == "yes" for r in rows])
-    return YesNoMetrics.of(np.concatenate(predicted), labels)
+    for i in range(0, len(samples), batch):
+        chunk = samples[i:i + batch]
+        predicted += answer_yes(model, processor, [s.load_image() for s in chunk], [s.question for s in chunk],
+                                selection=selection, k=k, generator=generator).tolist()
+    return pope_metrics(["Yes" if p else "No" for p in predicted], [s.answers[0] for s in samples])
 
 
 def pope_table(
     model: LlavaForConditionalGeneration, processor: LlavaProcessor, root: str | Path
 ) -> dict[str, dict]:
     """All visual tokens, every synthetic POPE setting: ``{setting: metrics}``."""
-    return {s: asdict(pope_probe(model, processor, root, s)) for s in ("random", "popular", "adversarial")}
+    return {s: pope_probe(model, processor, root, s) for s in ("random", "popular", "adversarial")}
 
 
 def compression_table(
@@ -169,5 +135,5 @@ def compression_table(
         k = num_patches**2 // f
         for selection in ("cls_topk", "random"):
             metrics = pope_probe(model, processor, root, setting, selection=selection, k=k, seed=seed)
-            rows.append({"fraction": f"1/{f}", "k": k, "selection": selection, **asdict(metrics)})
+            rows.append({"fraction": f"1/{f}", "k": k, "selection": selection, **metrics})
     return rows
