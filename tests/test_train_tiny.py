@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from sparsezip.data.prompts import build_prompt
-from sparsezip.data.synthetic import existence_question
+from sparsezip.data.synthetic import COLOURS, SHAPES, existence_question
 from sparsezip.data.synthetic_sets import SetSizes, mme_items, pope_scenes
 from sparsezip.metrics import parse_pope_answer
 from sparsezip.testing.models import TinyLlavaSpec
@@ -21,6 +21,7 @@ from sparsezip.testing.train_tiny import (
     VALIDATION_SPLIT,
     PromptTokens,
     TrainRecipe,
+    aux_targets,
     build_untrained,
     cls_attention,
     layer_m2_features,
@@ -138,3 +139,17 @@ def test_training_scenes_are_disjoint_from_the_evaluation_sets() -> None:
     evaluation = {s.objects for s in pope_scenes(0, sizes.pope_images)}
     evaluation |= {scene.objects for t in ("existence", "count") for scene, _ in mme_items(0, t, 30)}
     assert not train & evaluation and not val & evaluation and not train & val
+
+
+def test_aux_targets_read_the_question_and_the_scene() -> None:
+    scene = render_scenes(0, TRAIN_SPLIT, 1, 8).scenes[0]
+    obj = scene.objects[0]
+    third = 2 + min(2, int(3 * obj.cx / scene.size))
+    n = len(scene.objects)
+    colour, shape = 1 + list(COLOURS).index(obj.colour), 1 + SHAPES.index(obj.shape)
+    assert aux_targets(existence_question(obj.cls), scene) == (n, colour, shape, 0, 0, third)
+    absent = next(c for c in range(12) if c not in scene.classes)
+    assert aux_targets(existence_question(absent), scene)[5] == 1
+    assert aux_targets("Are there three shapes in the image?", scene) == (n, 0, 0, 3, 0, 0)
+    assert aux_targets(f"Is the {obj.name} on the right side of the image?", scene)[4:] == (2, third)
+    assert aux_targets("Is the square in the image blue?", scene) == (n, 3, 2, 0, 0, 0)

@@ -581,7 +581,8 @@ def model_card(report: dict) -> str:
         f"- images {spec['image_size']} px, patches {spec['patch_size']} px = "
         f"{(spec['image_size'] // spec['patch_size']) ** 2} patch tokens + CLS; LLaVA reads layer -2, drops CLS",
         f"- vision tower: {spec['vision_layers']} layers, width {spec['vision_hidden']}, "
-        f"MLP {spec['vision_intermediate']}, {spec['vision_heads']} heads",
+        f"MLP {spec['vision_intermediate']}, {spec['vision_heads']} heads (its last layer keeps its random init:",
+        "  LLaVA reads layer -2, so training never runs it)",
         f"- language model: {spec['text_layers']} layers, width {spec['text_hidden']}, "
         f"MLP {spec['text_intermediate']}, {spec['text_heads']} heads, vocabulary {spec['vocab_size']}",
         "",
