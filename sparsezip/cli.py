@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "eval": "sparsezip.commands.eval",
     "score": "sparsezip.commands.score",
     "merge": "sparsezip.commands.merge",
+    "make-fixtures": "sparsezip.commands.make_fixtures",
+    "train-tiny": "sparsezip.commands.train_tiny",
 }
 
 
