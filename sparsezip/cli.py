@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "score": "sparsezip.commands.score",
     "merge": "sparsezip.commands.merge",
     "report": "sparsezip.commands.report",
+    "make-fixtures": "sparsezip.commands.make_fixtures",
+    "train-tiny": "sparsezip.commands.train_tiny",
 }
 
 

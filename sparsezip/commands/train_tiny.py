@@ -1,0 +1,27 @@
+"""``sparsezip train-tiny``: train the embedded tiny LLaVA on CPU and write it with ``save_pretrained``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "train the embedded tiny LLaVA (CPU, minutes, reproducible) and write it with save_pretrained"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="fixtures/tiny-llava", help="output folder (default: fixtures/tiny-llava)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training data and weights (default: 0)")
+    parser.add_argument("--data-root", default="fixtures/data",
+                        help="synthetic evaluation data (from make-fixtures) scored for the model card; "
+                             "'' to skip (default: fixtures/data)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sparsezip.testing.train_tiny import TrainRecipe, train_tiny
+
+    recipe = dataclasses.replace(TrainRecipe(), seed=args.seed)
+    report = train_tiny(args.out, recipe, eval_root=args.data_root or None)
+    print(json.dumps({"out": args.out, "minutes": report["minutes"], "pope": report.get("pope")}))
+    return 0

@@ -1,0 +1,155 @@
+"""The tiny-model training recipe: reproducible, prompt-exact, equivalent shortcuts, disjoint data."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sparsezip.data.prompts import build_prompt
+from sparsezip.data.synthetic import COLOURS, SHAPES, existence_question
+from sparsezip.data.synthetic_sets import SetSizes, mme_items, pope_scenes
+from sparsezip.metrics import parse_pope_answer
+from sparsezip.testing.models import TinyLlavaSpec
+from sparsezip.testing.tiny_eval import answer_yes, keep_indices
+from sparsezip.testing.train_tiny import (
+    ANSWER_TEXT,
+    TRAIN_SPLIT,
+    VALIDATION_SPLIT,
+    PromptTokens,
+    TrainRecipe,
+    aux_targets,
+    build_untrained,
+    cls_attention,
+    layer_m2_features,
+    question_batch,
+    render_scenes,
+    shared_prefix_hidden,
+    tower_layer_m2,
+    train_tiny,
+    training_questions,
+)
+
+MICRO = TrainRecipe(
+    spec=TinyLlavaSpec(vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2,
+                       text_hidden=32, text_intermediate=64, text_layers=2, text_heads=2),
+    threads=1, images=8, tower_steps=2, tower_batch=4, lm_steps=2, lm_batch_images=2, questions_per_image=2,
+    warmup=1,
+)
+
+
+@pytest.fixture(scope="module")
+def micro() -> tuple:
+    model, processor = build_untrained(MICRO)
+    data = render_scenes(0, TRAIN_SPLIT, 4, MICRO.spec.patch_size)
+    return model, processor, data
+
+
+def test_training_is_reproducible(tmp_path) -> None:
+    state = torch.random.get_rng_state()
+    threads = torch.get_num_threads()
+    a = train_tiny(tmp_path / "a", MICRO, log=lambda _: None)
+    b = train_tiny(tmp_path / "b", MICRO, log=lambda _: None)
+    train_tiny(tmp_path / "c", dataclasses.replace(MICRO, seed=1), log=lambda _: None)
+    assert torch.equal(torch.random.get_rng_state(), state) and torch.get_num_threads() == threads
+    assert a["language"] == b["language"]
+    weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in "abc"]
+    assert weights[0] == weights[1] and weights[0] != weights[2]
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert "not" in card and "sanity model" in card
+
+
+def test_shared_prefix_equals_full_prompts(micro) -> None:
+    model, processor, data = micro
+    prompts = PromptTokens.build(processor)
+    rng = np.random.default_rng(0)
+    items = [(qa.question, qa.answer) for i in range(2) for qa in training_questions(data.scenes[i], rng, 3)]
+    batch = question_batch(prompts, items, processor.tokenizer.pad_token_id)
+    with torch.no_grad():
+        features = layer_m2_features(model, processor, data.pixels[:2])
+        logits = model.lm_head(shared_prefix_hidden(model, prompts, features, batch, questions_per_image=3))
+        for j, (question, answer) in enumerate(items):
+            text = build_prompt("pope", question) + ANSWER_TEXT[answer] + "</s>"
+            inputs = processor(images=[Image.fromarray(data.pixels[j // 3])], text=[text], return_tensors="pt")
+            n = int((batch.targets[j] != -100).sum())
+            assert inputs["input_ids"][0, -n:].tolist() == batch.targets[j, :n].tolist()
+            reference = model(**inputs).logits[0, -1 - n:-1]
+            torch.testing.assert_close(logits[j, :n], reference, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(logits[0], logits[3])  # different images give different answers
+
+
+def test_probe_matches_the_plain_model(micro) -> None:
+    model, processor, data = micro
+    images = [Image.fromarray(p) for p in data.pixels[:3]]
+    questions = [existence_question(c) for c in (0, 5, 9)]
+    with torch.no_grad():
+        yes = answer_yes(model, processor, images, questions)
+        inputs = processor(images=images, text=[build_prompt("pope", q) for q in questions],
+                           return_tensors="pt", padding=True)
+        tokens = model(**inputs).logits[:, -1].argmax(-1)
+    texts = [processor.tokenizer.decode([t]) for t in tokens.tolist()]
+    assert yes.tolist() == [parse_pope_answer(t) == "yes" for t in texts]
+
+
+def test_cls_attention_is_the_layers_own(micro) -> None:
+    model, processor, data = micro
+    tower = model.model.vision_tower
+    tower.config._attn_implementation = "eager"  # HF's eager path returns the attention weights
+    try:
+        pixels = processor.image_processor(list(data.pixels[:2]), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            out = tower(pixels, output_attentions=True, output_hidden_states=True)
+            hidden, layer_input = tower_layer_m2(tower, pixels)
+            mine = cls_attention(tower.encoder.layers[-2], layer_input)
+    finally:
+        tower.config._attn_implementation = "sdpa"
+    torch.testing.assert_close(hidden, out.hidden_states[-2])
+    torch.testing.assert_close(mine, out.attentions[-2][:, :, 0])
+
+
+def test_keep_indices() -> None:
+    attn = torch.tensor([[0.1, 0.5, 0.2, 0.9], [0.4, 0.3, 0.2, 0.1]])
+    assert keep_indices("cls_topk", 2, attn).tolist() == [[1, 3], [0, 1]]
+    rand = keep_indices("random", 3, attn, torch.Generator().manual_seed(0))
+    assert rand.shape == (2, 3) and bool((rand.diff(dim=-1) > 0).all())
+    with pytest.raises(ValueError, match="k must be"):
+        keep_indices("cls_topk", 5, attn)
+
+
+def test_training_questions_are_true_and_balanced() -> None:
+    data = render_scenes(0, TRAIN_SPLIT, 50, 8)
+    rng = np.random.default_rng(0)
+    answers = []
+    for scene in data.scenes:
+        for qa in training_questions(scene, rng, 8):
+            answers.append(qa.answer)
+            if qa.question.startswith("Is there a ") and qa.question.endswith(" in the image?"):
+                name = qa.question[len("Is there a "):-len(" in the image?")]
+                assert qa.answer == (name in {o.name for o in scene.objects})
+    assert 0.4 < np.mean(answers) < 0.6
+
+
+def test_training_scenes_are_disjoint_from_the_evaluation_sets() -> None:
+    train = {s.objects for s in render_scenes(0, TRAIN_SPLIT, 300, 8).scenes}
+    val = {s.objects for s in render_scenes(0, VALIDATION_SPLIT, 100, 8).scenes}
+    sizes = SetSizes()
+    evaluation = {s.objects for s in pope_scenes(0, sizes.pope_images)}
+    evaluation |= {scene.objects for t in ("existence", "count") for scene, _ in mme_items(0, t, 30)}
+    assert not train & evaluation and not val & evaluation and not train & val
+
+
+def test_aux_targets_read_the_question_and_the_scene() -> None:
+    scene = render_scenes(0, TRAIN_SPLIT, 1, 8).scenes[0]
+    obj = scene.objects[0]
+    third = 2 + min(2, int(3 * obj.cx / scene.size))
+    n = len(scene.objects)
+    colour, shape = 1 + list(COLOURS).index(obj.colour), 1 + SHAPES.index(obj.shape)
+    assert aux_targets(existence_question(obj.cls), scene) == (n, colour, shape, 0, 0, third)
+    absent = next(c for c in range(12) if c not in scene.classes)
+    assert aux_targets(existence_question(absent), scene)[5] == 1
+    assert aux_targets("Are there three shapes in the image?", scene) == (n, 0, 0, 3, 0, 0)
+    assert aux_targets(f"Is the {obj.name} on the right side of the image?", scene)[4:] == (2, third)
+    assert aux_targets("Is the square in the image blue?", scene) == (n, 3, 2, 0, 0, 0)
