@@ -123,3 +123,17 @@ def test_method_kwargs_carry_budget_and_ablation_switch() -> None:
 def test_row_names_are_id_safe() -> None:
     for row in ROWS:
         assert re.fullmatch(r"[a-z0-9-]+", row.name)
+
+
+def test_embedded_default_has_an_expectation_for_every_case() -> None:
+    """A new row or dataset must come with recorded expectations (`pytest benchmarks --update-expected`)."""
+    from pathlib import Path
+
+    from sparsezip.testing.expectations import ExpectationStore
+    from sparsezip.testing.matrix import DEFAULT_MODEL_NAME, checkpoint_num_patches
+
+    root = Path(__file__).resolve().parents[1]
+    cases = build_matrix(DEFAULT_MODEL_NAME, checkpoint_num_patches(root / "fixtures" / "tiny-llava"))
+    recorded = ExpectationStore(root / "fixtures" / "expected" / f"{DEFAULT_MODEL_NAME}.json").load()
+    assert sorted(recorded) == sorted(c.id for c in cases)
+    assert {entry["device"] for entry in recorded.values()} == {"cpu"}
