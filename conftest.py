@@ -49,10 +49,6 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") == "true" else "dev"))
 
 
-def _csv(value: str | None) -> list[str] | None:
-    return [item.strip() for item in value.split(",") if item.strip()] if value else None
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("sparsezip")
     group.addoption("--gpu", action="store_true", help="run on CUDA (error if CUDA is unavailable)")

@@ -59,8 +59,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     config = metafunc.config
     _, name, num_patches = _model_identity(config.getoption("--model-path"))
+    budgets = _csv(config.getoption("--budgets"))
+    if budgets is not None and not all(b.isdigit() for b in budgets):
+        raise pytest.UsageError(f"--budgets takes integers (LLaVA-1.5 scale, e.g. 64,128), got {budgets}")
     try:
-        budgets = [int(b) for b in _csv(config.getoption("--budgets")) or []] or None
+        budgets = None if budgets is None else [int(b) for b in budgets]
         cases = build_matrix(name, num_patches, methods=_csv(config.getoption("--methods")), llava_budgets=budgets)
     except ValueError as err:
         raise pytest.UsageError(f"benchmark matrix: {err}") from None

@@ -1,4 +1,4 @@
-"""Running one matrix case: run folders, fingerprints, and what a case records (on the fake model)."""
+"""Running one matrix case: run folders, fingerprints, dynamic-K calibration, and what a case records."""
 
 from pathlib import Path
 
@@ -7,8 +7,10 @@ import torch
 from PIL import Image
 
 from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.data import load_dataset
 from sparsezip.data.prompts import llava_v1_prompt
 from sparsezip.methods import CompressionMethod, get_method
+from sparsezip.runner import evaluate
 from sparsezip.testing.cases import (
     batch_size_for,
     build_method,
@@ -18,7 +20,9 @@ from sparsezip.testing.cases import (
     k_distribution,
     run_fingerprint,
 )
+from sparsezip.testing.fake import FakeVisionLanguageModel
 from sparsezip.testing.matrix import build_matrix, checkpoint_num_patches, model_name
+from sparsezip.testing.trees import write_tree
 
 
 def test_every_case_has_its_own_run_folder(tmp_path: Path) -> None:
@@ -87,12 +91,6 @@ def test_model_identity_from_the_checkpoint_folder(tmp_path: Path) -> None:
 
 def test_extra_info_from_a_real_run_of_the_fake_model(tmp_path: Path) -> None:
     """The runner's real summary (fake model, real method and metrics) -> everything a case records."""
-    from sparsezip.data import load_dataset
-    from sparsezip.methods import get_method
-    from sparsezip.runner import evaluate
-    from sparsezip.testing.fake import FakeVisionLanguageModel
-    from sparsezip.testing.trees import write_tree
-
     samples = list(load_dataset("pope", write_tree("pope", "files", tmp_path / "data"), category="random"))
     model = FakeVisionLanguageModel(grid=12)
     case = next(c for c in build_matrix("fake", 144, datasets=["pope-random"], methods=["none"]))
@@ -141,9 +139,6 @@ def test_vision_context_is_what_generate_hands_the_method(tiny_vlm) -> None:
 
 
 def test_dynamic_k_row_is_calibrated_to_the_budget(tiny_vlm, tmp_path: Path) -> None:
-    from sparsezip.data import load_dataset
-    from sparsezip.testing.trees import write_tree
-
     samples = list(load_dataset("pope", write_tree("pope", "files", tmp_path / "data"), category="random"))
     [case] = build_matrix("tiny", tiny_vlm.num_patches, datasets=["pope-random"], methods=["sparsezip-dynk"])
     method, calibration = build_method(case, tiny_vlm, samples)

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sparsezip.testing.expectations import headline
-from sparsezip.testing.matrix import LLAVA15_PATCHES, Case
+from sparsezip.testing.matrix import Case, scale_budget
 
 if TYPE_CHECKING:
     from sparsezip.adapters.api import GenerationOutput, VisionLanguageModel
+    from sparsezip.budget import DynamicKCalibration
     from sparsezip.data.sample import Sample
     from sparsezip.methods.base import CompressionMethod
 
@@ -67,11 +68,6 @@ def case_dir(run_root: Path, case: Case) -> Path:
     return run_root / case.model / case.dataset / leaf
 
 
-def _dynk_range(num_patches: int) -> tuple[int, int]:
-    lo, hi = (max(1, round(b * num_patches / LLAVA15_PATCHES)) for b in DYNK_RANGE_LLAVA15)
-    return lo, hi
-
-
 def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sample]) -> tuple[
         CompressionMethod, dict | None]:
     """The case's method, and for a dynamic-K row the calibration (a ``DynamicKCalibration`` as a dict).
@@ -85,7 +81,7 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
     kwargs = case.method_kwargs()
     if not case.row.calibrate_dynamic_k:
         return get_method(case.row.method, **kwargs), None
-    k_min, k_max = _dynk_range(model.num_patches)
+    k_min, k_max = (scale_budget(b, model.num_patches) for b in DYNK_RANGE_LLAVA15)
     fixed = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max)
     calibration = calibrate_dynamic_k(fixed, model, samples[:DYNK_CALIBRATION_IMAGES], case.family)
     method = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max, dynk=calibration.as_config())
@@ -93,7 +89,7 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
 
 
 def calibrate_dynamic_k(method: CompressionMethod, model: VisionLanguageModel, samples: Sequence[Sample],
-                        family: str):
+                        family: str) -> DynamicKCalibration:
     """Calibrate SparseZip ``method``'s dynamic K on ``samples`` (their images, and their questions for the
     text term): the mean K hits the number of dominant tokens ``method`` keeps at its budget. Returns the
     ``DynamicKCalibration``. Needs a model exposing ``vision_context`` (the LLaVA adapter does)."""
