@@ -32,14 +32,14 @@ import torch
 
 from sparsezip.adapters.api import GenerationOutput
 from sparsezip.adapters.placeholders import shorten_image_runs
-from sparsezip.adapters.vision_tower import FeatureLayerTap
+from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.methods.base import CompressionMethod
 from sparsezip.profiling import FirstCallClock, StageTimer, decoder_prefill_flops
 
 if TYPE_CHECKING:
     from PIL import Image
-    from transformers import LlavaForConditionalGeneration, ProcessorMixin
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, ProcessorMixin
 
 
 @dataclass
@@ -107,6 +107,16 @@ class LlavaVLM:
     def device(self) -> torch.device:
         """Where the model's weights live."""
         return self.model.device
+
+    @property
+    def config(self) -> LlavaConfig:
+        """The checkpoint's ``LlavaConfig`` (the runner reads ``text_config`` for the analytic KV-cache bytes)."""
+        return self.model.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype."""
+        return self.model.dtype
 
     def chat_prompt(self, question: str) -> str:
         """The checkpoint's chat template applied to one user turn (``<image>`` + ``question``), generation
@@ -188,6 +198,28 @@ class LlavaVLM:
         projector = self.model.model.multi_modal_projector
         return text_to_vision_space(mean, projector.linear_1.weight, projector.linear_2.weight)
 
+    def _context(
+        self, images: Sequence[Image.Image], features: TowerFeatures, questions: Sequence[str] | None
+    ) -> VisionContext:
+        """The method's input from the feature layer, with the text query when ``questions`` are given."""
+        hidden = features.hidden
+        text_query = None if questions is None else self.text_query(questions).to(hidden.dtype)
+        keys = features.keys if features.keys is not None else hidden.new_zeros(*hidden.shape[:2], 0)
+        seeds = torch.tensor([image_seed(image) for image in images], dtype=torch.long)
+        return VisionContext(
+            hidden=hidden, keys=keys, cls_attn=features.cls_attn, text_query=text_query, sample_seeds=seeds
+        )
+
+    @torch.inference_mode()
+    def vision_context(self, images: Sequence[Image.Image], questions: Sequence[str] | None = None) -> VisionContext:
+        """What a vision-stage method sees for ``images``: hidden ``[B, N, C]``, keys ``[B, N, Dk]``, CLS
+        attention ``[B, H, N]`` and, given ``questions``, the text query ``[B, C]`` (as in :meth:`generate`), e.g.
+        to calibrate SparseZip's dynamic K on real images."""
+        if questions is not None and len(questions) != len(images):
+            raise ValueError(f"got {len(questions)} questions for {len(images)} images")
+        pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        return self._context(images, self.tap(pixel_values.to(self.device, self.model.dtype)), questions)
+
     @torch.inference_mode()
     def prepare(
         self,
@@ -209,17 +241,10 @@ class LlavaVLM:
             pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
             features = self.tap(pixel_values)
         with timer.stage("compress_ms"):
-            hidden = features.hidden
-            text_query = None
-            if method.needs_text and method.stage == "vision" and questions is not None:
-                text_query = self.text_query(questions).to(hidden.dtype)
-            keys = features.keys if features.keys is not None else hidden.new_zeros(*hidden.shape[:2], 0)
-            seeds = torch.tensor([image_seed(image) for image in images], dtype=torch.long)
-            ctx = VisionContext(
-                hidden=hidden, keys=keys, cls_attn=features.cls_attn, text_query=text_query, sample_seeds=seeds
-            )
+            text_aware = method.needs_text and method.stage == "vision"
+            ctx = self._context(images, features, questions if text_aware else None)
             result = method(ctx)
-            self._check_result(result, hidden.shape[0], hidden.shape[2], method)
+            self._check_result(result, ctx.batch_size, ctx.hidden.shape[2], method)
         compress_end = timer.now()
         ids, mask = shorten_image_runs(
             inputs["input_ids"].to(self.device),

@@ -1,0 +1,150 @@
+"""Fixtures of the benchmark matrix: its parametrization from the command-line options, the model (loaded once
+per session, per xdist worker), datasets (loaded once per session) and the run settings.
+
+The options themselves live in the root ``conftest.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsezip.testing.matrix import DEFAULT_MODEL_NAME, build_matrix, checkpoint_num_patches, model_name
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL_PATH = REPO_ROOT / "fixtures" / "tiny-llava"
+DEFAULT_DATA_ROOT = REPO_ROOT / "fixtures" / "data"
+EXPECTED_DIR = REPO_ROOT / "fixtures" / "expected"
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [item.strip() for item in value.split(",") if item.strip()] if value else None
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Everything a matrix case needs to know about this session (immutable: safe under xdist)."""
+
+    model_path: Path
+    model: str
+    data_root: Path
+    limit: int | None
+    run_root: Path
+    device: torch.device
+    dtype: torch.dtype
+    update_expected: bool
+    expected_file: Path
+    rounds: int
+    torch_threads: int
+
+
+@cache
+def _model_identity(model_path: str | None) -> tuple[Path, str, int]:
+    path = Path(model_path) if model_path else DEFAULT_MODEL_PATH
+    name = model_name(path) if model_path else DEFAULT_MODEL_NAME
+    try:
+        return path, name, checkpoint_num_patches(path)
+    except ValueError as err:
+        hint = "" if model_path else " (the embedded default: `sparsezip train-tiny` writes it)"
+        raise pytest.UsageError(f"benchmark model{hint}: {err}") from None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize ``case`` with the matrix for the chosen model, narrowed by ``--methods`` / ``--budgets``."""
+    if "case" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    _, name, num_patches = _model_identity(config.getoption("--model-path"))
+    budgets = _csv(config.getoption("--budgets"))
+    if budgets is not None and not all(b.isdigit() for b in budgets):
+        raise pytest.UsageError(f"--budgets takes integers (LLaVA-1.5 scale, e.g. 64,128), got {budgets}")
+    try:
+        budgets = None if budgets is None else [int(b) for b in budgets]
+        cases = build_matrix(name, num_patches, methods=_csv(config.getoption("--methods")), llava_budgets=budgets)
+    except ValueError as err:
+        raise pytest.UsageError(f"benchmark matrix: {err}") from None
+    metafunc.parametrize("case", cases, ids=[case.id for case in cases])
+
+
+@pytest.fixture(scope="session")
+def bench(request: pytest.FixtureRequest, device: torch.device):
+    """The session's benchmark settings (model, data, run folder, expectations file). Sets torch's CPU threads
+    for the matrix (``--torch-threads``) and restores them afterwards."""
+    from sparsezip.testing.cases import run_fingerprint
+
+    config = request.config
+    model_path, name, _ = _model_identity(config.getoption("--model-path"))
+    threads = config.getoption("--torch-threads")
+    if threads is None:
+        # One thread for the embedded model on CPU: its width-128 matmuls gain nothing from more, and on a
+        # shared machine extra OpenMP threads oversubscribe the cores (10-100x slower, erratic latency).
+        threads = 1 if device.type == "cpu" and not config.getoption("--model-path") else torch.get_num_threads()
+    data_root = Path(config.getoption("--data-root") or DEFAULT_DATA_ROOT)
+    limit = config.getoption("--limit")
+    run_root = config.getoption("--run-dir")
+    if run_root is None:
+        fingerprint = run_fingerprint(package_dir=REPO_ROOT / "sparsezip", model_path=model_path,
+                                      data_root=data_root, device_type=device.type, limit=limit)
+        run_root = REPO_ROOT / "runs" / "bench" / fingerprint
+    settings = BenchSettings(
+        model_path=model_path,
+        model=name,
+        data_root=data_root,
+        limit=limit,
+        run_root=Path(run_root),
+        device=device,
+        # LLaVA-1.5 is evaluated in fp16 on GPU; CPU kernels want fp32.
+        dtype=torch.float16 if device.type == "cuda" else torch.float32,
+        update_expected=config.getoption("--update-expected"),
+        expected_file=Path(config.getoption("--expected-dir") or EXPECTED_DIR) / f"{name}.json",
+        rounds=max(1, config.getoption("benchmark_min_rounds")),
+        torch_threads=threads,
+    )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    yield settings
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def bench_model(bench: BenchSettings):
+    """The model, loaded once per session (per xdist worker) with the LLaVA adapter."""
+    from sparsezip.adapters.llava import load_llava
+
+    return load_llava(bench.model_path, device=bench.device, dtype=bench.dtype)
+
+
+@pytest.fixture(scope="session")
+def bench_samples(bench: BenchSettings):
+    """``samples(dataset)`` -> the dataset's (``--limit``-ed) samples, loaded once per session; skips the
+    case with the reason when the dataset is not under the data root."""
+    from sparsezip.data import load_dataset, resolve_dataset
+    from sparsezip.data.subsets import limit_samples
+
+    @cache
+    def load(dataset: str) -> tuple:
+        try:
+            family, path, options = resolve_dataset(bench.data_root, dataset)
+        except ValueError as err:
+            return (f"dataset {dataset} not available under {bench.data_root}: {err}",)
+        return (None, family, tuple(limit_samples(list(load_dataset(family, path, **options)), bench.limit)))
+
+    def samples(dataset: str) -> list:
+        result = load(dataset)
+        if result[0] is not None:
+            pytest.skip(result[0])
+        if not result[2]:
+            pytest.skip(f"dataset {dataset} under {bench.data_root} has no samples")
+        return list(result[2])
+
+    return samples
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    model = config.getoption("--model-path") or f"{DEFAULT_MODEL_PATH} ({DEFAULT_MODEL_NAME})"
+    data = config.getoption("--data-root") or DEFAULT_DATA_ROOT
+    return [f"sparsezip benchmarks: model {model}; data {data}"]

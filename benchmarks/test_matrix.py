@@ -1,0 +1,83 @@
+"""The benchmark matrix: datasets x model x methods, one pytest case each (see ``sparsezip/testing/matrix.py``).
+
+Each case
+1. evaluates the method on the dataset through the runner, into its own resumable run folder;
+2. times one fixed sample's generate call (batch 1) with pytest-benchmark: ``--benchmark-min-rounds`` rounds
+   (default 5) after one warm-up round; timing is on only when benchmark output is asked for
+   (``--benchmark-json/-save/-autosave/-compare``) and never under xdist;
+3. records metrics, visual tokens, stage times, memory and the method config in ``benchmark.extra_info``;
+4. checks the headline metric against ``fixtures/expected/<model>.json`` (see
+   ``sparsezip/testing/expectations.py`` for the tolerance), or records it under ``--update-expected``.
+
+Run: ``pytest benchmarks -k pope``; ``--gpu``, ``--model-path``, ``--data-root``, ``--limit``, ``--methods``,
+``--budgets`` point and narrow it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+
+from sparsezip.data.prompts import build_prompt, dataset_question
+from sparsezip.runner import PREDICTIONS_FILE, evaluate
+from sparsezip.testing.cases import batch_size_for, build_method, case_dir, extra_info
+from sparsezip.testing.expectations import ExpectationStore, check, expectation_key, headline, make_entry
+from sparsezip.testing.matrix import Case
+
+
+def _k_values(run_dir) -> list[int]:
+    """Dominant-token count K per evaluated sample, as the adapter reports it in ``extra["k"]``."""
+    with (run_dir / PREDICTIONS_FILE).open(encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    return [int(r["extra"]["k"]) for r in records if "k" in (r.get("extra") or {})]
+
+
+@pytest.mark.benchmark_matrix
+def test_case(case: Case, bench, bench_model, bench_samples, benchmark) -> None:
+    samples = bench_samples(case.dataset)
+    method, calibration = build_method(case, bench_model, samples)
+    if bench.device.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(bench.device)  # peak memory of this case, not of the session
+    run_dir = case_dir(bench.run_root, case)
+    summary = evaluate(bench_model, method, samples, run_dir, dataset=case.dataset,
+                       batch_size=batch_size_for(method), progress=False)
+    assert summary["complete"], f"{run_dir}: {summary['n']}/{summary['expected']} samples evaluated"
+
+    sample = samples[0]
+    image = sample.load_image()
+    prompt = build_prompt(case.family, sample.question, chat_prompt=bench_model.chat_prompt)
+    question = dataset_question(case.family, sample.question)
+    benchmark.group = case.dataset
+    [timed] = benchmark.pedantic(
+        bench_model.generate,
+        args=([image], [prompt]),
+        kwargs={"method": method, "questions": [question], "max_new_tokens": summary["tokens"]["max_new_tokens"]},
+        rounds=bench.rounds,
+        warmup_rounds=1,
+    )
+    k_values = _k_values(run_dir) if calibration is not None else None
+    benchmark.extra_info.update(extra_info(case, method, summary, timed, num_patches=bench_model.num_patches,
+                                           calibration=calibration, k_values=k_values))
+    benchmark.extra_info["torch_threads"] = bench.torch_threads
+
+    measured = headline(case.family, summary["metrics"])
+    dataset_sha = benchmark.extra_info["dataset_sha256"]
+    key = expectation_key(case.id, bench.limit)
+    store = ExpectationStore(bench.expected_file)
+    if bench.update_expected:
+        store.update(key, make_entry(measured, n=summary["n"], dataset_sha256=dataset_sha,
+                                     device_type=bench.device.type, metrics=summary["metrics"]))
+        return
+    verdict = check(store.get(key), measured, n=summary["n"], dataset_sha256=dataset_sha,
+                    device_type=bench.device.type, key=key)
+    benchmark.extra_info["expectation"] = {"status": verdict.status, "message": verdict.message}
+    if verdict.status == "regressed":
+        pytest.fail(verdict.message)
+    if verdict.status == "improved":
+        warnings.warn(verdict.message, stacklevel=1)
+    if verdict.status == "unchecked":
+        pytest.xfail(verdict.message)

@@ -1,0 +1,23 @@
+"""``sparsezip report RUN.json [RUN2.json ...] [--out DIR]``: markdown table + accuracy/latency plot."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "table (markdown) and plot (PNG) of benchmark-matrix runs from pytest-benchmark JSON files"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", metavar="RUN.json",
+                        help="pytest-benchmark JSON files (--benchmark-json or a saved baseline)")
+    parser.add_argument("--out", default="out/report",
+                        help="output folder for report.md and report.png (default: out/report)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparsezip.report import write_report
+
+    md, png = write_report(args.runs, args.out)
+    print(md.read_text(encoding="utf-8"))
+    print(f"wrote {md} and {png}")
+    return 0

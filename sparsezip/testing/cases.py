@@ -1,0 +1,168 @@
+"""Running one case of the benchmark matrix: the method it builds, where its run lives, what it records.
+
+``benchmarks/test_matrix.py`` is the thin pytest layer over this (evaluate, time, check); everything here is
+plain functions so ``tests/`` can exercise it on the fake model without pytest-benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sparsezip.testing.expectations import headline
+from sparsezip.testing.matrix import Case, scale_budget
+
+if TYPE_CHECKING:
+    from sparsezip.adapters.api import GenerationOutput, VisionLanguageModel
+    from sparsezip.budget import DynamicKCalibration
+    from sparsezip.data.sample import Sample
+    from sparsezip.methods.base import CompressionMethod
+
+# Vision-stage methods are evaluated in batches (answers do not depend on the batch: the adapter's tests
+# check batched == per-sample); in-LLM methods (SparseVLM) support batch size 1 only.
+EVAL_BATCH_SIZE = 8
+# Images the dynamic-K calibration looks at: enough for a stable mean K, cheap next to the evaluation.
+DYNK_CALIBRATION_IMAGES = 16
+# The seed's dynamic-K range (k_min 32, k_max 64) in the LLaVA-1.5 scale, mapped like the budgets.
+DYNK_RANGE_LLAVA15 = (32, 64)
+
+
+def batch_size_for(method: CompressionMethod) -> int:
+    """Evaluation batch size: :data:`EVAL_BATCH_SIZE` for vision-stage methods, 1 for in-LLM ones."""
+    return 1 if method.stage == "llm" else EVAL_BATCH_SIZE
+
+
+def dataset_fingerprint(sources: dict[str, str]) -> str | None:
+    """One sha256 for the annotation files a run read (``summary["config"]["sources"]``: file -> sha256),
+    independent of where the files live; ``None`` when the loader recorded none."""
+    if not sources:
+        return None
+    if len(sources) == 1:
+        return next(iter(sources.values()))
+    return hashlib.sha256("\n".join(sorted(sources.values())).encode()).hexdigest()
+
+
+def run_fingerprint(*, package_dir: Path, model_path: Path, data_root: Path, device_type: str,
+                    limit: int | None) -> str:
+    """12 hex digits identifying everything that decides a case's predictions besides the case itself:
+    the package's source code, the checkpoint files (name, size, mtime), the data root, the device type and
+    ``--limit``. Run folders are keyed by it, so a rerun resumes only what would come out identical, and a
+    code or model change starts afresh instead of resuming stale predictions."""
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*.py")):
+        digest.update(str(path.relative_to(package_dir)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted(p for p in model_path.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(model_path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    digest.update(f"{data_root.resolve()}|{device_type}|{limit}".encode())
+    return digest.hexdigest()[:12]
+
+
+def case_dir(run_root: Path, case: Case) -> Path:
+    """``<run_root>/<model>/<dataset>/<row>-k<budget>``: one folder per case, so xdist workers never share."""
+    leaf = case.row.name if case.budget is None else f"{case.row.name}-k{case.budget}"
+    return run_root / case.model / case.dataset / leaf
+
+
+def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sample]) -> tuple[
+        CompressionMethod, dict | None]:
+    """The case's method, and for a dynamic-K row the calibration (a ``DynamicKCalibration`` as a dict).
+
+    A dynamic-K row turns dynamic K on with ``k_min/k_max`` = the seed's 32/64 mapped to the model's patch
+    count, and ``dynk.c`` / ``dynk.scale`` calibrated on the first :data:`DYNK_CALIBRATION_IMAGES` samples so
+    that the mean K equals the number of dominant tokens the fixed-K method would keep at this budget.
+    """
+    from sparsezip.methods import get_method
+
+    kwargs = case.method_kwargs()
+    if not case.row.calibrate_dynamic_k:
+        return get_method(case.row.method, **kwargs), None
+    k_min, k_max = (scale_budget(b, model.num_patches) for b in DYNK_RANGE_LLAVA15)
+    fixed = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max)
+    calibration = calibrate_dynamic_k(fixed, model, samples[:DYNK_CALIBRATION_IMAGES], case.family)
+    method = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max, dynk=calibration.as_config())
+    return method, dataclasses.asdict(calibration)
+
+
+def calibrate_dynamic_k(method: CompressionMethod, model: VisionLanguageModel, samples: Sequence[Sample],
+                        family: str) -> DynamicKCalibration:
+    """Calibrate SparseZip ``method``'s dynamic K on ``samples`` (their images, and their questions for the
+    text term): the mean K hits the number of dominant tokens ``method`` keeps at its budget. Returns the
+    ``DynamicKCalibration``. Needs a model exposing ``vision_context`` (the LLaVA adapter does)."""
+    from sparsezip.data.prompts import dataset_question
+
+    if not samples:
+        raise ValueError("dynamic-K calibration needs at least one sample, got none")
+    if not hasattr(model, "vision_context"):
+        raise ValueError(f"model {model.name!r} cannot hand out vision contexts (no vision_context method)")
+    images = [s.load_image() for s in samples]
+    questions = [dataset_question(family, s.question) for s in samples] if method.needs_text else None
+    return method.calibrate([model.vision_context(images, questions=questions)])
+
+
+def extra_info(case: Case, method: CompressionMethod, summary: dict, timed: GenerationOutput, *,
+               num_patches: int, calibration: dict | None = None,
+               k_values: Sequence[int] | None = None) -> dict:
+    """What a case records in ``benchmark.extra_info`` (so a saved run holds quality and cost together).
+
+    Args:
+        summary: the runner's ``summary.json`` content.
+        timed: the output of the timed generate call (one fixed sample, batch 1).
+        calibration / k_values: dynamic-K rows: the calibration and K per evaluated sample.
+    """
+    tokens = summary["tokens"]
+    visual = tokens["visual"]
+    stats: dict = {
+        "case": case.id,
+        "dataset": case.dataset,
+        "family": case.family,
+        "model": case.model,
+        "row": case.row.name,
+        "method": method.name,
+        "stage": method.stage,
+        "budget": case.budget,
+        "llava_budget": case.llava_budget,
+        "n": summary["n"],
+        "headline": vars(headline(case.family, summary["metrics"])),
+        "metrics": summary["metrics"],
+        "visual_tokens": {
+            **visual,
+            # For in-LLM methods `mean` is the layer-averaged equivalent; the LLM's input holds all patches.
+            "llm_input": num_patches if method.stage == "llm" else visual["mean"],
+            "per_layer": tokens["visual_per_layer_mean"],
+        },
+        "stage_ms": {stage: (s or {}).get("mean") for stage, s in summary["latency_ms"].items()},
+        "new_tokens_mean": tokens["new_tokens_mean"],
+        "max_new_tokens": tokens["max_new_tokens"],
+        "timed_sample": {
+            "new_tokens": timed.new_tokens, "visual_tokens": timed.visual_tokens,
+            "prefill_tokens": timed.prefill_tokens, "stage_ms": timed.timings,
+        },
+        "peak_memory_bytes": summary["memory"]["peak_bytes"],
+        "peak_memory_kind": summary["memory"]["peak_kind"],
+        "kv_cache_saved_bytes": summary["memory"]["kv_cache_saved_bytes_per_sample"],
+        "method_config": method.config(),
+        "dataset_sha256": dataset_fingerprint(summary["config"].get("sources") or {}),
+        "eval_batch_size": summary["config"]["batch_size"],
+    }
+    if calibration is not None:
+        stats["dynk_calibration"] = calibration
+    if k_values:
+        stats["k_distribution"] = k_distribution(k_values)
+    return json.loads(json.dumps(stats))  # plain JSON types only (no tensors, tuples or numpy scalars)
+
+
+def k_distribution(k_values: Sequence[int]) -> dict:
+    """Mean / std / min / max and a histogram ``{K: count}`` of dominant-token counts."""
+    import numpy as np
+
+    k = np.asarray(k_values, dtype=np.int64)
+    if k.size == 0:
+        raise ValueError("k_distribution needs at least one K value")
+    values, counts = np.unique(k, return_counts=True)
+    return {"mean": float(k.mean()), "std": float(k.std()), "min": int(k.min()), "max": int(k.max()),
+            "histogram": {str(int(v)): int(c) for v, c in zip(values, counts, strict=True)}}

@@ -1,0 +1,139 @@
+"""The benchmark matrix's case list: ids, relative budgets, and the narrowing options."""
+
+import re
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from sparsezip.testing.matrix import (
+    DATASETS,
+    FULL_BUDGET,
+    LLAVA15_BUDGETS,
+    ROWS,
+    build_matrix,
+    row_names,
+    scale_budget,
+)
+
+
+def _ids(cases) -> list[str]:
+    return [case.id for case in cases]
+
+
+def test_relative_budgets_on_llava_and_small_models() -> None:
+    assert [scale_budget(b, 576) for b in LLAVA15_BUDGETS] == [64, 128, 192]
+    assert [scale_budget(b, 144) for b in LLAVA15_BUDGETS] == [16, 32, 48]
+    assert [scale_budget(b, 64) for b in LLAVA15_BUDGETS] == [7, 14, 21]
+    assert scale_budget(FULL_BUDGET, 144) == 144
+
+
+@given(budget=st.integers(1, 576), patches=st.integers(9, 2048))
+def test_scaled_budget_keeps_the_token_fraction(budget: int, patches: int) -> None:
+    assume(budget * patches / 576 > 0.5)  # below that it is "less than one token": an error, tested below
+    tokens = scale_budget(budget, patches)
+    assert 1 <= tokens <= patches
+    assert abs(tokens / patches - budget / 576) <= 0.5 / patches + 1e-12
+
+
+@pytest.mark.parametrize(("budget", "patches", "match"), [
+    (0, 144, "budget must be in"), (577, 144, "budget must be in"), (64, 0, "num_patches"),
+    (1, 100, "less than one token"),
+])
+def test_bad_budgets_name_the_value(budget: int, patches: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        scale_budget(budget, patches)
+
+
+def test_full_matrix_has_every_row_and_dataset() -> None:
+    cases = build_matrix("tiny-shapes", 144)
+    ids = _ids(cases)
+    assert len(ids) == len(set(ids)), "case ids must be unique"
+    # per dataset: none + sparsezip x3 + 4 ablations + visionzip x3 + sparsevlm x3 + random + pool = 16
+    assert len(cases) == 16 * len(DATASETS)
+    assert "pope-adversarial[tiny-shapes]-sparsezip-k16" in ids
+    assert "pope-random[tiny-shapes]-none" in ids
+    assert "mme[tiny-shapes]-visionzip-k48" in ids
+    assert "docvqa[tiny-shapes]-sparsevlm-k32" in ids
+    for ablation in ("nohybrid", "notext", "dynk", "nomerge"):
+        assert f"pope-popular[tiny-shapes]-sparsezip-{ablation}-k16" in ids
+        assert f"pope-popular[tiny-shapes]-sparsezip-{ablation}-k32" not in ids  # ablations at 64-equiv only
+    assert {c.budget for c in cases if c.row.name in ("random", "pool")} == {16}
+
+
+def test_llava_scale_ids_use_the_models_token_count() -> None:
+    ids = _ids(build_matrix("llava-1.5-7b-hf", 576, datasets=["pope-random"]))
+    assert "pope-random[llava-1.5-7b-hf]-visionzip-k64" in ids
+    assert "pope-random[llava-1.5-7b-hf]-sparsezip-k192" in ids
+
+
+def _select(ids: list[str], expr: str) -> list[str]:
+    """What `pytest -k expr` selects for a single-word expression: case-insensitive substring match."""
+    return [i for i in ids if expr.lower() in i.lower()]
+
+
+@pytest.mark.parametrize("word", ["pope", "adversarial", "visionzip", "k16", "mme", "sparsevlm", "none"])
+def test_k_expressions_select_what_they_say(word: str) -> None:
+    cases = build_matrix("tiny-shapes", 144)
+    selected = set(_select(_ids(cases), word))
+    if word in ("pope", "adversarial", "mme"):
+        expected = {c.id for c in cases if word in c.dataset}
+    elif word.startswith("k") and word[1:].isdigit():
+        expected = {c.id for c in cases if c.budget == int(word[1:])}
+    else:
+        expected = {c.id for c in cases if c.row.method == word}
+    assert selected == expected and selected
+
+
+def test_methods_narrow_by_method_or_row_name() -> None:
+    sparsezip = build_matrix("m", 144, methods=["sparsezip"])
+    assert {c.row.name for c in sparsezip} == {r for r in row_names() if r.startswith("sparsezip")}
+    only = build_matrix("m", 144, methods=["sparsezip-notext", "pool"])
+    assert {c.row.name for c in only} == {"sparsezip-notext", "pool"}
+
+
+def test_budgets_are_in_the_llava_scale_and_mapped() -> None:
+    cases = build_matrix("m", 144, llava_budgets=[128])
+    assert cases and {c.budget for c in cases} == {32}
+    assert {c.row.name for c in cases} == {"sparsezip", "visionzip", "sparsevlm"}
+    assert {c.row.name for c in build_matrix("m", 144, llava_budgets=[576])} == {"none"}
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"methods": ["tome"]}, "unknown method tome"),
+    ({"llava_budgets": [16]}, r"unknown budget \(LLaVA-1.5 scale\) 16"),
+    ({"datasets": ["vqav2"]}, "unknown dataset vqav2"),
+])
+def test_unknown_filters_are_errors_listing_the_choices(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_matrix("m", 144, **kwargs)
+
+
+def test_method_kwargs_carry_budget_and_ablation_switch() -> None:
+    case = next(c for c in build_matrix("m", 144, methods=["sparsezip-nomerge"]))
+    assert case.method_kwargs() == {"skip_ctx_merge": True, "budget": 16}
+    none = next(c for c in build_matrix("m", 144, methods=["none"]))
+    assert none.method_kwargs() == {} and none.budget is None
+    # SparseVLM's budget picks the paper's LLaVA-1.5 schedule (the method scales it to the model itself).
+    vlm = build_matrix("m", 144, datasets=["mme"], methods=["sparsevlm"])
+    assert [(c.id.split("-")[-1], c.method_kwargs()["budget"]) for c in vlm] == [
+        ("k16", 64), ("k32", 128), ("k48", 192)]
+
+
+def test_row_names_are_id_safe() -> None:
+    for row in ROWS:
+        assert re.fullmatch(r"[a-z0-9-]+", row.name)
+
+
+def test_embedded_default_has_an_expectation_for_every_case() -> None:
+    """A new row or dataset must come with recorded expectations (`pytest benchmarks --update-expected`)."""
+    from pathlib import Path
+
+    from sparsezip.testing.expectations import ExpectationStore
+    from sparsezip.testing.matrix import DEFAULT_MODEL_NAME, checkpoint_num_patches
+
+    root = Path(__file__).resolve().parents[1]
+    cases = build_matrix(DEFAULT_MODEL_NAME, checkpoint_num_patches(root / "fixtures" / "tiny-llava"))
+    recorded = ExpectationStore(root / "fixtures" / "expected" / f"{DEFAULT_MODEL_NAME}.json").load()
+    assert sorted(recorded) == sorted(c.id for c in cases)
+    assert {entry["device"] for entry in recorded.values()} == {"cpu"}

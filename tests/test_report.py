@@ -1,0 +1,110 @@
+"""``sparsezip report`` on a small synthetic run in pytest-benchmark's JSON schema."""
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sparsezip.cli import main
+from sparsezip.report import load_entries, markdown_table, write_report
+
+STATS_KEYS = ("min", "max", "mean", "stddev", "rounds", "median", "iqr", "q1", "q3", "iqr_outliers",
+              "stddev_outliers", "outliers", "ld15iqr", "hd15iqr", "ops", "total", "data", "iterations")
+
+
+def _bench(dataset: str, row: str, budget: int | None, median_s: float, metrics: dict, headline: dict,
+           tokens: float, per_layer: list | None = None) -> dict:
+    """One benchmark entry as pytest-benchmark 5 writes it with --benchmark-json."""
+    family = dataset.split("-")[0]
+    case = f"{dataset}[tiny-shapes]-{row}" + ("" if budget is None else f"-k{budget}")
+    stats = dict.fromkeys(STATS_KEYS, 0.0)
+    stats.update(median=median_s, mean=median_s, min=median_s, max=median_s, rounds=3, iterations=1,
+                 data=[median_s] * 3, outliers="0;0", ops=1 / median_s)
+    return {
+        "group": dataset, "name": f"test_case[{case}]", "fullname": f"benchmarks/test_matrix.py::test_case[{case}]",
+        "params": {"case": case}, "param": case,
+        "extra_info": {
+            "case": case, "dataset": dataset, "family": family, "model": "tiny-shapes", "row": row,
+            "method": row.split("-")[0], "stage": "llm" if row == "sparsevlm" else "vision", "budget": budget,
+            "n": 6, "headline": headline, "metrics": metrics,
+            "visual_tokens": {"mean": tokens, "min": tokens, "max": tokens, "per_layer": per_layer},
+            "new_tokens_mean": 2.0,
+        },
+        "options": {"disable_gc": False, "timer": "perf_counter", "min_rounds": 5, "max_time": 1.0,
+                    "min_time": 5e-06, "warmup": False},
+        "stats": stats,
+    }
+
+
+def _pope(f1: float) -> tuple[dict, dict]:
+    return ({"accuracy": f1, "precision": f1, "recall": f1, "f1": f1, "yes_ratio": 0.5, "n": 6},
+            {"name": "f1", "value": f1, "scale": 1.0})
+
+
+def _run_json(path: Path, gpu: str | None = None) -> Path:
+    pope_none, pope_vz, pope_vlm = _pope(0.9), _pope(0.8), _pope(0.7)
+    mme = {"subtasks": {"count": {"acc": 50.0, "acc_plus": 25.0, "score": 75.0}}, "perception": 75.0,
+           "cognition": 0.0}
+    benchmarks = [
+        _bench("pope-random", "none", None, 0.020, *pope_none, tokens=144),
+        _bench("pope-random", "visionzip", 16, 0.010, *pope_vz, tokens=16),
+        _bench("pope-random", "sparsevlm", 16, 0.015, *pope_vlm, tokens=16.0, per_layer=[144, 30, 10]),
+        _bench("mme", "none", None, 0.030, mme, {"name": "total_score", "value": 75.0, "scale": 200.0},
+               tokens=144),
+        _bench("docvqa", "pool", 16, 0.012, {"anls": 0.25, "exact_match": 0.2, "n": 4},
+               {"name": "anls", "value": 0.25, "scale": 1.0}, tokens=16),
+    ]
+    # A micro-benchmark without the matrix's extra_info: the report ignores it.
+    benchmarks.append({**_bench("pope-random", "none", None, 0.001, *pope_none, tokens=1),
+                       "extra_info": {"ratio_to_clip_layer": 0.5}, "name": "test_core_speed[x]"})
+    device = {"device_type": "cuda" if gpu else "cpu", "gpu_name": gpu}
+    data = {"machine_info": {"node": "n", "sparsezip": device}, "commit_info": {"id": "abc", "dirty": False},
+            "benchmarks": benchmarks, "datetime": "2026-01-01T00:00:00+00:00", "version": "5.3.1"}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_entries_read_metrics_tokens_and_latency(tmp_path: Path) -> None:
+    entries = load_entries([_run_json(tmp_path / "run.json")])
+    assert len(entries) == 5  # the micro-benchmark is ignored
+    vz = next(e for e in entries if e.row == "visionzip")
+    assert vz.latency_ms == pytest.approx(10.0) and vz.tokens == 16 and vz.headline == pytest.approx(80.0)
+    mme = next(e for e in entries if e.family == "mme")
+    assert mme.headline == 75.0  # MME in points, not percent
+
+
+def test_markdown_table_has_one_section_per_dataset_with_speedups(tmp_path: Path) -> None:
+    table = markdown_table(load_entries([_run_json(tmp_path / "run.json")]))
+    assert "### pope-random [tiny-shapes]" in table and "### mme [tiny-shapes]" in table
+    vz_line = next(line for line in table.splitlines() if line.startswith("| visionzip"))
+    cells = [c.strip() for c in vz_line.strip("|").split("|")]
+    assert cells == ["visionzip", "16.0", "10.00", "2.00x", "80.0", "80.0", "50.0", "2.00"]
+    assert "per layer 144/30/10" in table
+    docvqa = next(line for line in table.splitlines() if line.startswith("| pool"))
+    assert "| - |" in docvqa  # no `none` row for docvqa in this run: no speed-up
+
+
+def test_two_runs_get_a_run_column(tmp_path: Path) -> None:
+    entries = load_entries([_run_json(tmp_path / "cpu.json"), _run_json(tmp_path / "gpu.json", gpu="H100")])
+    table = markdown_table(entries)
+    assert "| Run |" in table and "gpu (H100)" in table and "cpu (cpu)" in table
+
+
+def test_report_command_writes_table_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _run_json(tmp_path / "run.json")
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    assert "| visionzip" in capsys.readouterr().out
+    with Image.open(tmp_path / "out" / "report.png") as png:
+        assert png.size[0] > 500 and png.size[1] > 500
+    assert (tmp_path / "out" / "report.md").read_text().startswith("### pope-random")
+
+
+def test_report_refuses_files_without_matrix_cases(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"machine_info": {}, "benchmarks": []}))
+    with pytest.raises(ValueError, match="no benchmark-matrix cases"):
+        write_report([empty], tmp_path / "out")
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    assert main(["report", str(bad)]) == 2
