@@ -13,12 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsezip.testing.matrix import DEFAULT_MODEL_NAME, build_matrix, checkpoint_num_patches, model_name
+from sparsezip.testing.matrix import (
+    DEFAULT_MODEL_NAME,
+    Case,
+    build_matrix,
+    checkpoint_num_patches,
+    model_name,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL_PATH = REPO_ROOT / "fixtures" / "tiny-llava"
 DEFAULT_DATA_ROOT = REPO_ROOT / "fixtures" / "data"
 EXPECTED_DIR = REPO_ROOT / "fixtures" / "expected"
+_CASES = pytest.StashKey[dict]()
 
 
 def _csv(value: str | None) -> list[str] | None:
@@ -67,7 +74,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         cases = build_matrix(name, num_patches, methods=_csv(config.getoption("--methods")), llava_budgets=budgets)
     except ValueError as err:
         raise pytest.UsageError(f"benchmark matrix: {err}") from None
-    metafunc.parametrize("case", cases, ids=[case.id for case in cases])
+    # Parametrized by id (indirect), so a saved benchmark JSON's `params` holds the readable id, not an object.
+    metafunc.config.stash.setdefault(_CASES, {}).update((case.id, case) for case in cases)
+    metafunc.parametrize("case", [case.id for case in cases], ids=[case.id for case in cases], indirect=True)
+
+
+@pytest.fixture
+def case(request: pytest.FixtureRequest) -> Case:
+    """The matrix case this test item runs (looked up by its id)."""
+    return request.config.stash[_CASES][request.param]
 
 
 @pytest.fixture(scope="session")

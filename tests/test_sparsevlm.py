@@ -62,18 +62,41 @@ def test_other_budgets(budget: int, after: list[int], equivalent: float) -> None
     assert layer_averaged(visual_tokens_per_layer(plan, 576, 32)) == pytest.approx(equivalent)
 
 
-def test_scaled_plans_for_other_models() -> None:
+@pytest.mark.parametrize(
+    ("budget", "num_patches", "num_layers", "layers"),
+    [(100, 576, 32, (2, 6, 15)), (150, 576, 16, (1, 3, 7)), (16, 144, 4, (0, 1, 2)), (32, 144, 4, (0, 1, 2)),
+     (48, 144, 4, (0, 1, 2)), (21, 64, 3, (0, 1, 2)), (7, 64, 24, (1, 4, 11))],
+)
+def test_other_budgets_and_models_hit_the_budget_as_the_layer_averaged_equivalent(
+    budget: int, num_patches: int, num_layers: int, layers: tuple[int, ...]
+) -> None:
+    plan = scaled_plan(budget, num_patches, num_layers)
+    assert plan.layers == layers
+    equivalent = layer_averaged(visual_tokens_per_layer(plan, num_patches, num_layers))
+    assert equivalent == pytest.approx(budget, abs=0.5)
+    # the shape of the nearest paper schedule is kept: strictly fewer tokens at every later pruning layer
+    counts = counts_after_pruning(plan, num_patches)
+    assert counts == sorted(counts, reverse=True) and len(set(counts)) == len(counts)
+
+
+def test_paper_counts_hold_on_any_depth_with_576_tokens() -> None:
     assert scaled_plan(192, 576, 16) == PruningPlan(layers=(1, 3, 7), keep=(300, 200, 110))
-    assert scaled_plan(192, 144, 4) == PruningPlan(layers=(0, 1, 2), keep=(75, 50, 28))
-    assert scaled_plan(64, 144, 3).layers == (0, 1, 2)
+
+
+def test_unreachable_budgets_and_shallow_models_are_refused() -> None:
     with pytest.raises(ValueError, match="too shallow"):
         scaled_plan(192, 576, 2)
-    with pytest.raises(ValueError, match="one of"):
-        scaled_plan(100, 576, 32)
+    with pytest.raises(ValueError, match=r"out of reach.*3\.00 to 144\.00"):
+        scaled_plan(2, 144, 4)
+    with pytest.raises(ValueError, match="exceeds the model's 144"):
+        get_method("sparsevlm", budget=200).plan(144, 4)
+    with pytest.raises(ValueError, match="positive integer"):
+        get_method("sparsevlm", budget=0)
 
 
 def test_method_configuration() -> None:
-    assert get_method("sparsevlm").config() == {"budget": 192}
+    assert get_method("sparsevlm").config() == {"budget": None}
+    assert get_method("sparsevlm").plan(576, 32) == PruningPlan(layers=(2, 6, 15), keep=(300, 200, 110))
     method = get_method("sparsevlm", keep=(10, 5), layers=(0, 3))
     assert method.plan(144, 4) == PruningPlan(layers=(0, 3), keep=(10, 5))
     with pytest.raises(ValueError, match="exceed"):

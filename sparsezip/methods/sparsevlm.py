@@ -4,13 +4,16 @@ This module holds the model-independent parts: the layer schedule, the rater sel
 from the raters' attention, and the recycling of pruned tokens by density-peak kNN clustering. Running them
 inside a Llama decoder (caches, positions, decoding) is ``sparsezip.adapters.sparsevlm_llama``.
 
-Schedules. The spec gives, for LLaVA-1.5 (576 visual tokens, 32 decoder layers), the visual tokens kept at
-decoder layers (2, 6, 15) for each budget: 64 -> (66, 30, 17), 128 -> (303, 110, 36), 192 -> (300, 200, 110).
-Each pruning layer also re-inserts ``floor(n/10) + 1`` merged tokens recycled from the
-``n = floor(0.3 * pruned) + 1`` best pruned ones, so 192 leaves 309 / 204 / 113 tokens. For another model the
-schedule is scaled (an approximation, documented rather than tuned): kept counts by ``num_patches / 576``
-(rounded, at least 1) and pruning layers to the same fraction of depth, ``floor(l * num_layers / 32)``, pushed
-apart to stay strictly increasing.
+Budget. Like every method's, ``budget`` is the visual tokens the LLM sees per image; for an in-LLM method that
+is the *layer-averaged equivalent* (the mean over decoder layers of the visual tokens in each layer's cache).
+For 576 visual tokens and budgets 64 / 128 / 192 the method uses the paper's schedules exactly: tokens kept at decoder layers (2, 6, 15) = (66, 30, 17), (303, 110, 36), (300, 200, 110),
+each pruning layer also re-inserting ``floor(n/10) + 1`` merged tokens recycled from the
+``n = floor(0.3 * pruned) + 1`` best pruned ones (192 leaves 309 / 204 / 113 tokens, equivalent 192.03;
+64 and 128 give 64.8 and 128.6 on 32 layers). On a model of another depth the pruning layers move to the same
+fraction of depth (``floor(l * num_layers / 32)``, pushed apart to stay strictly increasing). Any other budget
+or token count (an approximation, documented rather than tuned): the paper schedule of the nearest relative
+budget (1/9, 2/9 or 1/3 of the tokens), its kept counts scaled by one common factor chosen so the
+layer-averaged equivalent lands as close to ``budget`` as whole tokens allow (:func:`scaled_plan`).
 
 Token accounting. A pruning layer runs on all its input tokens, then its own KV cache and its output are
 pruned, so every layer from the pruning layer on holds the pruned count in its cache (what decoding attends
@@ -37,6 +40,7 @@ SPEC_LAYERS: tuple[int, ...] = (2, 6, 15)
 SPEC_KEEP: dict[int, tuple[int, ...]] = {64: (66, 30, 17), 128: (303, 110, 36), 192: (300, 200, 110)}
 RECYCLE_RATIO = 0.3
 TOKENS_PER_CLUSTER = 10
+DEFAULT_FRACTION = 192 / SPEC_NUM_PATCHES  # without a budget: the paper's 192 setting, relative to the model
 
 
 @dataclass(frozen=True)
@@ -97,24 +101,54 @@ def layer_averaged(per_layer: list[int]) -> float:
     return sum(per_layer) / len(per_layer)
 
 
-def scaled_plan(budget: int, num_patches: int, num_layers: int) -> PruningPlan:
-    """The spec's schedule for ``budget`` (64 / 128 / 192), scaled to ``num_patches`` and ``num_layers``
-    (identity for LLaVA-1.5's 576 tokens and 32 layers; see the module docstring)."""
-    if budget not in SPEC_KEEP:
-        raise ValueError(f"sparsevlm budget must be one of {sorted(SPEC_KEEP)}, got {budget!r}")
+def scaled_plan(budget: float, num_patches: int, num_layers: int) -> PruningPlan:
+    """The pruning plan whose layer-averaged equivalent is ``budget`` visual tokens on a model with
+    ``num_patches`` visual tokens and ``num_layers`` decoder layers (see the module docstring).
+
+    With 576 visual tokens and budget 64, 128 or 192 the paper's kept counts are used unchanged (at layers moved
+    to the same fraction of depth: the spec's counts hold on any depth, the equivalent is exact on 32 layers, e.g.
+    189.2 instead of 192.03 on 16). Otherwise the reference
+    schedule's kept counts are multiplied by the factor (found by bisection; the equivalent is monotone in it)
+    that brings the equivalent closest to ``budget``. A budget outside what pruning at those layers can reach
+    (the layers before the first pruning layer always see every token) is a ``ValueError`` naming the range.
+    """
     if num_patches < 1:
         raise ValueError(f"num_patches must be >= 1, got {num_patches}")
     if num_layers < len(SPEC_LAYERS):
         raise ValueError(
             f"sparsevlm prunes at {len(SPEC_LAYERS)} layers; a {num_layers}-layer language model is too shallow"
         )
-    keep = tuple(max(1, round(k * num_patches / SPEC_NUM_PATCHES)) for k in SPEC_KEEP[budget])
     layers: list[int] = []
     for spec_layer in SPEC_LAYERS:
         layer = spec_layer * num_layers // SPEC_NUM_LAYERS
         # Pushing apart never overflows: floor(15 L / 32) < L and the push adds at most 2 for L >= 3.
         layers.append(max(layer, layers[-1] + 1) if layers else layer)
-    return PruningPlan(layers=tuple(layers), keep=keep)
+    if num_patches == SPEC_NUM_PATCHES and budget in SPEC_KEEP:
+        return PruningPlan(layers=tuple(layers), keep=SPEC_KEEP[int(budget)])
+    fraction = budget / num_patches
+    reference = SPEC_KEEP[min(SPEC_KEEP, key=lambda b: abs(b / SPEC_NUM_PATCHES - fraction))]
+
+    def plan_for(factor: float) -> PruningPlan:
+        keep = tuple(min(num_patches, max(1, round(factor * k * num_patches / SPEC_NUM_PATCHES))) for k in reference)
+        return PruningPlan(layers=tuple(layers), keep=keep)
+
+    def equivalent(factor: float) -> float:
+        return layer_averaged(visual_tokens_per_layer(plan_for(factor), num_patches, num_layers))
+
+    high = SPEC_NUM_PATCHES / min(reference)  # every kept count reaches num_patches: nothing is pruned
+    lowest, highest = equivalent(0.0), equivalent(high)
+    if not lowest - 0.5 <= budget <= highest:
+        raise ValueError(
+            f"sparsevlm budget {budget} (layer-averaged visual tokens) is out of reach on a model with "
+            f"{num_patches} visual tokens and {num_layers} layers: pruning at layers {tuple(layers)} gives "
+            f"{lowest:.2f} to {highest:.2f}"
+        )
+    low = 0.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if equivalent(mid) < budget else (low, mid)
+    return min((plan_for(low), plan_for(high)), key=lambda plan: abs(
+        layer_averaged(visual_tokens_per_layer(plan, num_patches, num_layers)) - budget))
 
 
 def select_raters(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -212,8 +246,10 @@ class SparseVLM(CompressionMethod):
     """SparseVLM v1.5: prunes visual tokens inside the LLM at three decoder layers, guided by the prompt's text
     tokens after the image (it needs no ``text_query``: its raters are the prompt's own tokens).
 
-    ``budget`` picks the spec schedule (64, 128 or 192; the layer-averaged equivalent on LLaVA-1.5).
-    ``keep`` / ``layers`` override the schedule (ablations, tests); given, they are used as is, unscaled.
+    ``budget``: the layer-averaged visual tokens per image on the model it runs in (default: a third of the
+    model's visual tokens, 192 on LLaVA-1.5, where 64 / 128 / 192 are the paper's schedules; see
+    :func:`scaled_plan`). ``keep`` / ``layers`` override the schedule (ablations, tests); given, they are used
+    as is, unscaled.
     Greedy decoding only; the adapter runs one sample at a time.
     """
 
@@ -227,9 +263,9 @@ class SparseVLM(CompressionMethod):
         keep: tuple[int, ...] | None = None,
         layers: tuple[int, ...] | None = None,
     ) -> None:
-        self.budget = 192 if budget is None else budget
-        if self.budget not in SPEC_KEEP:
-            raise ValueError(f"sparsevlm budget must be one of {sorted(SPEC_KEEP)}, got {budget!r}")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+            raise ValueError(f"sparsevlm budget must be a positive integer, got {budget!r}")
+        self.budget = budget
         if (keep is None) != (layers is None):
             raise ValueError(f"sparsevlm: give both keep and layers or neither, got keep={keep} layers={layers}")
         self.override = None if keep is None else PruningPlan(layers=tuple(layers), keep=tuple(keep))
@@ -237,7 +273,10 @@ class SparseVLM(CompressionMethod):
     def plan(self, num_patches: int, num_layers: int) -> PruningPlan:
         """The pruning plan for a model with ``num_patches`` visual tokens and ``num_layers`` decoder layers."""
         if self.override is None:
-            return scaled_plan(self.budget, num_patches, num_layers)
+            budget = round(num_patches * DEFAULT_FRACTION) if self.budget is None else self.budget
+            if budget > num_patches:
+                raise ValueError(f"sparsevlm budget {budget} exceeds the model's {num_patches} visual tokens")
+            return scaled_plan(budget, num_patches, num_layers)
         if self.override.layers[-1] >= num_layers:
             raise ValueError(f"sparsevlm layers {self.override.layers} exceed the model's {num_layers} layers")
         return self.override

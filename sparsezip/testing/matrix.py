@@ -36,9 +36,6 @@ class Row:
         llava_budgets: budgets in the LLaVA-1.5 scale this row runs at; ``(FULL_BUDGET,)`` for ``none``.
         calibrate_dynamic_k: the row turns dynamic K on, with ``dynk.c`` calibrated on a few images of the
             dataset so that the mean K hits the budget (the benchmark does the calibration).
-        llava_scale_budget: the method takes its budget in the LLaVA-1.5 scale and maps it to the model
-            itself (SparseVLM: the budget picks one of the paper's layer schedules, which the method scales
-            to the model's patch count and depth); other methods get the budget in the model's tokens.
     """
 
     name: str
@@ -46,7 +43,6 @@ class Row:
     config: Mapping[str, object] = field(default_factory=dict)
     llava_budgets: tuple[int, ...] = (64,)
     calibrate_dynamic_k: bool = False
-    llava_scale_budget: bool = False
 
 
 # The rows, in report order. Ablations run at the 64-equivalent budget, where compression hurts most.
@@ -58,7 +54,7 @@ ROWS: tuple[Row, ...] = (
     Row("sparsezip-dynk", "sparsezip", {"dynamic_k": True}, calibrate_dynamic_k=True),
     Row("sparsezip-nomerge", "sparsezip", {"skip_ctx_merge": True}),
     Row("visionzip", "visionzip", llava_budgets=LLAVA15_BUDGETS),
-    Row("sparsevlm", "sparsevlm", llava_budgets=LLAVA15_BUDGETS, llava_scale_budget=True),
+    Row("sparsevlm", "sparsevlm", llava_budgets=LLAVA15_BUDGETS),
     Row("random", "random"),
     Row("pool", "pool"),
 )
@@ -111,11 +107,11 @@ class Case:
         return f"{self.dataset}[{self.model}]-{self.row.name}{suffix}"
 
     def method_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for ``get_method(self.row.method, ...)`` (the budget included when set, in the
-        scale the method takes it: see ``Row.llava_scale_budget``)."""
+        """Keyword arguments for ``get_method(self.row.method, ...)``: the row's config plus the budget in the
+        model's own tokens (for SparseVLM, the layer-averaged equivalent), when set."""
         kwargs = dict(self.row.config)
         if self.budget is not None:
-            kwargs["budget"] = self.llava_budget if self.row.llava_scale_budget else self.budget
+            kwargs["budget"] = self.budget
         return kwargs
 
 
