@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "eval": "sparsezip.commands.eval",
     "score": "sparsezip.commands.score",
     "merge": "sparsezip.commands.merge",
+    "calibrate": "sparsezip.commands.calibrate",
     "report": "sparsezip.commands.report",
     "make-fixtures": "sparsezip.commands.make_fixtures",
     "train-tiny": "sparsezip.commands.train_tiny",

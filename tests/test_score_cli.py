@@ -135,7 +135,7 @@ def test_eval_then_score_then_merge(tmp_path: Path, capsys: pytest.CaptureFixtur
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "data"
     write_tree("pope", "files", data)
-    monkeypatch.setattr(eval_command, "_load_model", lambda *a, **k: FakeVisionLanguageModel())
+    monkeypatch.setattr(eval_command, "load_model", lambda *a, **k: FakeVisionLanguageModel())
     base = ["eval", "--dataset", "pope-random", "--data", str(data), "--model-path", "unused", "--method", "none",
             "--no-progress"]
     assert main([*base, "--out", str(tmp_path / "all"), "--batch-size", "2"]) == 0

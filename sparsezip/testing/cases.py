@@ -18,7 +18,6 @@ from sparsezip.testing.matrix import Case, scale_budget
 
 if TYPE_CHECKING:
     from sparsezip.adapters.api import GenerationOutput, VisionLanguageModel
-    from sparsezip.budget import DynamicKCalibration
     from sparsezip.data.sample import Sample
     from sparsezip.methods.base import CompressionMethod
 
@@ -76,6 +75,7 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
     count, and ``dynk.c`` / ``dynk.scale`` calibrated on the first :data:`DYNK_CALIBRATION_IMAGES` samples so
     that the mean K equals the number of dominant tokens the fixed-K method would keep at this budget.
     """
+    from sparsezip.calibration import calibrate_on_samples
     from sparsezip.methods import get_method
 
     kwargs = case.method_kwargs()
@@ -83,25 +83,9 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
         return get_method(case.row.method, **kwargs), None
     k_min, k_max = (scale_budget(b, model.num_patches) for b in DYNK_RANGE_LLAVA15)
     fixed = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max)
-    calibration = calibrate_dynamic_k(fixed, model, samples[:DYNK_CALIBRATION_IMAGES], case.family)
+    calibration = calibrate_on_samples(fixed, model, samples[:DYNK_CALIBRATION_IMAGES], case.family)
     method = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max, dynk=calibration.as_config())
     return method, dataclasses.asdict(calibration)
-
-
-def calibrate_dynamic_k(method: CompressionMethod, model: VisionLanguageModel, samples: Sequence[Sample],
-                        family: str) -> DynamicKCalibration:
-    """Calibrate SparseZip ``method``'s dynamic K on ``samples`` (their images, and their questions for the
-    text term): the mean K hits the number of dominant tokens ``method`` keeps at its budget. Returns the
-    ``DynamicKCalibration``. Needs a model exposing ``vision_context`` (the LLaVA adapter does)."""
-    from sparsezip.data.prompts import dataset_question
-
-    if not samples:
-        raise ValueError("dynamic-K calibration needs at least one sample, got none")
-    if not hasattr(model, "vision_context"):
-        raise ValueError(f"model {model.name!r} cannot hand out vision contexts (no vision_context method)")
-    images = [s.load_image() for s in samples]
-    questions = [dataset_question(family, s.question) for s in samples] if method.needs_text else None
-    return method.calibrate([model.vision_context(images, questions=questions)])
 
 
 def extra_info(case: Case, method: CompressionMethod, summary: dict, timed: GenerationOutput, *,
