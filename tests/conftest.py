@@ -8,6 +8,8 @@ import pytest
 
 from sparsezip.testing.models import TinyLlavaSpec, save_tiny_llava
 
+EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-llava"
+
 # 12 x 12 = 144 patches and a 4-layer LM: deep enough for SparseVLM's three pruning layers.
 ADAPTER_SPEC = TinyLlavaSpec(text_layers=4)
 
@@ -33,3 +35,21 @@ def tiny_plain(tiny_llava_dir: Path):
 
     model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir).eval()
     return model, AutoProcessor.from_pretrained(tiny_llava_dir)
+
+
+@pytest.fixture(scope="session")
+def embedded_plain():
+    """The committed embedded default (``fixtures/tiny-llava``) loaded with plain ``from_pretrained``, once per
+    session: ``(model, processor)``. Tests must not modify it."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(EMBEDDED_MODEL).eval()
+    return model, AutoProcessor.from_pretrained(EMBEDDED_MODEL)
+
+
+@pytest.fixture(scope="session")
+def embedded_vlm():
+    """The committed embedded default behind the adapter, once per session. Tests must not modify it."""
+    from sparsezip.adapters.llava import load_llava
+
+    return load_llava(EMBEDDED_MODEL)

@@ -40,11 +40,8 @@ def test_committed_data_equals_a_fresh_make_fixtures(tmp_path: Path) -> None:
         assert pa.shape == pb.shape and np.abs(pa - pb).mean() < 2, f"{rel}: pixels differ"
 
 
-def test_committed_model_loads_like_a_real_checkpoint_and_answers() -> None:
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    model = LlavaForConditionalGeneration.from_pretrained(MODEL).eval()
-    processor = AutoProcessor.from_pretrained(MODEL)
+def test_committed_model_loads_like_a_real_checkpoint_and_answers(embedded_plain) -> None:
+    model, processor = embedded_plain
     assert (MODEL / "model.safetensors").stat().st_size < 16 * 2**20
     rows = []
     for setting in ("random", "popular", "adversarial"):
@@ -69,15 +66,12 @@ def test_model_card_says_what_it_is() -> None:
 
 
 @pytest.mark.slow
-def test_cls_attention_selection_beats_random_on_the_committed_model() -> None:
+def test_cls_attention_selection_beats_random_on_the_committed_model(embedded_plain) -> None:
     """The point of training the model: keeping the patches the CLS token attends to (what VisionZip and
     SparseZip rank by) must beat keeping random ones at 1/4 of the tokens, on POPE adversarial F1."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
     from sparsezip.testing.tiny_eval import pope_probe
 
-    model = LlavaForConditionalGeneration.from_pretrained(MODEL).eval()
-    processor = AutoProcessor.from_pretrained(MODEL)
+    model, processor = embedded_plain
     k = 144 // 4
     with torch.no_grad():
         full = pope_probe(model, processor, DATA, "adversarial", limit=120)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from sparsezip.adapters.llava import load_llava
 from sparsezip.data.prompts import build_prompt
 from sparsezip.data.registry import load_dataset
 from sparsezip.methods import get_method
@@ -24,8 +23,8 @@ MARGIN = 0.05  # F1 points visionzip must lead random by; measured leads are far
 
 
 @pytest.mark.slow
-def test_none_ge_visionzip_gt_random_on_pope_adversarial() -> None:
-    model = load_llava(ROOT / "fixtures" / "tiny-llava")
+def test_none_ge_visionzip_gt_random_on_pope_adversarial(embedded_vlm) -> None:
+    model = embedded_vlm
     samples = list(islice(load_dataset("pope-adversarial", ROOT / "fixtures" / "data" / "pope"), SLICE))
     images = [s.load_image() for s in samples]
     prompts = [build_prompt("pope", s.question) for s in samples]

@@ -8,20 +8,15 @@ import torch
 from PIL import Image
 
 from sparsezip.data.prompts import llava_v1_prompt
-from sparsezip.testing.models import TinyLlavaSpec, build_tiny_llava, save_tiny_llava
+from sparsezip.testing.models import TinyLlavaSpec, build_tiny_llava
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_llava(tmp_path_factory.mktemp("tiny"), seed=1)
-
-
-def test_checkpoint_loads_like_a_real_one_and_generates(tiny_dir: Path) -> None:
+def test_checkpoint_loads_like_a_real_one_and_generates(tiny_llava_dir: Path) -> None:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    model = LlavaForConditionalGeneration.from_pretrained(tiny_dir)
-    processor = AutoProcessor.from_pretrained(tiny_dir)
-    assert (tiny_dir / "model.safetensors").exists()
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir)
+    processor = AutoProcessor.from_pretrained(tiny_llava_dir)
+    assert (tiny_llava_dir / "model.safetensors").exists()
     image = Image.fromarray(np.full((50, 70, 3), 128, dtype=np.uint8))
     inputs = processor(images=[image], text=[llava_v1_prompt("Is there a cat?")], return_tensors="pt")
     n_image = int((inputs["input_ids"] == model.config.image_token_id).sum())
@@ -40,10 +35,10 @@ def test_same_seed_same_weights_and_global_rng_untouched() -> None:
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
 
-def test_tokenizer_round_trips_any_text(tiny_dir: Path) -> None:
+def test_tokenizer_round_trips_any_text(tiny_llava_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_llava_dir)
     text = "USER: <image>\nWhat is 3.14 × ünïcode? ASSISTANT:"
     ids = tok(text).input_ids
     assert ids[0] == tok.bos_token_id and tok.decode(ids, skip_special_tokens=False) == "<s>" + text

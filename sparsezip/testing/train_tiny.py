@@ -247,6 +247,7 @@ def train_tower(
     tower.train()
     order = _epoch_order(len(data), recipe.tower_steps * recipe.tower_batch, gen)
     window: dict[str, list[float]] = {"loss": [], "object_patch_acc": [], "presence_acc": []}
+    means: dict[str, float] = {}
     start = time.perf_counter()
     for step in range(recipe.tower_steps):
         for group in opt.param_groups:
@@ -269,11 +270,7 @@ def train_tower(
             window["loss"].append(loss.item())
             window["object_patch_acc"].append((patch_logits.argmax(-1)[obj] == labels[obj]).float().mean().item())
             window["presence_acc"].append(((cls_logits > 0).float() == presence).all(-1).float().mean().item())
-        if (step + 1) % 100 == 0 or step + 1 == recipe.tower_steps:
-            means = {k: float(np.mean(v)) for k, v in window.items()}
-            log(f"tower step {step + 1}/{recipe.tower_steps} {time.perf_counter() - start:.0f}s "
-                + " ".join(f"{k}={v:.3f}" for k, v in means.items()))
-            window = {k: [] for k in window}
+        means = _log_window(log, "tower", step, recipe.tower_steps, start, window) or means
     tower.eval()
     return means
 
@@ -458,6 +455,7 @@ def train_language(
     q, bsz = recipe.questions_per_image, recipe.lm_batch_images
     order = _epoch_order(len(data), recipe.lm_steps * bsz, gen)
     window: dict[str, list[float]] = {"loss": [], "aux_loss": [], "answer_acc": []}
+    means: dict[str, float] = {}
     start = time.perf_counter()
     for step in range(recipe.lm_steps):
         for group in opt.param_groups:
@@ -482,17 +480,26 @@ def train_language(
         window["loss"].append(loss.item())
         window["aux_loss"].append(aux_loss.item())
         window["answer_acc"].append((logits[:, 0].argmax(-1) == batch.targets[:, 0]).float().mean().item())
-        if (step + 1) % 100 == 0 or step + 1 == recipe.lm_steps:
-            means = {k: float(np.mean(v)) for k, v in window.items()}
-            log(f"lm step {step + 1}/{recipe.lm_steps} {time.perf_counter() - start:.0f}s "
-                + " ".join(f"{k}={v:.3f}" for k, v in means.items()))
-            window = {k: [] for k in window}
+        means = _log_window(log, "lm", step, recipe.lm_steps, start, window) or means
     model.eval()
     model.model.vision_tower.requires_grad_(True)
     return means
 
 
 # --------------------------------------------------------------------------------------------- helpers
+def _log_window(log: Callable[[str], None], stage: str, step: int, total: int, start: float,
+                window: dict[str, list[float]]) -> dict[str, float] | None:
+    """Every 100 steps (and at the last): log the means of ``window`` and empty it; returns the means then,
+    else ``None``."""
+    if (step + 1) % 100 and step + 1 != total:
+        return None
+    means = {k: float(np.mean(v)) for k, v in window.items()}
+    log(f"{stage} step {step + 1}/{total} {time.perf_counter() - start:.0f}s "
+        + " ".join(f"{k}={v:.3f}" for k, v in means.items()))
+    for values in window.values():
+        values.clear()
+    return means
+
 def training_corpus() -> list[str]:
     """Tokenizer corpus: every question form the synthetic sets ask, in the evaluation prompt, with its
     answer (so the BPE merges cover them), plus the default corpus (documents, captions)."""
