@@ -102,7 +102,7 @@ def _session_device(config: pytest.Config) -> torch.device:
 
 
 def _configure_benchmark_storage(config: pytest.Config) -> None:
-    from sparsezip.testing.machine import device_info, device_key
+    from sparsezip.bench.machine import device_info, device_key
 
     opt = config.option
     # Asking for benchmark output means asking for timings: override addopts' --benchmark-disable.
@@ -125,7 +125,7 @@ def _configure_benchmark_storage(config: pytest.Config) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     """Record what the run was measured on: device type, GPU name/capability, CPU model, library versions."""
-    from sparsezip.testing.machine import device_info
+    from sparsezip.bench.machine import device_info
 
     machine_info["sparsezip"] = device_info(_session_device(config))
 
@@ -135,7 +135,7 @@ def pytest_benchmark_compare_machine_info(
     config: pytest.Config, benchmarksession: Any, machine_info: dict[str, Any], compared_benchmark: dict[str, Any]
 ) -> None:
     """Refuse (usage error) to compare against a run from another device type or GPU model."""
-    from sparsezip.testing.machine import comparison_problem
+    from sparsezip.bench.machine import comparison_problem
 
     commit = (compared_benchmark.get("commit_info") or {}).get("id") or "?"
     label = f"of {compared_benchmark.get('datetime', '?')} (commit {str(commit)[:10]})"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsezip.testing.matrix import (
+from sparsezip.bench.matrix import (
     DEFAULT_MODEL_NAME,
     Case,
     build_matrix,
@@ -89,7 +89,7 @@ def case(request: pytest.FixtureRequest) -> Case:
 def bench(request: pytest.FixtureRequest, device: torch.device):
     """The session's benchmark settings (model, data, run folder, expectations file). Sets torch's CPU threads
     for the matrix (``--torch-threads``) and restores them afterwards."""
-    from sparsezip.testing.cases import run_fingerprint
+    from sparsezip.bench.cases import run_fingerprint
 
     config = request.config
     model_path, name, _ = _model_identity(config.getoption("--model-path"))

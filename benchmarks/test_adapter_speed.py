@@ -29,9 +29,9 @@ import torch
 
 from sparsezip.adapters.llava import LlavaVLM
 from sparsezip.data.prompts import llava_v1_prompt
+from sparsezip.embedded.models import WIDTH_SCALED_LLAVA15, build_tiny_llava
 from sparsezip.methods import get_method, list_methods
 from sparsezip.testing.methods import KeepFirst
-from sparsezip.testing.models import WIDTH_SCALED_LLAVA15, build_tiny_llava
 
 LM_LAYERS = 3
 BUDGET = 64

@@ -1,4 +1,4 @@
-"""The benchmark matrix: datasets x model x methods, one pytest case each (see ``sparsezip/testing/matrix.py``).
+"""The benchmark matrix: datasets x model x methods, one pytest case each (see ``sparsezip/bench/matrix.py``).
 
 Each case
 1. evaluates the method on the dataset through the runner, into its own resumable run folder;
@@ -7,7 +7,7 @@ Each case
    (``--benchmark-json/-save/-autosave/-compare``) and never under xdist;
 3. records metrics, visual tokens, stage times, memory and the method config in ``benchmark.extra_info``;
 4. checks the headline metric against ``fixtures/expected/<model>.json`` (see
-   ``sparsezip/testing/expectations.py`` for the tolerance), or records it under ``--update-expected``.
+   ``sparsezip/bench/expectations.py`` for the tolerance), or records it under ``--update-expected``.
 
 Run: ``pytest benchmarks -k pope``; ``--gpu``, ``--model-path``, ``--data-root``, ``--limit``, ``--methods``,
 ``--budgets`` point and narrow it.
@@ -20,11 +20,11 @@ import warnings
 
 import pytest
 
+from sparsezip.bench.cases import batch_size_for, build_method, case_dir, extra_info
+from sparsezip.bench.expectations import ExpectationStore, check, expectation_key, headline, make_entry
+from sparsezip.bench.matrix import Case
 from sparsezip.data.prompts import build_prompt, dataset_question
-from sparsezip.runner import PREDICTIONS_FILE, evaluate
-from sparsezip.testing.cases import batch_size_for, build_method, case_dir, extra_info
-from sparsezip.testing.expectations import ExpectationStore, check, expectation_key, headline, make_entry
-from sparsezip.testing.matrix import Case
+from sparsezip.eval.runner import PREDICTIONS_FILE, evaluate
 
 
 def _k_values(run_dir) -> list[int]:

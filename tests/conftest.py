@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsezip.testing.models import TinyLlavaSpec, save_tiny_llava
+from sparsezip.embedded.models import TinyLlavaSpec, save_tiny_llava
 
 EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-llava"
 

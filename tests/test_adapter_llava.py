@@ -15,9 +15,9 @@ from sparsezip.adapters.api import STAGES
 from sparsezip.adapters.llava import LlavaVLM, load_llava
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.data.prompts import llava_v1_prompt
+from sparsezip.embedded.models import build_tiny_llava
 from sparsezip.methods import CompressionMethod, get_method, list_methods, method_class
 from sparsezip.testing.methods import KeepEveryNth, KeepFirst
-from sparsezip.testing.models import build_tiny_llava
 
 QUESTIONS = ["Is there a red circle in the image?", "What is the total amount?", "How many shapes are there?"]
 PROMPTS = [llava_v1_prompt(q) for q in QUESTIONS]

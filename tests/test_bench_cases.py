@@ -6,12 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.data import load_dataset
-from sparsezip.data.prompts import llava_v1_prompt
-from sparsezip.methods import CompressionMethod, get_method
-from sparsezip.runner import evaluate
-from sparsezip.testing.cases import (
+from sparsezip.bench.cases import (
     batch_size_for,
     build_method,
     case_dir,
@@ -20,8 +15,13 @@ from sparsezip.testing.cases import (
     k_distribution,
     run_fingerprint,
 )
+from sparsezip.bench.matrix import build_matrix, checkpoint_num_patches, model_name
+from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.data import load_dataset
+from sparsezip.data.prompts import llava_v1_prompt
+from sparsezip.eval.runner import evaluate
+from sparsezip.methods import CompressionMethod, get_method
 from sparsezip.testing.fake import FakeVisionLanguageModel
-from sparsezip.testing.matrix import build_matrix, checkpoint_num_patches, model_name
 from sparsezip.testing.trees import write_tree
 
 

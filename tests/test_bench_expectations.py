@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsezip.testing.expectations import (
+from sparsezip.bench.expectations import (
     ExpectationStore,
     Headline,
     check,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsezip.testing.machine import comparison_problem, device_info, device_key
+from sparsezip.bench.machine import comparison_problem, device_info, device_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU = {"device_type": "cpu", "gpu_name": None, "cpu_model": "Xeon A"}

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from sparsezip.testing.matrix import (
+from sparsezip.bench.matrix import (
     DATASETS,
     FULL_BUDGET,
     LLAVA15_BUDGETS,
@@ -129,8 +129,8 @@ def test_embedded_default_has_an_expectation_for_every_case() -> None:
     """A new row or dataset must come with recorded expectations (`pytest benchmarks --update-expected`)."""
     from pathlib import Path
 
-    from sparsezip.testing.expectations import ExpectationStore
-    from sparsezip.testing.matrix import DEFAULT_MODEL_NAME, checkpoint_num_patches
+    from sparsezip.bench.expectations import ExpectationStore
+    from sparsezip.bench.matrix import DEFAULT_MODEL_NAME, checkpoint_num_patches
 
     root = Path(__file__).resolve().parents[1]
     cases = build_matrix(DEFAULT_MODEL_NAME, checkpoint_num_patches(root / "fixtures" / "tiny-llava"))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsezip.testing.models import TinyLlavaSpec, save_tiny_llava
+from sparsezip.embedded.models import TinyLlavaSpec, save_tiny_llava
 from sparsezip.testing.trees import write_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

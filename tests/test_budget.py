@@ -5,15 +5,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sparsezip.budget import (
-    calibrate_dynamic_k,
-    check_budget_fits,
-    check_budget_positive,
-    dynamic_k,
-    fixed_k,
-    score_log_variance,
-    split_budget,
-)
+from sparsezip.budget import check_budget_fits, check_budget_positive, fixed_k, split_budget
+from sparsezip.methods.sparsezip.dynamic_k import calibrate_dynamic_k, dynamic_k, score_log_variance
 from sparsezip.testing.strategies import score_rows
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from sparsezip import get_method
-from sparsezip.config import SparseZipConfig, load_yaml
+from sparsezip.methods.sparsezip.config import SparseZipConfig, load_yaml
 
 SEED_YAML = """\
 model:

@@ -69,7 +69,7 @@ def test_model_card_says_what_it_is() -> None:
 def test_cls_attention_selection_beats_random_on_the_committed_model(embedded_plain) -> None:
     """The point of training the model: keeping the patches the CLS token attends to (what VisionZip and
     SparseZip rank by) must beat keeping random ones at 1/4 of the tokens, on POPE adversarial F1."""
-    from sparsezip.testing.tiny_eval import pope_probe
+    from sparsezip.embedded.probe import pope_probe
 
     model, processor = embedded_plain
     k = 144 // 4

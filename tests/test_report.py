@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from sparsezip.cli import main
-from sparsezip.report import load_entries, markdown_table, write_report
+from sparsezip.eval.report import load_entries, markdown_table, write_report
 
 STATS_KEYS = ("min", "max", "mean", "stddev", "rounds", "median", "iqr", "q1", "q3", "iqr_outliers",
               "stddev_outliers", "outliers", "ld15iqr", "hd15iqr", "ops", "total", "data", "iterations")

@@ -12,9 +12,11 @@ from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.data import load_dataset
 from sparsezip.data.records import score_records
 from sparsezip.data.subsets import limit_samples
+from sparsezip.eval.rundir import merge_runs
+from sparsezip.eval.runner import evaluate
+from sparsezip.eval.summary import summarize
 from sparsezip.methods import get_method
 from sparsezip.methods.base import CompressionMethod
-from sparsezip.runner import evaluate, merge_runs, summarize
 from sparsezip.testing.fake import FakeVisionLanguageModel
 from sparsezip.testing.trees import write_tree
 

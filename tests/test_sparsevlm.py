@@ -13,6 +13,7 @@ from PIL import Image
 from sparsezip.adapters.llava import LlavaVLM
 from sparsezip.adapters.sparsevlm_llama import LayerwiseKVCache, check_llama_like, rater_attention
 from sparsezip.data.prompts import llava_v1_prompt
+from sparsezip.embedded.models import TinyLlavaSpec, build_tiny_llava
 from sparsezip.methods import get_method
 from sparsezip.methods.sparsevlm import (
     PruningPlan,
@@ -27,7 +28,6 @@ from sparsezip.methods.sparsevlm import (
     split_by_score,
     visual_tokens_per_layer,
 )
-from sparsezip.testing.models import TinyLlavaSpec, build_tiny_llava
 
 # The real LLaVA-1.5 token grid (336 px / 14 px = 24 x 24 = 576 patches) and 16 decoder layers, at tiny width.
 GRID_SPEC = TinyLlavaSpec(

@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sparsezip.data.synthetic import (
+from sparsezip.embedded.datasets import (
+    MME_SUBTASKS,
+    SetSizes,
+    mme_items,
+    pope_rows,
+    pope_scenes,
+    stream_rng,
+    write_synthetic_sets,
+)
+from sparsezip.embedded.scenes import (
     COLOURS,
     NUM_CLASSES,
     OBJECT_NAMES,
@@ -28,15 +37,6 @@ from sparsezip.data.synthetic import (
     render_scene,
     sample_scene,
     shares_attribute,
-)
-from sparsezip.data.synthetic_sets import (
-    MME_SUBTASKS,
-    SetSizes,
-    mme_items,
-    pope_rows,
-    pope_scenes,
-    stream_rng,
-    write_synthetic_sets,
 )
 
 seeds = st.integers(min_value=0, max_value=2**32 - 1)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from sparsezip.data.prompts import llava_v1_prompt
-from sparsezip.testing.models import TinyLlavaSpec, build_tiny_llava
+from sparsezip.embedded.models import TinyLlavaSpec, build_tiny_llava
 
 
 def test_checkpoint_loads_like_a_real_one_and_generates(tiny_llava_dir: Path) -> None:

@@ -9,29 +9,27 @@ import pytest
 import torch
 from PIL import Image
 
+from sparsezip.adapters.vision_tower import FeatureLayerTap
 from sparsezip.data.prompts import build_prompt
-from sparsezip.data.synthetic import COLOURS, SHAPES, existence_question
-from sparsezip.data.synthetic_sets import SetSizes, mme_items, pope_scenes
-from sparsezip.metrics import parse_pope_answer
-from sparsezip.testing.models import TinyLlavaSpec
-from sparsezip.testing.tiny_eval import answer_yes, keep_indices
-from sparsezip.testing.train_tiny import (
-    ANSWER_TEXT,
+from sparsezip.embedded.datasets import SetSizes, mme_items, pope_scenes
+from sparsezip.embedded.models import TinyLlavaSpec
+from sparsezip.embedded.probe import answer_yes, keep_indices
+from sparsezip.embedded.scenes import COLOURS, SHAPES, existence_question
+from sparsezip.embedded.tokens import ANSWER_TEXT, PromptTokens
+from sparsezip.embedded.train import (
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
-    PromptTokens,
     TrainRecipe,
     aux_targets,
     build_untrained,
-    cls_attention,
     layer_m2_features,
     question_batch,
     render_scenes,
     shared_prefix_hidden,
-    tower_layer_m2,
     train_tiny,
     training_questions,
 )
+from sparsezip.metrics import parse_pope_answer
 
 MICRO = TrainRecipe(
     spec=TinyLlavaSpec(vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2,
@@ -94,20 +92,14 @@ def test_probe_matches_the_plain_model(micro) -> None:
     assert yes.tolist() == [parse_pope_answer(t) == "yes" for t in texts]
 
 
-def test_cls_attention_is_the_layers_own(micro) -> None:
+def test_training_forward_is_the_taps_with_gradients(micro) -> None:
+    """Training runs the tower through the adapter's own tap (no second implementation), with gradients."""
     model, processor, data = micro
-    tower = model.model.vision_tower
-    tower.config._attn_implementation = "eager"  # HF's eager path returns the attention weights
-    try:
-        pixels = processor.image_processor(list(data.pixels[:2]), return_tensors="pt")["pixel_values"]
-        with torch.no_grad():
-            out = tower(pixels, output_attentions=True, output_hidden_states=True)
-            hidden, layer_input = tower_layer_m2(tower, pixels)
-            mine = cls_attention(tower.encoder.layers[-2], layer_input)
-    finally:
-        tower.config._attn_implementation = "sdpa"
-    torch.testing.assert_close(hidden, out.hidden_states[-2])
-    torch.testing.assert_close(mine, out.attentions[-2][:, :, 0])
+    tap = FeatureLayerTap(model.model.vision_tower, model.config.vision_feature_layer)
+    pixels = processor.image_processor(list(data.pixels[:2]), return_tensors="pt")["pixel_values"]
+    hidden = tap.hidden_states(pixels)
+    assert hidden.requires_grad
+    torch.testing.assert_close(hidden.detach(), tap(pixels).hidden, rtol=0, atol=0)
 
 
 def test_keep_indices() -> None:

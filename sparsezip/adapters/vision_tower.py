@@ -76,6 +76,17 @@ class FeatureLayerTap:
             return f"its attention module {type(attn).__name__} does not expose num_heads"
         return None
 
+    def hidden_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values ``[B, 3, H, W]`` -> the feature layer's output ``[B, N, C]`` (CLS at 0), nothing tapped.
+
+        Runs under the caller's grad mode, so training (the embedded model's recipe) uses the same forward as
+        inference.
+        """
+        hidden = self.tower.pre_layrnorm(self.tower.embeddings(pixel_values))
+        for layer in self.tower.encoder.layers[: self.layer_index + 1]:
+            hidden = layer(hidden, None)
+        return hidden
+
     @torch.no_grad()
     def __call__(self, pixel_values: torch.Tensor) -> TowerFeatures:
         """pixel_values: ``[B, 3, H, W]`` -> :class:`TowerFeatures` of the feature layer."""
@@ -87,9 +98,7 @@ class FeatureLayerTap:
             for proj in ("q_proj", "k_proj"):
                 handles.append(getattr(self.attention, proj).register_forward_hook(_capture_into(captured, proj)))
         try:
-            hidden = self.tower.pre_layrnorm(self.tower.embeddings(pixel_values))
-            for layer in self.tower.encoder.layers[: self.layer_index + 1]:
-                hidden = layer(hidden, None)
+            hidden = self.hidden_states(pixel_values)
         finally:
             for handle in handles:
                 handle.remove()

@@ -47,10 +47,10 @@ def load_samples(args: argparse.Namespace) -> list[Sample]:
 
 def method_config(path: str | None) -> dict:
     """The ``model.sparsezip`` block of ``--config`` as keyword arguments for the method (strictly checked
-    by ``sparsezip.config``); ``{}`` without a file."""
+    by ``sparsezip.methods.sparsezip.config``); ``{}`` without a file."""
     if path is None:
         return {}
-    from sparsezip.config import load_yaml
+    from sparsezip.methods.sparsezip.config import load_yaml
 
     return dict(load_yaml(path))
 

@@ -37,8 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Prints one JSON object: the calibration (c, scale, K mean/std/min/max, clamped share) and the
     ``model.sparsezip`` YAML keys to use it."""
-    from sparsezip.calibration import calibrate_on_samples
     from sparsezip.data.registry import dataset_spec
+    from sparsezip.eval.calibration import calibrate_on_samples
     from sparsezip.methods import get_method
 
     if args.images < 1:

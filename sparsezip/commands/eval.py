@@ -1,4 +1,4 @@
-"""``sparsezip eval``: run a model + compression method over a dataset, resumably (see ``sparsezip/runner.py``)."""
+"""``sparsezip eval``: run a model + compression method over a dataset, resumably (see ``sparsezip/eval/runner.py``)."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from sparsezip.data.subsets import parse_shard
+    from sparsezip.eval.runner import evaluate
     from sparsezip.methods import get_method
-    from sparsezip.runner import evaluate
 
     shard = parse_shard(args.shard) if args.shard else None
     samples = load_samples(args)

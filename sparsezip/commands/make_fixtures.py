@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparsezip.data.synthetic_sets import write_synthetic_sets
+    from sparsezip.embedded.datasets import write_synthetic_sets
 
     counts = write_synthetic_sets(args.out, seed=args.seed)
     print(json.dumps({"out": args.out, "seed": args.seed, "questions": counts}))

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparsezip.runner import merge_runs
+    from sparsezip.eval.rundir import merge_runs
 
     summary = merge_runs(args.shards, args.out)
     print(json.dumps({"out": args.out, "n": summary["n"], "metrics": summary["metrics"]}, indent=2))

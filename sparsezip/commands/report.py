@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sparsezip.report import write_report
+    from sparsezip.eval.report import write_report
 
     md, png = write_report(args.runs, args.out)
     print(md.read_text(encoding="utf-8"))

@@ -49,7 +49,7 @@ def load_model(model_path: Path | None, device: str) -> tuple[LlavaVLM, str]:
         return load_llava(model_path, device=device), f"model: {model_path}"
     if (EMBEDDED_MODEL / "config.json").is_file():
         return load_llava(EMBEDDED_MODEL, device=device), f"model: embedded default {EMBEDDED_MODEL}"
-    from sparsezip.testing.models import TinyLlavaSpec, build_tiny_llava
+    from sparsezip.embedded.models import TinyLlavaSpec, build_tiny_llava
 
     model, processor = build_tiny_llava(TinyLlavaSpec(text_layers=4), seed=0)
     note = (f"model: a tiny RANDOM LLaVA ({EMBEDDED_MODEL} not found; build it with `sparsezip train-tiny`): "

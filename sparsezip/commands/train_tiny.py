@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from sparsezip.testing.train_tiny import TrainRecipe, train_tiny
+    from sparsezip.embedded.train import TrainRecipe, train_tiny
 
     recipe = dataclasses.replace(TrainRecipe(), seed=args.seed)
     report = train_tiny(args.out, recipe, eval_root=args.data_root or None)

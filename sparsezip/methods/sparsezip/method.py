@@ -21,27 +21,24 @@ from typing import Any
 import torch
 
 from sparsezip import scoring
-from sparsezip.budget import (
-    DynamicKCalibration,
-    calibrate_dynamic_k,
-    check_budget_fits,
-    check_budget_positive,
-    dynamic_k,
-    fixed_k,
-    score_log_variance,
-    split_budget,
-)
-from sparsezip.config import SparseZipConfig
+from sparsezip.budget import check_budget_fits, check_budget_positive, fixed_k, split_budget
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.layout import assemble
 from sparsezip.merging import kmeans_assign, visionzip_merge, weighted_merge
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.sparsezip.config import SparseZipConfig
+from sparsezip.methods.sparsezip.dynamic_k import (
+    DynamicKCalibration,
+    calibrate_dynamic_k,
+    dynamic_k,
+    score_log_variance,
+)
 from sparsezip.selection import topk_mask
 
 
 @register_method
 class SparseZip(CompressionMethod):
-    """SparseZip configured by the keys of ``model.sparsezip`` (see :class:`sparsezip.config.SparseZipConfig`).
+    """SparseZip configured by the keys of ``model.sparsezip`` (see :class:`sparsezip.methods.sparsezip.config.SparseZipConfig`).
 
     ``SparseZip(budget=None, **cfg)``: ``cfg`` takes the YAML block as-is (nested dicts for ``alphas``,
     ``dynk``, ``merging``); unknown keys raise ``ValueError`` naming them.

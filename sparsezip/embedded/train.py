@@ -37,8 +37,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sparsezip.adapters.vision_tower import FeatureLayerTap
 from sparsezip.data.prompts import build_prompt
-from sparsezip.data.synthetic import (
+from sparsezip.embedded.datasets import TRAIN_STREAM, stream_rng
+from sparsezip.embedded.models import TinyLlavaSpec, build_tiny_llava, default_corpus
+from sparsezip.embedded.scenes import (
     COLOURS,
     COUNT_WORDS,
     NUM_CLASSES,
@@ -57,13 +60,11 @@ from sparsezip.data.synthetic import (
     render_scene,
     sample_scene,
 )
-from sparsezip.data.synthetic_sets import TRAIN_STREAM, stream_rng
-from sparsezip.testing.models import TinyLlavaSpec, build_tiny_llava, default_corpus
+from sparsezip.embedded.tokens import ANSWER_TEXT, PromptTokens, pixel_values
 
 if TYPE_CHECKING:
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
-ANSWER_TEXT = {True: " Yes", False: " No"}
 TRAIN_SPLIT, VALIDATION_SPLIT = 0, 1  # sub-streams of TRAIN_STREAM
 
 TINY_SPEC = TinyLlavaSpec(
@@ -175,38 +176,7 @@ def render_scenes(seed: int, split: int, n: int, patch: int) -> SceneData:
     return SceneData(np.stack(pixels), np.stack(labels), presence, scenes)
 
 
-def pixel_values(processor: LlavaProcessor, pixels: np.ndarray) -> torch.Tensor:
-    """``pixels: [B, S, S, 3]`` uint8 -> ``[B, 3, S, S]`` float32 through the model's own image processor."""
-    return processor.image_processor(list(pixels), return_tensors="pt")["pixel_values"]
-
-
 # ------------------------------------------------------------------------------------------- the tower
-def tower_layer_m2(tower: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a CLIP vision tower up to layer -2 (the layer LLaVA projects; the last layer is skipped).
-
-    ``pixels: [B, 3, S, S]`` -> ``(hidden [B, N, C]`` = ``hidden_states[-2]``, ``layer_input [B, N, C]``
-    = that layer's input, from which its attention is computed).
-    """
-    h = tower.pre_layrnorm(tower.embeddings(pixels))
-    layers = tower.encoder.layers
-    for layer in layers[:-2]:
-        h = layer(h, None)
-    return layers[-2](h, None), h
-
-
-def cls_attention(layer: nn.Module, layer_input: torch.Tensor) -> torch.Tensor:
-    """The CLS query's softmax attention row inside one CLIP encoder layer.
-
-    ``layer_input: [B, N, C]`` -> ``[B, H, N]`` (what the LLaVA adapter hooks out of layer -2).
-    """
-    attn = layer.self_attn
-    x = layer.layer_norm1(layer_input)
-    b, n, _ = x.shape
-    q = attn.q_proj(x[:, :1]).view(b, 1, attn.num_heads, attn.head_dim).transpose(1, 2)
-    k = attn.k_proj(x).view(b, n, attn.num_heads, attn.head_dim).transpose(1, 2)
-    return torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1)[:, :, 0]
-
-
 def _schedule(step: int, total: int, warmup: int) -> float:
     """Linear warmup then cosine decay to 5% (multiplier of the base learning rate)."""
     if step < warmup:
@@ -244,6 +214,7 @@ def train_tower(
     opt = _optimizer(params, recipe.tower_lr, recipe.weight_decay)
     class_weight = torch.ones(NUM_CLASSES + 1)
     class_weight[0] = recipe.background_weight
+    tap = FeatureLayerTap(tower, model.config.vision_feature_layer)
     tower.train()
     order = _epoch_order(len(data), recipe.tower_steps * recipe.tower_batch, gen)
     window: dict[str, list[float]] = {"loss": [], "object_patch_acc": [], "presence_acc": []}
@@ -256,7 +227,7 @@ def train_tower(
         pixels = pixel_values(processor, data.pixels[idx])
         labels = torch.from_numpy(data.patch_labels[idx])
         presence = torch.from_numpy(data.presence[idx])
-        hidden, _ = tower_layer_m2(tower, pixels)
+        hidden = tap.hidden_states(pixels)
         patch_logits = patch_head(hidden[:, 1:])
         cls_logits = cls_head(hidden[:, 0])
         loss = F.cross_entropy(patch_logits.flatten(0, 1), labels.flatten(), weight=class_weight) + \
@@ -286,55 +257,13 @@ def layer_m2_features(
     model: LlavaForConditionalGeneration, processor: LlavaProcessor, pixels: np.ndarray, batch: int = 256
 ) -> torch.Tensor:
     """``pixels: [n, S, S, 3]`` uint8 -> layer -2 patch features ``[n, P, C]`` (CLS dropped, as LLaVA)."""
-    tower = model.model.vision_tower
-    chunks = [tower_layer_m2(tower, pixel_values(processor, pixels[i:i + batch]))[0][:, 1:]
+    tap = FeatureLayerTap(model.model.vision_tower, model.config.vision_feature_layer)
+    chunks = [tap.hidden_states(pixel_values(processor, pixels[i:i + batch]))[:, 1:]
               for i in range(0, len(pixels), batch)]
     return torch.cat(chunks)
 
 
 # ---------------------------------------------------------------------------------- the language model
-@dataclass(frozen=True)
-class PromptTokens:
-    """Token ids of the evaluation prompts, split where LLaVA inserts the image.
-
-    ``prefix`` = ``<s>`` + system prompt + ``USER: `` + one ``<image>`` per patch (identical for every
-    question); ``suffix(question, answer)`` = the rest of the prompt, the answer and ``</s>``.
-    """
-
-    prefix: torch.Tensor
-    image_positions: torch.Tensor
-    tokenizer: object
-
-    @classmethod
-    def build(cls, processor: LlavaProcessor, dataset: str = "pope") -> PromptTokens:
-        tok = processor.tokenizer
-        ids = _prompt_ids(processor, build_prompt(dataset, "?"))
-        image_id = tok.convert_tokens_to_ids(processor.image_token)
-        last = int((ids == image_id).nonzero().max())
-        prefix = ids[: last + 1]
-        return cls(prefix, (prefix == image_id).nonzero().flatten(), tok)
-
-    def suffix(self, dataset: str, question: str, answer: bool | None) -> tuple[list[int], int]:
-        """Token ids after the image for ``question`` (plus answer and ``</s>`` if ``answer`` is given),
-        and how many of them are the prompt."""
-        full = self.tokenizer(build_prompt(dataset, question), add_special_tokens=True).input_ids
-        image_id = self.tokenizer.convert_tokens_to_ids("<image>")
-        prompt = full[full.index(image_id) + 1:]
-        if answer is None:
-            return prompt, len(prompt)
-        answer_ids = self.tokenizer(ANSWER_TEXT[answer], add_special_tokens=False).input_ids
-        return prompt + answer_ids + [self.tokenizer.eos_token_id], len(prompt)
-
-
-def _prompt_ids(processor: LlavaProcessor, prompt: str) -> torch.Tensor:
-    """Token ids of ``prompt`` with the image placeholder expanded, exactly as the processor does."""
-    from PIL import Image
-
-    size = processor.image_processor.crop_size["height"]
-    blank = Image.new("RGB", (size, size))
-    return processor(images=[blank], text=[prompt], return_tensors="pt")["input_ids"][0]
-
-
 @dataclass
 class QuestionBatch:
     """Suffix token ids ``[M, S]`` (right-padded), their mask ``[M, S]``, and the loss targets: positions
@@ -503,7 +432,7 @@ def _log_window(log: Callable[[str], None], stage: str, step: int, total: int, s
 def training_corpus() -> list[str]:
     """Tokenizer corpus: every question form the synthetic sets ask, in the evaluation prompt, with its
     answer (so the BPE merges cover them), plus the default corpus (documents, captions)."""
-    from sparsezip.data.synthetic import count_question
+    from sparsezip.embedded.scenes import count_question
 
     questions = [existence_question(c) for c in range(NUM_CLASSES)]
     questions += [f"Is the {s} in the image {c}?" for s in SHAPES for c in COLOURS]
@@ -551,7 +480,7 @@ def train_tiny(
         report: dict = {"recipe": recipe.to_json(), "minutes": round(minutes, 1), "threads": recipe.threads,
                         "torch": torch.__version__, "tower": tower_metrics, "language": lm_metrics}
         if eval_root is not None:
-            from sparsezip.testing.tiny_eval import compression_table, pope_table
+            from sparsezip.embedded.probe import compression_table, pope_table
 
             report["pope"] = pope_table(model, processor, eval_root)
             report["compression"] = compression_table(model, processor, eval_root)

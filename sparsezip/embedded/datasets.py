@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsezip.data.synthetic import (
+from sparsezip.embedded.documents import render_document, sample_document
+from sparsezip.embedded.scenes import (
     JPEG_OPTIONS,
     POPE_SETTINGS,
     QA,
@@ -37,7 +38,6 @@ from sparsezip.data.synthetic import (
     render_scene,
     sample_scene,
 )
-from sparsezip.data.synthetic_docs import render_document, sample_document
 
 # Generator streams (spawn keys) per split: fixed forever, so a seed always means the same data.
 POPE_STREAM, MME_STREAM, DOCVQA_STREAM, TRAIN_STREAM = 1, 2, 3, 100

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sparsezip.testing.expectations import headline
-from sparsezip.testing.matrix import Case, scale_budget
+from sparsezip.bench.expectations import headline
+from sparsezip.bench.matrix import Case, scale_budget
 
 if TYPE_CHECKING:
     from sparsezip.adapters.api import GenerationOutput, VisionLanguageModel
@@ -75,7 +75,7 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
     count, and ``dynk.c`` / ``dynk.scale`` calibrated on the first :data:`DYNK_CALIBRATION_IMAGES` samples so
     that the mean K equals the number of dominant tokens the fixed-K method would keep at this budget.
     """
-    from sparsezip.calibration import calibrate_on_samples
+    from sparsezip.eval.calibration import calibrate_on_samples
     from sparsezip.methods import get_method
 
     kwargs = case.method_kwargs()

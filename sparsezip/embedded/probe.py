@@ -2,7 +2,7 @@
 
 This is the training recipe's own measuring stick (model-card accuracy, and "does CLS-attention top-k beat
 random at equal token count" while tuning the task), independent of the suite's adapter and runner: it
-computes the layer -2 features and the CLS attention row directly, keeps ``k`` patches per image (raster
+takes the layer -2 features and the CLS attention row from the adapter's tower tap, keeps ``k`` patches per image (raster
 order), projects them and runs the language model on the evaluation prompt with exactly ``k`` image tokens.
 The answer is the greedy first token (what ``generate`` emits first), read with POPE's official parser.
 The suite's real numbers come from ``sparsezip eval`` through the adapter.
@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sparsezip.adapters.vision_tower import FeatureLayerTap
 from sparsezip.data.registry import load_dataset
+from sparsezip.embedded.tokens import PromptTokens, pixel_values
 from sparsezip.metrics import parse_pope_answer, pope_metrics
-from sparsezip.testing.train_tiny import PromptTokens, cls_attention, pixel_values, tower_layer_m2
 
 if TYPE_CHECKING:
     from transformers import LlavaForConditionalGeneration, LlavaProcessor
@@ -62,10 +63,9 @@ def answer_yes(
     """``[B]`` bool: whether the greedy first answer token reads as "yes" under POPE's rule."""
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images but {len(questions)} questions")
-    tower = model.model.vision_tower
     pixels = pixel_values(processor, np.stack([np.asarray(im.convert("RGB")) for im in images]))
-    hidden, layer_input = tower_layer_m2(tower, pixels)
-    attn = cls_attention(tower.encoder.layers[-2], layer_input).mean(1)[:, 1:]
+    features = FeatureLayerTap(model.model.vision_tower, model.config.vision_feature_layer)(pixels)
+    hidden, attn = features.hidden, features.cls_attn.mean(1)[:, 1:]
     keep = keep_indices(selection, k or attn.shape[1], attn, generator)
     visual = model.model.multi_modal_projector(hidden[:, 1:].gather(1, keep.unsqueeze(-1).expand(
         -1, -1, hidden.shape[-1])))

@@ -1,6 +1,6 @@
 """Dynamic-K calibration on real images: SparseZip's ``dynk.c`` / ``dynk.scale`` chosen on a model's vision
 contexts so the mean K over a sample of a dataset hits a target (methods.md 1.3). The tensor-level fit is
-``sparsezip.budget.calibrate_dynamic_k``; this module feeds it images through a model."""
+``sparsezip.methods.sparsezip.dynamic_k.calibrate_dynamic_k``; this module feeds it images through a model."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sparsezip.adapters.api import VisionLanguageModel
-    from sparsezip.budget import DynamicKCalibration
     from sparsezip.data.sample import Sample
     from sparsezip.methods.sparsezip import SparseZip
+    from sparsezip.methods.sparsezip.dynamic_k import DynamicKCalibration
 
 
 def calibrate_on_samples(

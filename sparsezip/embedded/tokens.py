@@ -1,0 +1,64 @@
+"""Token ids of the embedded models' prompts, split where LLaVA inserts the image, and pixel preprocessing:
+what the training recipe and the standalone probe share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from sparsezip.data.prompts import build_prompt
+
+if TYPE_CHECKING:
+    from transformers import LlavaProcessor
+
+ANSWER_TEXT = {True: " Yes", False: " No"}
+
+
+def pixel_values(processor: LlavaProcessor, pixels: np.ndarray) -> torch.Tensor:
+    """``pixels: [B, S, S, 3]`` uint8 -> ``[B, 3, S, S]`` float32 through the model's own image processor."""
+    return processor.image_processor(list(pixels), return_tensors="pt")["pixel_values"]
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """Token ids of the evaluation prompts, split where LLaVA inserts the image.
+
+    ``prefix`` = ``<s>`` + system prompt + ``USER: `` + one ``<image>`` per patch (identical for every
+    question); ``suffix(question, answer)`` = the rest of the prompt, the answer and ``</s>``.
+    """
+
+    prefix: torch.Tensor
+    image_positions: torch.Tensor
+    tokenizer: object
+
+    @classmethod
+    def build(cls, processor: LlavaProcessor, dataset: str = "pope") -> PromptTokens:
+        tok = processor.tokenizer
+        ids = _prompt_ids(processor, build_prompt(dataset, "?"))
+        image_id = tok.convert_tokens_to_ids(processor.image_token)
+        last = int((ids == image_id).nonzero().max())
+        prefix = ids[: last + 1]
+        return cls(prefix, (prefix == image_id).nonzero().flatten(), tok)
+
+    def suffix(self, dataset: str, question: str, answer: bool | None) -> tuple[list[int], int]:
+        """Token ids after the image for ``question`` (plus answer and ``</s>`` if ``answer`` is given),
+        and how many of them are the prompt."""
+        full = self.tokenizer(build_prompt(dataset, question), add_special_tokens=True).input_ids
+        image_id = self.tokenizer.convert_tokens_to_ids("<image>")
+        prompt = full[full.index(image_id) + 1:]
+        if answer is None:
+            return prompt, len(prompt)
+        answer_ids = self.tokenizer(ANSWER_TEXT[answer], add_special_tokens=False).input_ids
+        return prompt + answer_ids + [self.tokenizer.eos_token_id], len(prompt)
+
+
+def _prompt_ids(processor: LlavaProcessor, prompt: str) -> torch.Tensor:
+    """Token ids of ``prompt`` with the image placeholder expanded, exactly as the processor does."""
+    from PIL import Image
+
+    size = processor.image_processor.crop_size["height"]
+    blank = Image.new("RGB", (size, size))
+    return processor(images=[blank], text=[prompt], return_tensors="pt")["input_ids"][0]
