@@ -83,3 +83,106 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(index.shape[0], index.shape[1], x.shape[2])
     picked = torch.gather(x, 1, index.clamp_min(0)[:, :, None].expand(-1, -1, x.shape[2]))
     return torch.where(valid[:, :, None], picked, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def max_min_greedy(distance: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy max-min diverse subset (DivPrune's selection), in pick order.
+
+    The first pick is the token whose nearest token is farthest away: the argmax over columns ``j`` of the
+    second-smallest entry of ``distance[:, :, j]`` (the smallest is its distance to itself). Each further pick
+    maximises the distance to the picked set, ``min_{s picked} distance[s, j]``, over the tokens not picked
+    yet. Ties: lower index. distance: ``[B, M, M]`` (e.g. ``1 - cosine``), k in ``[0, M]`` -> ``[B, k]`` int64,
+    distinct per row. Python loops run over the k picks only.
+    """
+    if distance.ndim != 3 or distance.shape[1] != distance.shape[2]:
+        raise ValueError(f"distance must be [B, M, M], got shape {tuple(distance.shape)}")
+    b, m, _ = distance.shape
+    if not 0 <= k <= m:
+        raise ValueError(f"k must lie in [0, M={m}], got k={k}")
+    d = distance.float()
+    picks = torch.empty(b, k, dtype=torch.long, device=d.device)
+    if k == 0:
+        return picks
+    rows = torch.arange(b, device=d.device)
+    score = torch.topk(d, 2, dim=1, largest=False).values[:, 1] if m > 1 else d.new_zeros(b, m)
+    nearest = torch.full((b, m), float("inf"), device=d.device)
+    for i in range(k):
+        pick = torch.argmax(score, dim=1)  # first maximum: lower index on ties
+        picks[:, i] = pick
+        nearest = torch.minimum(nearest, d[rows, pick])
+        # A picked token never comes back (its own distance, ~0, would otherwise keep it low but not -inf).
+        nearest[rows, pick] = float("-inf")
+        score = nearest
+    return picks
+
+
+def dpp_greedy_map(kernel: torch.Tensor, k: int, rank_tol: float = 1e-5) -> torch.Tensor:
+    """Greedy MAP inference of a determinantal point process (Chen et al. 2018's fast incremental Cholesky).
+
+    Each step picks the token with the largest conditional gain ``d_j^2`` (initially ``L_jj``), then updates
+    every gain by the new Cholesky row ``e = (L_j - c_j^T C) / sqrt(d_j^2)``. Ties: lower index.
+
+    Gains at or below ``rank_tol`` times the image's largest ``L_jj`` count as 0: they are float32 rounding
+    noise once the kernel's rank is exhausted (more picks than its rank), where exact arithmetic gives exactly
+    0. Such picks skip the update (instead of dividing by ~0 or producing NaN) and go by lower index, so the
+    result does not hinge on rounding (e.g. on the batch an image is in). kernel: ``[B, M, M]`` symmetric PSD,
+    k in ``[0, M]`` -> ``[B, k]`` int64 picks in order, distinct per row. Python loops run over the k picks.
+    """
+    if kernel.ndim != 3 or kernel.shape[1] != kernel.shape[2]:
+        raise ValueError(f"kernel must be [B, M, M], got shape {tuple(kernel.shape)}")
+    b, m, _ = kernel.shape
+    if not 0 <= k <= m:
+        raise ValueError(f"k must lie in [0, M={m}], got k={k}")
+    if rank_tol < 0:
+        raise ValueError(f"rank_tol must be >= 0, got rank_tol={rank_tol}")
+    lk = kernel.float()
+    rows = torch.arange(b, device=lk.device)
+    chol = lk.new_zeros(k, b, m)  # row i: the i-th pick's Cholesky row over all tokens
+    gain = torch.diagonal(lk, dim1=1, dim2=2).clone()
+    floor = rank_tol * gain.amax(dim=1, keepdim=True).clamp_min(0)  # [B, 1]
+    picks = torch.empty(b, k, dtype=torch.long, device=lk.device)
+    for i in range(k):
+        # Noise-level gains -> exactly 0, so they tie and go by index; picked tokens stay at -inf.
+        gain = torch.where(gain > floor, gain, torch.where(gain == float("-inf"), gain, 0.0))
+        pick = torch.argmax(gain, dim=1)
+        picks[:, i] = pick
+        d2 = gain[rows, pick]
+        residual = lk[rows, pick] - torch.einsum("tb,tbm->bm", chol[:i, rows, pick], chol[:i])
+        e = torch.where((d2 > 0)[:, None], residual / torch.where(d2 > 0, d2, 1.0).sqrt()[:, None], 0.0)
+        chol[i] = e
+        gain = gain - e * e
+        gain[rows, pick] = float("-inf")
+    return picks
+
+
+def remove_duplicates(similarity: torch.Tensor, candidates: torch.Tensor, keep: int, step: int = 8) -> torch.Tensor:
+    """VisPruner's duplicate removal: drop up to ``step`` near-duplicates per round until ``keep`` remain.
+
+    Each round splits the current candidate list alternately into A (even positions) and B (odd positions),
+    scores every A token by its highest similarity to any B token, drops the ``min(step, R - keep)``
+    highest-scoring A tokens and continues with ``[remaining A in descending score order, B]``. Ties: the
+    earlier list position is dropped first. similarity: ``[B, M, M]``; candidates: ``[B, R]`` int64 distinct
+    token indices in their initial order (VisPruner: descending attention); keep in ``[0, R]`` ->
+    ``[B, keep]`` int64, the survivors in the final list order. Python loops run over the rounds
+    (``ceil((R - keep) / step)`` when B is never exhausted), never over tokens.
+    """
+    if similarity.ndim != 3 or similarity.shape[1] != similarity.shape[2]:
+        raise ValueError(f"similarity must be [B, M, M], got shape {tuple(similarity.shape)}")
+    if candidates.ndim != 2 or candidates.shape[0] != similarity.shape[0]:
+        raise ValueError(f"candidates must be [B, R], got shape {tuple(candidates.shape)}")
+    if not 0 <= keep <= candidates.shape[1]:
+        raise ValueError(f"keep must lie in [0, R={candidates.shape[1]}], got keep={keep}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got step={step}")
+    b, m, _ = similarity.shape
+    sim = similarity.float()
+    residual = candidates
+    while residual.shape[1] > keep:
+        drop = min(step, residual.shape[1] - keep)
+        set_a, set_b = residual[:, ::2], residual[:, 1::2]
+        in_b = torch.zeros(b, m, dtype=torch.bool, device=sim.device).scatter_(1, set_b, True)
+        rows = sim.gather(1, set_a[:, :, None].expand(-1, -1, m))  # [B, |A|, M]
+        best = rows.masked_fill(~in_b[:, None, :], float("-inf")).amax(dim=-1)  # [B, |A|]
+        survivors = torch.sort(best, dim=1, descending=True, stable=True).indices[:, drop:]
+        residual = torch.cat([set_a.gather(1, survivors), set_b], dim=1)
+    return residual
