@@ -20,7 +20,7 @@ import math
 import torch
 
 from sparsezip.scoring import l2_normalize
-from sparsezip.selection import mask_to_indices, topk_mask
+from sparsezip.selection import mask_to_indices, top_n_mask, topk_mask
 
 
 def _check_points(points: torch.Tensor, valid: torch.Tensor) -> None:
@@ -336,17 +336,14 @@ def neighbourhood_merge(
         raise ValueError(f"need weights [B, M] and selected [B, S], got {tuple(weights.shape)}, {tuple(selected.shape)}")
     if num_neighbours < 0:
         raise ValueError(f"num_neighbours must be >= 0, got {num_neighbours}")
-    b, m, c = x.shape
-    s = selected.shape[1]
+    m, c = x.shape[1], x.shape[2]
     valid = selected >= 0
     safe = selected.clamp_min(0)
     unit = l2_normalize(keys)
     sim = torch.bmm(unit.gather(1, safe[:, :, None].expand(-1, -1, unit.shape[2])), unit.transpose(1, 2))
     sim = sim.masked_fill(safe[:, :, None] == torch.arange(m, device=x.device), float("-inf"))  # not itself
-    n = min(num_neighbours, m - 1)
-    neighbours = torch.sort(sim, dim=-1, descending=True, stable=True).indices[:, :, :n]  # [B, S, n]
-    neighbour_w = weights.float().gather(1, neighbours.reshape(b, s * n)).view(b, s, n)
-    mix = torch.zeros(b, s, m, device=x.device).scatter_(2, neighbours, neighbour_w)
+    neighbours = top_n_mask(sim, min(num_neighbours, m - 1))  # [B, S, M]
+    mix = neighbours.float() * weights.float()[:, None, :]
     xf = x.float()
     out = xf.gather(1, safe[:, :, None].expand(-1, -1, c)) + torch.bmm(mix, xf)
     return torch.where(valid[:, :, None], out, 0.0)

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparsezip.scoring import cosine_similarity_matrix, iqr_outliers
-from sparsezip.selection import dpp_greedy_map, max_min_greedy, remove_duplicates
-from sparsezip.testing.strategies import seeds
+from sparsezip.selection import dpp_greedy_map, max_min_greedy, rank_order, remove_duplicates, top_n_mask
+from sparsezip.testing.strategies import score_rows, seeds
 
 
 def _points(b: int, m: int, d: int, seed: int, ties: bool) -> torch.Tensor:
@@ -104,6 +104,15 @@ def test_iqr_outliers_match_numpy_percentiles(seed: int, b: int, m: int) -> None
         q1, q3 = np.percentile(row, 25), np.percentile(row, 75)
         assert got.tolist() == (row > q3 + 1.5 * (q3 - q1)).tolist()
     assert not iqr_outliers(torch.full((2, 7), 0.3)).any()
+
+
+@given(data=st.data())
+def test_top_n_mask_is_the_head_of_the_stable_descending_order(data: st.DataObject) -> None:
+    scores = data.draw(score_rows(dtype=torch.float32))  # frequent exact ties
+    n = data.draw(st.integers(0, scores.shape[1]), label="n")
+    expected = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, rank_order(scores)[:, :n], True)
+    assert torch.equal(top_n_mask(scores, n), expected)
+    assert torch.equal(top_n_mask(scores[:, None, :].expand(-1, 3, -1), n), expected[:, None, :].expand(-1, 3, -1))
 
 
 def test_bad_arguments_name_the_value() -> None:

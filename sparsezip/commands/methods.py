@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
+        width = max(map(len, rows), default=0)
         for name, row in rows.items():
             needs = [k.removeprefix("needs_") for k in ("needs_attention", "needs_text") if row[k]]
-            print(f"{name:<12} stage={row['stage']:<6} needs={','.join(needs) or '-'}")
+            print(f"{name:<{width}} stage={row['stage']:<6} needs={','.join(needs) or '-'}")
     return 0
