@@ -144,7 +144,9 @@ def dpp_greedy_map(kernel: torch.Tensor, k: int, rank_tol: float = 1e-5) -> torc
     Gains at or below ``rank_tol`` times the image's largest ``L_jj`` count as 0: they are float32 rounding
     noise once the kernel's rank is exhausted (more picks than its rank), where exact arithmetic gives exactly
     0. Such picks skip the update (instead of dividing by ~0 or producing NaN) and go by lower index, so the
-    result does not hinge on rounding (e.g. on the batch an image is in). kernel: ``[B, M, M]`` symmetric PSD,
+    result does not hinge on rounding (e.g. on the batch an image is in). A token whose initial gain ``L_jj``
+    is already that small (CDPruner: relevance below ``sqrt(rank_tol)`` of the top one) counts as 0 too, i.e.
+    comes after every token with a real gain. kernel: ``[B, M, M]`` symmetric PSD,
     k in ``[0, M]`` -> ``[B, k]`` int64 picks in order, distinct per row. Python loops run over the k picks.
     """
     if kernel.ndim != 3 or kernel.shape[1] != kernel.shape[2]:

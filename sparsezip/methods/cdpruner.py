@@ -24,9 +24,11 @@ Fidelity notes:
   we use the pre-projector patch features of the tapped layer (the projector is not part of a context).
 - Relevance is normalised per image; the authors normalise over the whole batch (their evaluation runs one
   image per batch, where the two agree). A constant relevance (``max == min``), which the authors would
-  divide by zero on, counts as uniform. Float32 throughout, as theirs. Greedy ties: lower index; once the
-  kernel's rank is exhausted (more picks than the features' rank) the Cholesky update is skipped instead of
-  producing NaN.
+  divide by zero on, counts as uniform. Float32 throughout, as theirs. Greedy ties: lower index. Gains below
+  1e-5 of the largest ``L_jj`` count as 0 (:func:`~sparsezip.selection.dpp_greedy_map`): past the kernel's
+  rank (more picks than the features' rank) they are rounding noise, where the authors' update would divide
+  by ~0 or take the root of a negative number; it also puts the patches with relevance below ~0.003 of the
+  top one after all others.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
 Budget:
 - ``budget=None`` (default): the authors' adaptive rule, a different count per image. With ``n`` outliers of
   ``M`` patches, ``ratio = n / M``, ``int(M * ratio)`` important patches, and samples at ``0, s, 2s, ...
-  < M - 1`` with ``s = int(int(1 / ratio) / 3)``; ``n + ~3n`` tokens (LLaVA-1.5: ~25 % of 576 on average).
+  < M - 1`` with ``s = int(int(1 / ratio) / 3)``; ``n + ~3n`` tokens (the paper reports ~25 % of 576).
 - ``budget=K``: ours, so rows can be compared at equal token counts: ``K - 1`` selected patches plus the
   extra token. The important ones stay the IQR outliers (at most ``K - 1``, top by attention); the remaining
   ``K - 1 - n`` are spread uniformly over the other patches in raster order (list positions
