@@ -10,22 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
+from sparsezip.adapters.layer_cache import LayerwiseKVCache, check_llama_like, query_attention
 from sparsezip.adapters.llava import LlavaVLM
-from sparsezip.adapters.sparsevlm_llama import LayerwiseKVCache, check_llama_like, rater_attention
 from sparsezip.data.prompts import llava_v1_prompt
 from sparsezip.embedded.models import TinyLlavaSpec, build_tiny_llava
 from sparsezip.methods import get_method
 from sparsezip.methods.sparsevlm import (
     PruningPlan,
     counts_after_pruning,
-    density_peak_clusters,
-    group_mean,
     layer_averaged,
-    plan_recycling,
+    recycle,
     recycle_sizes,
     scaled_plan,
     select_raters,
-    split_by_score,
     visual_tokens_per_layer,
 )
 
@@ -118,77 +115,74 @@ def test_recycle_sizes() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- pieces
-def test_density_peak_clusters_recover_separated_blobs() -> None:
+def test_recycling_takes_the_best_pruned_tokens_and_matches_the_scalar_sizes() -> None:
     g = torch.Generator().manual_seed(0)
-    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    sizes = [5, 7, 4]
-    x = torch.cat([c + 0.1 * torch.randn(n, 2, generator=g) for c, n in zip(centres, sizes, strict=True)])
-    assignment = density_peak_clusters(x, 3)
-    blobs = torch.split(assignment, sizes)
-    assert all(len(set(b.tolist())) == 1 for b in blobs)
-    assert len({int(b[0]) for b in blobs}) == 3
-    assert torch.equal(density_peak_clusters(x, 3), assignment)  # deterministic (no random tie noise)
-
-
-def test_density_peak_clusters_edge_cases() -> None:
-    assert density_peak_clusters(torch.ones(1, 4), 1).tolist() == [0]
-    same = density_peak_clusters(torch.ones(5, 4), 2)  # all identical: ties broken by index
-    assert set(same.tolist()) <= {0, 1} and 0 in same.tolist() and 1 in same.tolist()
-    with pytest.raises(ValueError, match="num_clusters"):
-        density_peak_clusters(torch.ones(3, 2), 4)
-
-
-def test_group_mean_and_recycling_plan() -> None:
-    values = torch.tensor([[1.0], [3.0], [10.0]])
-    torch.testing.assert_close(group_mean(values, torch.tensor([0, 0, 1]), 2), torch.tensor([[2.0], [10.0]]))
-    scores = torch.arange(20.0)
-    plan = plan_recycling(torch.randn(20, 4, generator=torch.Generator().manual_seed(0)), scores)
-    assert plan.members.tolist() == list(range(13, 20))  # top floor(0.3 * 20) + 1 = 7 by score, ascending
-    assert plan.num_groups == 1 and plan.assignment.tolist() == [0] * 7
-    with pytest.raises(ValueError, match="pruned_scores"):
-        plan_recycling(torch.zeros(3, 2), torch.zeros(4))
-
-
-def test_split_by_score_breaks_ties_by_lower_index() -> None:
-    kept, pruned = split_by_score(torch.tensor([1.0, 5.0, 5.0, 0.0, 5.0]), 2)
-    assert kept.tolist() == [1, 2] and pruned.tolist() == [0, 3, 4]
-    with pytest.raises(ValueError, match="keep"):
-        split_by_score(torch.zeros(3), 4)
+    states = torch.randn(2, 20, 4, generator=g)
+    scores = torch.arange(20.0).expand(2, 20)
+    pruned = torch.ones(2, 20, dtype=torch.bool)
+    pruned[1, 10:] = False  # row 1 pruned only its 10 lowest-scored tokens
+    labels, groups = recycle(states, scores, pruned)
+    assert labels[0].tolist() == [-1] * 13 + [0] * 7  # top floor(0.3 * 20) + 1 = 7 by score, one group
+    assert labels[1].tolist() == [-1] * 6 + [0] * 4 + [-1] * 10  # floor(0.3 * 10) + 1 = 4 of tokens 0..9
+    assert groups.tolist() == [1, 1]
+    for p in range(0, 300, 7):  # the batched sizes are the scalar ones
+        mask = torch.arange(300)[None] < p
+        labels, groups = recycle(torch.randn(1, 300, 2, generator=g), torch.rand(1, 300, generator=g), mask)
+        assert (int((labels >= 0).sum()), int(groups)) == recycle_sizes(p)
+    with pytest.raises(ValueError, match="scores and pruned"):
+        recycle(torch.zeros(1, 3, 2), torch.zeros(1, 4), torch.zeros(1, 3, dtype=torch.bool))
 
 
 def test_select_raters() -> None:
-    visual = torch.tensor([[1.0, 0.0], [1.0, 0.1]])
-    text = torch.tensor([[5.0, 0.0], [0.0, 1.0], [-5.0, 0.0]])  # token 0 dominates every visual row
-    assert select_raters(visual, text).tolist() == [0]
-    assert select_raters(visual, text[:1]).tolist() == [0]  # one token: it rates
+    visual = torch.tensor([[[1.0, 0.0], [1.0, 0.1]]])
+    text = torch.tensor([[[5.0, 0.0], [0.0, 1.0], [-5.0, 0.0]]])  # token 0 dominates every visual row
+    ones = torch.ones(1, 2, dtype=torch.bool)
+    assert select_raters(visual, ones, text, torch.ones(1, 3, dtype=torch.bool)).tolist() == [[True, False, False]]
+    one_text = torch.tensor([[True, False, False]])  # one token: it rates
+    assert select_raters(visual, ones, text, one_text).tolist() == [[True, False, False]]
+    # batched with padding: each row as if alone
+    both = select_raters(visual.expand(2, -1, -1), torch.tensor([[True, True], [True, False]]),
+                         text.expand(2, -1, -1), torch.tensor([[True, True, True], [False, True, True]]))
+    assert both.tolist() == [[True, False, False], [False, True, False]]
     with pytest.raises(ValueError, match="text after the image"):
-        select_raters(visual, text[:0])
+        select_raters(visual, ones, text, torch.zeros(1, 3, dtype=torch.bool))
 
 
-def test_rater_attention_equals_the_layers_own_attention_rows(tiny_llava_dir: Path) -> None:
+def test_query_attention_equals_the_layers_own_attention_rows(tiny_llava_dir: Path) -> None:
     from transformers import LlavaForConditionalGeneration
 
     model = LlavaForConditionalGeneration.from_pretrained(tiny_llava_dir, attn_implementation="eager").eval()
     decoder = model.model.language_model
-    embeds = torch.randn(1, 12, decoder.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    embeds = torch.randn(2, 12, decoder.config.hidden_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out = decoder(inputs_embeds=embeds, use_cache=True, output_attentions=True, output_hidden_states=True)
-        positions = torch.arange(12)[None]
+        positions = torch.arange(12)[None].expand(2, -1)
         cos, sin = decoder.rotary_emb(embeds, position_ids=positions)
-        rows = torch.tensor([3, 7, 11])
+        rows = torch.tensor([[3, 7, 11], [0, 5, -1]])  # -1: a padding row
+        safe = rows.clamp_min(0)
         for index, layer in enumerate(decoder.layers):
-            normed = layer.input_layernorm(out.hidden_states[index][:, rows])
-            probs = rater_attention(layer.self_attn, normed, cos[:, rows], sin[:, rows],
-                                    out.cache.layers[index].keys, rows)
-            torch.testing.assert_close(probs, out.attentions[index][0][:, rows].float(), rtol=1e-5, atol=1e-6)
+            hidden = out.hidden_states[index]
+            normed = layer.input_layernorm(hidden.gather(1, safe[..., None].expand(-1, -1, hidden.shape[-1])))
+            pick = safe[..., None].expand(-1, -1, cos.shape[-1])
+            probs = query_attention(layer.self_attn, normed, cos.gather(1, pick), sin.gather(1, pick),
+                                    out.cache.layers[index].keys, torch.ones(2, 12, dtype=torch.bool), rows)
+            heads = out.attentions[index].shape[1]
+            reference = out.attentions[index].gather(2, safe[:, None, :, None].expand(-1, heads, -1, 12)).float()
+            real = (rows >= 0)[:, None, :, None].expand_as(probs)
+            torch.testing.assert_close(probs[real], reference[real], rtol=1e-5, atol=1e-6)
+            assert bool(probs.isfinite().all())
 
 
 def test_layerwise_cache_and_llama_check() -> None:
     cache = LayerwiseKVCache(2)
-    k = torch.zeros(1, 2, 3, 4)
+    k = torch.zeros(2, 2, 3, 4)
     keys, _ = cache.update(k, k, 1)
     keys, _ = cache.update(k[:, :, :1], k[:, :, :1], 1)
-    assert keys.shape[2] == 4 and cache.length(1) == 4 and cache.length(0) == 0
+    assert keys.shape[2] == 4 and cache.keys[0] is None
+    cache.real[1] = torch.tensor([[False, True, True, True], [True] * 4])
+    assert cache.tokens(1).tolist() == [3, 4]
+    with pytest.raises(ValueError, match="no cache yet"):
+        cache.tokens(0)
     with pytest.raises(ValueError, match="Llama-architecture"):
         check_llama_like(torch.nn.Linear(2, 2))
 
@@ -221,8 +215,26 @@ def test_generation_is_deterministic_and_eager_matches_sdpa(grid_vlm: LlavaVLM) 
     assert eager.visual_tokens_per_layer == runs[0].visual_tokens_per_layer
 
 
+def test_batched_generation_equals_one_prompt_at_a_time(grid_vlm: LlavaVLM) -> None:
+    """Rows of different lengths (left padding) and images: the batch gives each row its batch-size-1 answer."""
+    images = [_image(4), _image(5), _image(6)]
+    prompts = [PROMPT, llava_v1_prompt("What colour is the large shape on the left of the picture?"),
+               llava_v1_prompt("Count.")]
+    method = get_method("sparsevlm", budget=64)
+    batched = grid_vlm.generate(images, prompts, method=method, max_new_tokens=4)
+    singles = [grid_vlm.generate([i], [p], method=method, max_new_tokens=4)[0]
+               for i, p in zip(images, prompts, strict=True)]
+    for one, row in zip(singles, batched, strict=True):
+        assert row.extra["token_ids"] == one.extra["token_ids"]
+        assert row.visual_tokens_per_layer == one.visual_tokens_per_layer
+        assert row.extra["counts_after_pruning"] == one.extra["counts_after_pruning"] == [82, 32, 18]
+        assert row.prefill_tokens == one.prefill_tokens and row.batch_size == 3
+    assert len({o.prefill_tokens for o in singles}) == 3  # the rows really differ in length
+
+
 def test_keeping_everything_reproduces_the_plain_model(tiny_vlm: LlavaVLM, tiny_plain) -> None:
-    """No pruning: the hand-written prefill and decoding loop must give exactly HF generate's tokens."""
+    """No pruning: the layer-wise prefill and decoding loop, batched (left padding), gives exactly HF generate's
+    tokens."""
     vlm, (model, processor) = tiny_vlm, tiny_plain
     n = vlm.num_patches
     keep_all = get_method("sparsevlm", keep=(n, n, n), layers=(0, 1, 2))

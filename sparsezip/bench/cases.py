@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from sparsezip.data.sample import Sample
     from sparsezip.methods.base import CompressionMethod
 
-# Vision-stage methods are evaluated in batches (answers do not depend on the batch: the adapter's tests
-# check batched == per-sample); in-LLM methods (SparseVLM) support batch size 1 only.
+# Every method is evaluated in batches (answers do not depend on the batch: the adapter's tests check
+# batched == per-sample, in-LLM methods included).
 EVAL_BATCH_SIZE = 8
 # Images the dynamic-K calibration looks at: enough for a stable mean K, cheap next to the evaluation.
 DYNK_CALIBRATION_IMAGES = 16
@@ -31,8 +31,9 @@ DYNK_RANGE_LLAVA15 = (32, 64)
 
 
 def batch_size_for(method: CompressionMethod) -> int:
-    """Evaluation batch size: :data:`EVAL_BATCH_SIZE` for vision-stage methods, 1 for in-LLM ones."""
-    return 1 if method.stage == "llm" else EVAL_BATCH_SIZE
+    """Evaluation batch size of ``method``: :data:`EVAL_BATCH_SIZE` for every stage (the layer-wise loop of
+    in-LLM methods is batched too)."""
+    return EVAL_BATCH_SIZE
 
 
 def dataset_fingerprint(sources: dict[str, str]) -> str | None:
