@@ -88,6 +88,32 @@ def test_a_new_in_llm_method_is_one_class_and_runs_batched(tiny_vlm: LlavaVLM, r
     assert fewer.extra["prefill_flops"] < batched[0].extra["prefill_flops"]
 
 
+class KeepFirstMergeRest(KeepFirstVisual):
+    """Keep the first ``k`` visual tokens and merge the rest into one mean token after them (renumbered)."""
+
+    name = "test-keep-first-merge-rest"
+    position_policy = "renumber"
+
+    def prune(self, layer_index: int, state: LayerState) -> LayerDecision:
+        decision = super().prune(layer_index, state)
+        rest = (state.visual_valid & ~decision.keep).float()[:, :, None]
+        visual = state.hidden.gather(1, state.visual_index.clamp_min(0)[:, :, None].expand(-1, -1,
+                                                                                           state.hidden.shape[2]))
+        mean = (visual * rest).sum(1, keepdim=True) / rest.sum(1, keepdim=True)
+        return LayerDecision(keep=decision.keep, merged=mean.to(state.hidden.dtype))
+
+
+def test_merged_tokens_are_inserted_after_the_kept_ones(tiny_vlm: LlavaVLM) -> None:
+    images = _images()
+    method = KeepFirstMergeRest(k=5, after=0)
+    batched = tiny_vlm.generate(images, PROMPTS, method=method, max_new_tokens=3)
+    n = tiny_vlm.num_patches
+    for b, out in enumerate(batched):
+        assert out.visual_tokens_per_layer == [n, 6, 6, 6] and out.extra["counts_after_pruning"] == [6]
+        single = tiny_vlm.generate([images[b]], [PROMPTS[b]], method=method, max_new_tokens=3)[0]
+        assert out.extra["token_ids"] == single.extra["token_ids"]
+
+
 @pytest.mark.parametrize("policy", ["original", "renumber"])
 def test_keeping_everything_at_every_layer_is_the_plain_model(tiny_vlm: LlavaVLM, tiny_plain, policy: str,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:

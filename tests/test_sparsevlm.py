@@ -1,8 +1,9 @@
-"""SparseVLM: the schedule arithmetic (309 / 204 / 113, equivalent 192.03), the clustering and rater pieces, and the
-in-LLM run on a model with the real 24 x 24 grid and 16 decoder layers."""
+"""SparseVLM: the schedule arithmetic (309 / 204 / 113, equivalent 206.50 with full pruning-layer caches), the
+clustering and rater pieces, and the in-LLM run on a model with the real 24 x 24 grid and 16 decoder layers."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from sparsezip.adapters.layer_cache import LayerwiseKVCache, check_llama_like, query_attention
+from sparsezip.adapters.layerwise import generate_layerwise
 from sparsezip.adapters.llava import LlavaVLM
 from sparsezip.data.prompts import llava_v1_prompt
 from sparsezip.embedded.models import TinyLlavaSpec, build_tiny_llava
@@ -45,13 +47,34 @@ def test_spec_counts_and_layer_averaged_equivalent_for_llava15() -> None:
     assert plan == PruningPlan(layers=(2, 6, 15), keep=(300, 200, 110))
     assert counts_after_pruning(plan, 576) == [309, 204, 113]
     per_layer = visual_tokens_per_layer(plan, 576, 32)
-    assert per_layer == [576] * 2 + [309] * 4 + [204] * 9 + [113] * 17
-    assert layer_averaged(per_layer) == pytest.approx(192.03, abs=0.005)
+    # a pruning layer's cache keeps all its input: layers 0-2 hold 576, 3-6 309, 7-15 204, 16-31 113
+    assert per_layer == [576] * 3 + [309] * 4 + [204] * 9 + [113] * 16
+    assert layer_averaged(per_layer) == 6608 / 32 == 206.5
+
+
+def test_the_documented_numbers_are_the_codes(repo_root: Path) -> None:
+    """The paper-budget numbers quoted in the module docstring and the README come from these functions."""
+    import sparsezip.methods.sparsevlm as module
+
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
+    for budget in (64, 128, 192):
+        plan = scaled_plan(budget, 576, 32)
+        counts = " / ".join(map(str, counts_after_pruning(plan, 576)))
+        equivalent = f"{layer_averaged(visual_tokens_per_layer(plan, 576, 32)):.2f}"
+        assert counts in module.__doc__ and equivalent in module.__doc__
+        if budget == 192:
+            assert f"{counts} after layers 2 / 6 / 15, equivalent {equivalent}" in readme
+    for match, where in ((r"57\.94 to 576", (576, 32)), (r"38\.50 to 144", (144, 4))):
+        with pytest.raises(ValueError, match=match):
+            scaled_plan(1, *where)
+        number = match.split(" ")[0].replace("\\", "")
+        assert number in module.__doc__ and number in readme
 
 
 @pytest.mark.parametrize(
     ("budget", "after", "equivalent"),
-    [(64, [82, 32, 18], 2074 / 32), (128, [312, 117, 39], 4116 / 32)],  # worked by hand from methods.md 3
+    [(64, [82, 32, 18], (3 * 576 + 4 * 82 + 9 * 32 + 16 * 18) / 32),  # worked by hand from methods.md 3
+     (128, [312, 117, 39], (3 * 576 + 4 * 312 + 9 * 117 + 16 * 39) / 32)],
 )
 def test_other_budgets(budget: int, after: list[int], equivalent: float) -> None:
     plan = scaled_plan(budget, 576, 32)
@@ -61,8 +84,8 @@ def test_other_budgets(budget: int, after: list[int], equivalent: float) -> None
 
 @pytest.mark.parametrize(
     ("budget", "num_patches", "num_layers", "layers"),
-    [(100, 576, 32, (2, 6, 15)), (150, 576, 16, (1, 3, 7)), (16, 144, 4, (0, 1, 2)), (32, 144, 4, (0, 1, 2)),
-     (48, 144, 4, (0, 1, 2)), (21, 64, 3, (0, 1, 2)), (7, 64, 24, (1, 4, 11))],
+    [(100, 576, 32, (2, 6, 15)), (150, 576, 16, (1, 3, 7)), (40, 144, 4, (0, 1, 2)), (48, 144, 4, (0, 1, 2)),
+     (72, 144, 4, (0, 1, 2)), (30, 64, 3, (0, 1, 2)), (8, 64, 24, (1, 4, 11))],
 )
 def test_other_budgets_and_models_hit_the_budget_as_the_layer_averaged_equivalent(
     budget: int, num_patches: int, num_layers: int, layers: tuple[int, ...]
@@ -83,8 +106,10 @@ def test_paper_counts_hold_on_any_depth_with_576_tokens() -> None:
 def test_unreachable_budgets_and_shallow_models_are_refused() -> None:
     with pytest.raises(ValueError, match="too shallow"):
         scaled_plan(192, 576, 2)
-    with pytest.raises(ValueError, match=r"out of reach.*3\.00 to 144\.00"):
-        scaled_plan(2, 144, 4)
+    # layers 0 (the first pruning layer) holds all 144: at least (144 + 6 + 2 + 2) / 4 = 38.5 on average
+    for budget in (2, 16, 32):
+        with pytest.raises(ValueError, match=r"out of reach.*38\.50 to 144\.00"):
+            scaled_plan(budget, 144, 4)
     with pytest.raises(ValueError, match="exceeds the model's 144"):
         get_method("sparsevlm", budget=200).plan(144, 4)
     with pytest.raises(ValueError, match="positive integer"):
@@ -198,10 +223,42 @@ def test_per_layer_counts_on_a_576_token_16_layer_model(grid_vlm: LlavaVLM) -> N
     assert grid_vlm.num_patches == 576
     out = grid_vlm.generate([_image()], [PROMPT], method=get_method("sparsevlm", budget=192), max_new_tokens=3)[0]
     assert out.extra["counts_after_pruning"] == [309, 204, 113]
-    assert out.visual_tokens_per_layer == [576] + [309] * 2 + [204] * 4 + [113] * 9  # layers (1, 3, 7)
+    assert out.visual_tokens_per_layer == [576] * 2 + [309] * 2 + [204] * 4 + [113] * 8  # layers (1, 3, 7)
     assert out.visual_tokens == pytest.approx(layer_averaged(out.visual_tokens_per_layer))
     assert out.visual_tokens_per_layer == visual_tokens_per_layer(scaled_plan(192, 576, 16), 576, 16)
     assert out.prefill_tokens > 576
+
+
+def test_the_pruning_layers_keep_their_full_cache_and_decoding_follows_each_cache(grid_vlm: LlavaVLM) -> None:
+    """Upstream v1.5: layers 1, 3, 7 (of 16) run on and cache their whole input; only what leaves them is pruned.
+    A decoded token's position in every layer is that layer's own cache length."""
+    images = [_image(7), _image(8)]
+    prompts = [PROMPT, llava_v1_prompt("Which shape is the largest one here?")]
+    method = get_method("sparsevlm", budget=192)
+    prepared = grid_vlm.prepare(images, prompts, method=method)
+    decoder = grid_vlm.model.model.language_model
+    positions: dict[int, list[torch.Tensor]] = {i: [] for i in range(16)}
+
+    def record(index: int):
+        def hook(module, args, kwargs) -> None:
+            positions[index].append(kwargs["position_ids"])
+        return hook
+
+    handles = [layer.register_forward_pre_hook(record(i), with_kwargs=True) for i, layer in enumerate(decoder.layers)]
+    try:
+        run = generate_layerwise(decoder, grid_vlm.model.lm_head, prepared.inputs_embeds, prepared.attention_mask,
+                                 prepared.image_mask, method, num_patches=576, max_new_tokens=3,
+                                 eos_token_ids=set(), clock=time.perf_counter)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for b in range(2):
+        prefill, cached = run.prefill_tokens_per_layer[b], run.cache_tokens_per_layer[b]
+        assert cached == prefill  # every layer's cache holds exactly what it processed: the pruning layers too
+        assert run.visual_tokens_per_layer[b] == [576] * 2 + [309] * 2 + [204] * 4 + [113] * 8
+        assert prefill[1] - prefill[2] == 576 - 309 and prefill[0] == prefill[1] == int(prepared.attention_mask[b].sum())
+        for index in range(16):  # decode steps 1 and 2: position = that layer's cache length before the token
+            assert [int(p[b, -1]) for p in positions[index][1:]] == [prefill[index], prefill[index] + 1]
 
 
 def test_generation_is_deterministic_and_eager_matches_sdpa(grid_vlm: LlavaVLM) -> None:

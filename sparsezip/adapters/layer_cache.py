@@ -13,7 +13,7 @@ class LayerwiseKVCache:
     attention modules call, ``update(key_states, value_states, layer_idx, ...)``.
 
     Per layer: ``keys`` / ``values`` ``[B, Hkv, S_l, Dh]``, ``real`` ``[B, S_l]`` bool (False = padding) and
-    ``visual`` ``[B, S_l]`` bool (the cached entries that are visual tokens), kept by the loop.
+    ``visual`` ``[B, S_l]`` bool (which prefill entries are visual tokens), kept by the loop.
     """
 
     def __init__(self, num_layers: int) -> None:

@@ -148,13 +148,11 @@ def _check_decision(decision: LayerDecision, state: LayerState, method: LayerPru
     count = decision.merged_count
     if count is not None and (count.shape != (b,) or bool(((count < 0) | (count > merged.shape[1])).any())):
         raise ValueError(f"{where}: merged_count must be [B={b}] in [0, {merged.shape[1]}], got {count.tolist()}")
-    if method.prunes_own_cache and decision.merged_cache is None and merged.shape[1] > 0:
-        raise ValueError(f"{where}: prunes_own_cache needs merged_cache entries for the merged tokens")
 
 
-def _apply(run: _Prefill, decision: LayerDecision, visual_index: torch.Tensor, policy: str,
-           cache: LayerwiseKVCache | None, layer: int) -> None:
-    """Cut ``run`` (and, for ``prunes_own_cache``, layer ``layer``'s cache) to the decision's survivors."""
+def _apply(run: _Prefill, decision: LayerDecision, visual_index: torch.Tensor, policy: str) -> None:
+    """Cut ``run`` (the sequence entering the next layer) to the decision's survivors; the pruning layer's own
+    cache is untouched (it keeps the full sequence)."""
     b, s, _ = run.hidden.shape
     # Visual columns -> sequence positions; padding columns of visual_index write into a spare last column.
     target = torch.where(visual_index >= 0, visual_index, s)
@@ -163,20 +161,13 @@ def _apply(run: _Prefill, decision: LayerDecision, visual_index: torch.Tensor, p
     keep = run.real & ~dropped[:, :s]
     merged = decision.merged
     g = 0 if merged is None else merged.shape[1]
-    count = torch.zeros(b, dtype=torch.long, device=keep.device) if merged is None else (
-        decision.merged_count if decision.merged_count is not None else torch.full_like(run.real[:, 0], g).long())
+    count = decision.merged_count
+    if count is None:  # every slot of merged is real (none when there is no merged)
+        count = torch.full((b,), g, dtype=torch.long, device=keep.device)
     insert_at = s - ((run.tags == AFTER) & run.real).sum(dim=1)  # first text position after the image
     index, real = repack_index(keep, count, insert_at, g)
     with_merged = run.hidden if merged is None else torch.cat([run.hidden, merged.to(run.hidden.dtype)], dim=1)
     tags = torch.cat([run.tags, torch.full((b, g), VISUAL, dtype=run.tags.dtype, device=run.tags.device)], dim=1)
-    if cache is not None:  # the pruning layer's own cache gets the same cut
-        for store, extra in zip((cache.keys, cache.values), decision.merged_cache or (None, None), strict=True):
-            kv = store[layer].transpose(1, 2)  # [B, S, Hkv, Dh]
-            if extra is not None:
-                kv = torch.cat([kv, extra.transpose(1, 2).to(kv.dtype)], dim=1)
-            store[layer] = _gather_seq(kv, index).transpose(1, 2)
-        cache.real[layer] = real
-        cache.visual[layer] = (_gather_seq(tags, index) == VISUAL) & real
     original = run.positions
     run.hidden, run.real, run.tags = _gather_seq(with_merged, index), real, _gather_seq(tags, index)
     if policy == "original":
@@ -282,11 +273,17 @@ def generate_layerwise(
         state = _state(index, num_layers, num_patches, run, layer_input, layers, rope, cache, memo)
         decision = method.prune(index, state)
         _check_decision(decision, state, method, index)
-        _apply(run, decision, state.visual_index, method.position_policy,
-               cache if method.prunes_own_cache else None, index)
+        _apply(run, decision, state.visual_index, method.position_policy)
         counts_after.append(run.visual.sum(dim=1))
         rope = decoder.rotary_emb(run.hidden, position_ids=run.positions)
         mask = prefill_mask(run.real, run.hidden.dtype, attn_impl)
+
+    # What each layer's cache holds after prefill, read off the cached keys (a pruning layer keeps its whole
+    # input: pruning shortens only the sequence that leaves it).
+    if any(cache.keys[i].shape[2] != cache.real[i].shape[1] for i in range(num_layers)):
+        raise ValueError("layer-wise cache out of step with its padding masks (a layer cached an unexpected length)")
+    cached = [cache.keys[i].shape[2] - (~cache.real[i]).sum(dim=1) for i in range(num_layers)]
+    cached_visual = [v.sum(dim=1) for v in cache.visual]
 
     next_token = lm_head(decoder.norm(run.hidden[:, -1:])).argmax(dim=-1)  # [B, 1]
     first_token_time = clock()
@@ -307,8 +304,6 @@ def generate_layerwise(
             hidden = layer(hidden, attention_mask=step_mask, position_ids=position, cache=cache, use_cache=True,
                            position_embeddings=decoder.rotary_emb(hidden, position_ids=position))
             cache.real[index] = torch.cat([cache.real[index], cache.real[index].new_ones(hidden.shape[0], 1)], dim=1)
-            cache.visual[index] = torch.cat(
-                [cache.visual[index], cache.visual[index].new_zeros(hidden.shape[0], 1)], dim=1)
         next_token = lm_head(decoder.norm(hidden)).argmax(dim=-1)
         generated.append(next_token)
         done |= torch.isin(next_token[:, 0], eos)
@@ -316,7 +311,6 @@ def generate_layerwise(
     tokens = torch.cat(generated, dim=1).tolist()
     per_row = [[int(t) for t in row] for row in tokens]
     trimmed = [row[: next((i + 1 for i, t in enumerate(row) if t in eos_token_ids), len(row))] for row in per_row]
-    decode_steps = len(generated) - 1
 
     def per_layer(values: list[torch.Tensor]) -> list[list[int]]:
         return torch.stack(values, dim=1).tolist() if values else [[] for _ in range(real.shape[0])]
@@ -324,9 +318,8 @@ def generate_layerwise(
     return LayerwiseGeneration(
         tokens=trimmed,
         first_token_time=first_token_time,
-        # what each cache held after prefill: its entries minus those decoding appended
-        visual_tokens_per_layer=per_layer([v.sum(dim=1) for v in cache.visual]),
-        cache_tokens_per_layer=per_layer([cache.tokens(i) - decode_steps for i in range(num_layers)]),
+        visual_tokens_per_layer=per_layer(cached_visual),
+        cache_tokens_per_layer=per_layer(cached),
         prefill_tokens_per_layer=per_layer(prefill_tokens),
         counts_after_pruning=per_layer(counts_after),
     )

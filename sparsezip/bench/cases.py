@@ -89,6 +89,22 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
     return method, dataclasses.asdict(calibration)
 
 
+def unreachable_reason(method: CompressionMethod, model: VisionLanguageModel) -> str | None:
+    """Why ``method`` cannot run on ``model`` as configured, or ``None``: an in-LLM method whose schedule does not
+    fit the model (e.g. a SparseVLM budget below what its first pruning layer allows). The benchmark skips such
+    cases with this reason instead of failing them; a model without ``config.text_config`` is not checked."""
+    from sparsezip.methods.base import LayerPruner
+
+    text_config = getattr(getattr(model, "config", None), "text_config", None)
+    if not isinstance(method, LayerPruner) or text_config is None:
+        return None
+    try:
+        method.pruning_layers(model.num_patches, text_config.num_hidden_layers)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def extra_info(case: Case, method: CompressionMethod, summary: dict, timed: GenerationOutput, *,
                num_patches: int, calibration: dict | None = None,
                k_values: Sequence[int] | None = None) -> dict:

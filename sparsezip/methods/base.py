@@ -133,14 +133,11 @@ class LayerDecision:
         merged: ``[B, G, D]`` hidden states inserted right after each row's kept visual tokens (they count as
             visual tokens from then on), or ``None``.
         merged_count: ``[B]`` int64, how many of ``merged``'s slots are real per row (``None``: all ``G``).
-        merged_cache: for methods with ``prunes_own_cache``: ``(keys, values)``, each ``[B, Hkv, G, Dh]``, the
-            pruning layer's own cache entries of the merged slots; ``None`` otherwise.
     """
 
     keep: torch.Tensor
     merged: torch.Tensor | None = None
     merged_count: torch.Tensor | None = None
-    merged_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class LayerPruner(CompressionMethod):
@@ -157,13 +154,10 @@ class LayerPruner(CompressionMethod):
             ``l``'s cache for that row (SparseVLM v1.5, PyramidDrop). ``"original"``: survivors keep their
             original position ids and decoded tokens continue the unpruned numbering in every layer (FastV,
             DART); merged tokens have no original position, so this policy refuses them.
-        prunes_own_cache: the pruning layer's own KV cache is cut like its output (kept entries plus
-            ``LayerDecision.merged_cache``) instead of keeping the full sequence.
     """
 
     stage: ClassVar[Stage] = "llm"
     position_policy: ClassVar[PositionPolicy] = "renumber"
-    prunes_own_cache: ClassVar[bool] = False
 
     @abc.abstractmethod
     def pruning_layers(self, num_patches: int, num_layers: int) -> tuple[int, ...]:

@@ -7,20 +7,28 @@ inside the LLM (caches, positions, batching, decoding) is the generic layer-wise
 
 Budget. Like every method's, ``budget`` is the visual tokens the LLM sees per image; for an in-LLM method that
 is the *layer-averaged equivalent* (the mean over decoder layers of the visual tokens in each layer's cache).
-For 576 visual tokens and budgets 64 / 128 / 192 the method uses the paper's schedules exactly: tokens kept at decoder layers (2, 6, 15) = (66, 30, 17), (303, 110, 36), (300, 200, 110),
-each pruning layer also re-inserting ``floor(n/10) + 1`` merged tokens recycled from the
-``n = floor(0.3 * pruned) + 1`` best pruned ones (192 leaves 309 / 204 / 113 tokens, equivalent 192.03;
-64 and 128 give 64.8 and 128.6 on 32 layers). On a model of another depth the pruning layers move to the same
+For 576 visual tokens and budgets 64 / 128 / 192 the method uses the paper's schedules exactly: tokens kept
+at decoder layers (2, 6, 15) = (66, 30, 17), (303, 110, 36), (300, 200, 110), each pruning layer also
+re-inserting ``floor(n/10) + 1`` merged tokens recycled from the ``n = floor(0.3 * pruned) + 1`` best pruned
+ones. That leaves 82 / 32 / 18, 312 / 117 / 39 and 309 / 204 / 113 tokens after layers 2 / 6 / 15, whose
+layer-averaged equivalents on 32 layers are 82.25, 145.41 and 206.50 (the paper's names 64 / 128 / 192 follow
+its own count, in which a pruning layer already holds the pruned set). On a model of another depth the pruning layers move to the same
 fraction of depth (``floor(l * num_layers / 32)``, pushed apart to stay strictly increasing). Any other budget
 or token count (an approximation, documented rather than tuned): the paper schedule of the nearest relative
 budget (1/9, 2/9 or 1/3 of the tokens), its kept counts scaled by one common factor chosen so the
-layer-averaged equivalent lands as close to ``budget`` as whole tokens allow (:func:`scaled_plan`).
+layer-averaged equivalent lands as close to ``budget`` as whole tokens allow (:func:`scaled_plan`). Budgets
+below what the first pruning layer allows are refused (every layer up to and including it holds all tokens:
+at least 57.94 on LLaVA-1.5's 576 tokens x 32 layers, 38.50 on the embedded 144 x 4 model).
 
-Token accounting. A pruning layer runs on all its input tokens, then its own KV cache and its output are
-pruned, so every layer from the pruning layer on holds the pruned count in its cache (what decoding attends
-to and what occupies memory). ``visual_tokens_per_layer`` counts that; its mean over layers is the
-"layer-averaged equivalent" (192.03 for the 192 setting on LLaVA-1.5: 2 x 576 + 4 x 309 + 9 x 204 + 17 x 113
-over 32 layers).
+Token accounting (as upstream v1.5). A pruning layer runs on all its input tokens and its own KV cache keeps
+them; pruning acts on its output, i.e. on the sequence entering the next layer. With pruning layers
+``p_1 < ... < p_k``, ``c_i`` visual tokens leaving ``p_i`` and ``N`` patches, layer ``l``'s cache holds
+``n_l = N`` for ``l <= p_1`` and ``n_l = c_i`` for ``p_i < l <= p_{i+1}`` (``p_{k+1} = L - 1``), what decoding
+attends to and what occupies memory. ``visual_tokens_per_layer`` counts that; the layer-averaged equivalent is
+
+    E = (1/L) sum_l n_l = ((p_1 + 1) N + sum_{i<k} (p_{i+1} - p_i) c_i + (L - 1 - p_k) c_k) / L,
+
+for the 192 setting on LLaVA-1.5 (3 x 576 + 4 x 309 + 9 x 204 + 16 x 113) / 32 = 6608 / 32 = 206.50.
 """
 
 from __future__ import annotations
@@ -86,19 +94,25 @@ def counts_after_pruning(plan: PruningPlan, num_patches: int) -> list[int]:
 
 
 def visual_tokens_per_layer(plan: PruningPlan, num_patches: int, num_layers: int) -> list[int]:
-    """Visual tokens in each decoder layer's KV cache after prefill (a pruning layer holds its pruned count)."""
+    """Visual tokens in each decoder layer's KV cache after prefill.
+
+    A pruning layer runs on, and caches, all its input tokens; pruning shortens only the sequence leaving it.
+    So with pruning layers ``p_1 < ... < p_k`` and ``c_i`` tokens left after ``p_i``, layer ``l`` holds
+    ``num_patches`` for ``l <= p_1`` and ``c_i`` for ``p_i < l <= p_{i+1}`` (``p_{k+1} = num_layers - 1``).
+    """
     if plan.layers[-1] >= num_layers:
         raise ValueError(f"pruning layer {plan.layers[-1]} does not exist in a {num_layers}-layer model")
     per_layer, current = [], num_patches
     after = dict(zip(plan.layers, counts_after_pruning(plan, num_patches), strict=True))
     for layer in range(num_layers):
-        current = after.get(layer, current)
         per_layer.append(current)
+        current = after.get(layer, current)
     return per_layer
 
 
 def layer_averaged(per_layer: list[int]) -> float:
-    """The layer-averaged equivalent visual token count."""
+    """The layer-averaged equivalent visual token count: the mean of ``per_layer`` (the visual tokens in each
+    layer's KV cache), ``E = (1/L) sum_l n_l``."""
     if not per_layer:
         raise ValueError("per_layer is empty")
     return sum(per_layer) / len(per_layer)
@@ -113,7 +127,8 @@ def scaled_plan(budget: float, num_patches: int, num_layers: int) -> PruningPlan
     189.2 instead of 192.03 on 16). Otherwise the reference
     schedule's kept counts are multiplied by the factor (found by bisection; the equivalent is monotone in it)
     that brings the equivalent closest to ``budget``. A budget outside what pruning at those layers can reach
-    (the layers before the first pruning layer always see every token) is a ``ValueError`` naming the range.
+    (every layer up to and including the first pruning layer holds every token) is a ``ValueError`` naming the
+    range.
     """
     if num_patches < 1:
         raise ValueError(f"num_patches must be >= 1, got {num_patches}")
@@ -230,7 +245,6 @@ class SparseVLM(LayerPruner):
     name = "sparsevlm"
     needs_text = True
     position_policy = "renumber"  # v1.5 renumbers the surviving sequence contiguously
-    prunes_own_cache = True
 
     def __init__(
         self,
@@ -289,18 +303,7 @@ class SparseVLM(LayerPruner):
         labels, groups = recycle(states, scores, valid & ~kept)
         slots = int(groups.max())
         merged = weighted_merge(states, labels, slots).to(state.hidden.dtype)
-        return LayerDecision(keep=kept, merged=merged, merged_count=groups,
-                             merged_cache=(self._merge_cache(state.keys, state, labels, slots),
-                                           self._merge_cache(state.values, state, labels, slots)))
-
-    @staticmethod
-    def _merge_cache(store: torch.Tensor, state: LayerState, labels: torch.Tensor, slots: int) -> torch.Tensor:
-        """Merged cache entries ``[B, Hkv, G, Dh]``: the group mean of the members' cached keys or values (an
-        approximation: those keys carry their members' old rotary positions)."""
-        b, hkv, _, dh = store.shape
-        flat = store.transpose(1, 2).flatten(2)  # [B, S, Hkv * Dh]
-        merged = weighted_merge(gather_tokens(flat, state.visual_index), labels, slots).to(store.dtype)
-        return merged.view(b, slots, hkv, dh).transpose(1, 2)
+        return LayerDecision(keep=kept, merged=merged, merged_count=groups)
 
     def compress(self, ctx: VisionContext) -> CompressionResult:
         """The vision side of an in-LLM method: every patch, CLS dropped (LLaVA's default selection)."""
