@@ -15,9 +15,12 @@ from pathlib import Path, PurePosixPath
 from sparsezip import metrics
 from sparsezip.data.parquet import find_parquet_files, iter_parquet_rows
 from sparsezip.data.sample import Sample
+from sparsezip.data.tiny import check_layout, image_bytes, image_cell, write_parquet
 from sparsezip.jsonio import sha256_file, sha256_files
 
 SUBTASKS = metrics.MME_SUBTASKS
+QUESTION_SUFFIX = " Please answer yes or no."  # every MME question ends with it; prompts strip it
+SUBTASK_RANGE = 200.0  # acc + acc+ (both percentages) per subtask
 NESTED = ("artwork", "celebrity", "landmark", "posters", "scene")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 _PARQUET_COLUMNS = ("question_id", "question", "answer", "category")
@@ -138,3 +141,57 @@ def score(records: Sequence[Mapping], parser: str | None = None) -> dict:
         group = image_group(str(record["question_id"]))
         items.append((group.split("/", 1)[0], group, record["prediction"], record["answers"][0]))
     return metrics.mme_metrics(items, parser=parser or "official")
+
+
+def total_score(report: Mapping) -> float:
+    """The headline: perception + cognition over the subtasks present (a group without any counts 0)."""
+    # A group with none of its subtasks present is null (the synthetic MME has perception only).
+    groups = [report[g] for g in ("perception", "cognition") if report[g] is not None]
+    if not report["subtasks"] or not groups:
+        raise ValueError(f"mme metrics hold no subtask scores: {dict(report)}")
+    return float(sum(groups))
+
+
+def score_range(report: Mapping) -> float:
+    """The total score's range: 200 per subtask present."""
+    return SUBTASK_RANGE * len(report["subtasks"])
+
+
+# The tiny fixture tree: subtask -> [(image stem, [(question, answer), (question, answer)])]; artwork is nested.
+TREE_ITEMS = {
+    "count": [("000000000001", [("Are there two dogs?", "Yes"), ("Are there three dogs?", "No")]),
+              ("000000000002", [("Is there one cat?", "Yes"), ("Are there two cats?", "No")])],
+    "color": [("000000000003", [("Is the car red?", "No"), ("Is the car blue?", "Yes")])],
+    "artwork": [("10002", [("Is this by Monet?", "Yes"), ("Is this by Picasso?", "No")])],
+}  # fmt: skip
+
+
+def write_tree(root: Path, layout: str) -> Path:
+    """A tiny MME (3 subtasks, 4 images, 8 questions) under ``root``; returns the dataset path."""
+    check_layout("mme", layout)
+    if layout == "files":
+        bench = root / "MME_Benchmark_release_version" / "MME_Benchmark"
+        number = 0
+        for subtask, items in TREE_ITEMS.items():
+            nested = subtask in NESTED
+            image_dir = bench / subtask / ("images" if nested else "")
+            txt_dir = bench / subtask / ("questions_answers_YN" if nested else "")
+            image_dir.mkdir(parents=True, exist_ok=True)
+            txt_dir.mkdir(parents=True, exist_ok=True)
+            for stem, qas in items:
+                number += 1
+                (image_dir / f"{stem}.jpg").write_bytes(image_bytes(number))
+                text = "".join(f"{q}{QUESTION_SUFFIX}\t{a}\n" for q, a in qas)
+                (txt_dir / f"{stem}.txt").write_text(text, encoding="utf-8")
+        return root / "MME_Benchmark_release_version"
+    rows = []
+    number = 0
+    for subtask, items in TREE_ITEMS.items():
+        for stem, qas in items:
+            number += 1
+            rel = f"{subtask}/{'images/' if subtask in NESTED else ''}{stem}.jpg"
+            for q, a in qas:
+                rows.append({"question_id": rel, "image": image_cell(number, rel), "question": q + QUESTION_SUFFIX,
+                             "answer": a, "category": subtask})
+    write_parquet(root / "mme" / "data" / "test-00000-of-00001.parquet", rows, row_group_size=3)
+    return root / "mme"
