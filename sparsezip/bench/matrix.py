@@ -16,7 +16,6 @@ declaring its budgets and ablations (``CompressionMethod.benchmark``, ``sparsezi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,22 +176,23 @@ def build_matrix(
 
 
 def model_name(model_path: str | Path) -> str:
-    """A checkpoint's name in case ids: its folder's name, or the repository name for a Hugging Face cache
-    snapshot (``models--llava-hf--llava-1.5-7b-hf/snapshots/<hash>`` -> ``llava-1.5-7b-hf``)."""
-    path = Path(model_path).resolve()
+    """A checkpoint's name in case ids: a registered embedded model's name as given (``tiny-shapes``), its
+    folder's name, or the repository name for a Hugging Face cache snapshot
+    (``models--llava-hf--llava-1.5-7b-hf/snapshots/<hash>`` -> ``llava-1.5-7b-hf``)."""
+    from sparsezip.adapters.registry import resolve_model
+
+    path, name = resolve_model(model_path)
+    if name != path.name:  # a registered name
+        return name
+    path = path.resolve()
     if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
         return path.parent.parent.name.split("--")[-1]
     return path.name
 
 
 def checkpoint_num_patches(model_path: str | Path) -> int:
-    """Patch tokens per image of a LLaVA checkpoint, from its ``config.json`` alone (no model loading):
-    ``(vision_config.image_size // vision_config.patch_size) ** 2``."""
-    config_file = Path(model_path) / "config.json"
-    try:
-        vision = json.loads(config_file.read_text(encoding="utf-8"))["vision_config"]
-        return (int(vision["image_size"]) // int(vision["patch_size"])) ** 2
-    except FileNotFoundError:
-        raise ValueError(f"no checkpoint at {model_path} ({config_file} does not exist)") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{config_file}: cannot read vision_config image_size/patch_size ({err!r})") from None
+    """The checkpoint's nominal visual tokens per image (what LLaVA-1.5-scale budgets are mapped by), from its
+    ``config.json`` alone through its adapter (no model loading): 576 for LLaVA-1.5, 144 for tiny-shapes."""
+    from sparsezip.adapters.registry import nominal_visual_tokens
+
+    return nominal_visual_tokens(model_path)
