@@ -1,6 +1,6 @@
 """Adding a dataset is a loader module plus one row: a throwaway yes/no dataset (its "module" is the top of this
 file) registered here shows up in the data root, the benchmark matrix, prompts, scoring, expectations, the
-fixture writer, the score command and the report, with no other edit."""
+fixture writer, the score and compare commands and the report, with no other edit."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sparsezip import metrics
@@ -19,6 +20,8 @@ from sparsezip.data.prompts import build_prompt, dataset_question, llava_v1_prom
 from sparsezip.data.registry import benchmark_datasets, dataset_spec, unregister_dataset
 from sparsezip.data.sample import Sample, require_file, resolve_inside
 from sparsezip.data.tiny import check_layout, image_bytes
+from sparsezip.data.units import Units
+from sparsezip.eval.compare import compare_runs
 from sparsezip.eval.report import load_entries, markdown_table
 from sparsezip.eval.runner import evaluate
 from sparsezip.jsonio import iter_jsonl, sha256_file
@@ -49,6 +52,15 @@ def score(records: Sequence[Mapping], parser: str | None = None) -> dict:
                                 parser or "official")
 
 
+def paired_units(records: Sequence[Mapping], parser: str = "official") -> Units:
+    """Accuracy as the mean of per-question correctness, for ``sparsezip compare``."""
+    answers = [metrics.parse_pope_answer(r["prediction"], parser) for r in records]
+    correct = np.array([a == r["answers"][0] for a, r in zip(answers, records, strict=True)])
+    stats = np.stack([correct.astype(np.float64), np.ones(len(records))], axis=1)
+    return Units(stats, np.zeros(len(records)), lambda s: s[..., 0] / s[..., 1], "accuracy", answers, correct,
+                 [""] * len(records))
+
+
 def write_tree_yesno(root: Path, layout: str) -> Path:
     check_layout("yesno", layout, ("files",))
     folder = root / "yesno"
@@ -68,6 +80,7 @@ SPEC = DatasetSpec(
     variants={"easy": {"level": "easy"}, "hard": {"level": "hard"}}, question_suffix=SUFFIX,
     headline=key_metric("accuracy", "yes/no accuracy (%)", "Acc"),
     report_columns=(("Acc", "accuracy", 100.0), ("Yes %", "yes_ratio", 100.0)), write_tree=write_tree_yesno,
+    paired_units=paired_units,
 )
 
 
@@ -111,6 +124,12 @@ def test_a_registered_dataset_is_everywhere(yesno: DatasetSpec, tmp_path: Path,
     assert main(["score", "--dataset", "yesno", "--annotations", str(root / "yesno"),
                  "--predictions", str(predictions), "--parser", "lmms-eval"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(2 / 3)
+
+    # The paired comparison builds the row's units.
+    evaluate(model, get_method("random", budget=4), samples, tmp_path / "run-b", dataset="yesno-easy",
+             progress=False)
+    compared = compare_runs(tmp_path / "run", tmp_path / "run-b", n_resamples=200)
+    assert (compared["metric"], compared["a"], compared["b"], compared["n"]) == ("accuracy", 1.0, 1.0, 2)
 
     # The report reads the run folder with the row's columns.
     [entry] = load_entries([tmp_path / "run"])

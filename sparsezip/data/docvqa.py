@@ -6,10 +6,13 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from sparsezip import metrics
 from sparsezip.data.parquet import find_parquet_files, iter_parquet_rows
 from sparsezip.data.sample import Sample, require_file, resolve_inside
 from sparsezip.data.tiny import check_layout, image_bytes, image_cell, write_parquet
+from sparsezip.data.units import Units
 from sparsezip.jsonio import sha256_file
 
 _FIELDS = ("questionId", "question", "image", "answers")
@@ -74,6 +77,16 @@ def score(records: Sequence[Mapping], parser: str | None = None) -> dict:
     if parser not in (None, "official"):
         raise ValueError(f"DocVQA has no parser choice (ANLS scores the raw text), got parser={parser!r}")
     return metrics.docvqa_metrics([r["prediction"] for r in records], [r["answers"] for r in records])
+
+
+def paired_units(records: Sequence[Mapping], parser: str | None = None) -> Units:
+    """DocVQA records (``prediction``, ``answers``) -> :class:`Units` (ANLS; correctness = exact match)."""
+    scores = np.array([metrics.anls(r["prediction"], r["answers"]) for r in records])
+    correct = np.array([metrics.exact_match(r["prediction"], r["answers"]) == 1.0 for r in records])
+    answers = [" ".join(r["prediction"].strip().lower().split()) for r in records]
+    stats = np.stack([scores, np.ones_like(scores)], axis=1)
+    return Units(stats, np.zeros(len(records)), lambda s: s[..., 0] / s[..., 1], "anls", answers, correct,
+                 [""] * len(records))
 
 
 # The tiny fixture tree: (questionId, document number, question, answers).

@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from sparsezip import metrics
 from sparsezip.data.parquet import find_parquet_files, iter_parquet_rows
 from sparsezip.data.sample import Sample
 from sparsezip.data.tiny import check_layout, image_bytes, image_cell, write_parquet
+from sparsezip.data.units import Units
 from sparsezip.jsonio import sha256_file, sha256_files
 
 SUBTASKS = metrics.MME_SUBTASKS
@@ -155,6 +158,34 @@ def total_score(report: Mapping) -> float:
 def score_range(report: Mapping) -> float:
     """The total score's range: 200 per subtask present."""
     return SUBTASK_RANGE * len(report["subtasks"])
+
+
+def paired_units(records: Sequence[Mapping], parser: str = "official") -> Units:
+    """MME records (``question_id`` = ``subtask/image#k``, ``prediction``, ``answers``) -> :class:`Units`."""
+    groups = [image_group(str(r["question_id"])) for r in records]
+    subtasks = [g.split("/", 1)[0] for g in groups]
+    names = sorted(set(subtasks))
+    answers = [metrics.parse_mme_answer(r["prediction"], parser) for r in records]
+    correct = np.array([a == r["answers"][0].lower() for a, r in zip(answers, records, strict=True)])
+    images = list(dict.fromkeys(groups))
+    row = {g: i for i, g in enumerate(images)}
+    stats = np.zeros((len(images), 4 * len(names)))
+    all_right = np.ones(len(images), dtype=bool)
+    for group, subtask, ok in zip(groups, subtasks, correct, strict=True):
+        base = 4 * names.index(subtask)
+        stats[row[group], base] += ok
+        stats[row[group], base + 1] += 1
+        stats[row[group], base + 3] = 1
+        all_right[row[group]] &= bool(ok)
+    for i, group in enumerate(images):
+        stats[i, 4 * names.index(group.split("/", 1)[0]) + 2] = all_right[i]
+
+    def metric(sums: np.ndarray) -> np.ndarray:
+        blocks = sums.reshape(*sums.shape[:-1], len(names), 4)
+        return (100 * blocks[..., 0] / blocks[..., 1] + 100 * blocks[..., 2] / blocks[..., 3]).sum(axis=-1)
+
+    strata = np.asarray([g.split("/", 1)[0] for g in images])
+    return Units(stats, strata, metric, "total_score", answers, correct, subtasks)
 
 
 # The tiny fixture tree: subtask -> [(image stem, [(question, answer), (question, answer)])]; artwork is nested.

@@ -6,10 +6,13 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from sparsezip import metrics
 from sparsezip.data.parquet import find_parquet_files, iter_parquet_rows
 from sparsezip.data.sample import Sample, require_file, resolve_inside
 from sparsezip.data.tiny import check_layout, coco_name, image_bytes, image_cell, write_parquet
+from sparsezip.data.units import Units, f1_from_counts
 from sparsezip.jsonio import iter_jsonl, sha256_file
 
 CATEGORIES = ("random", "popular", "adversarial")
@@ -136,6 +139,26 @@ def score(records: Sequence[Mapping], parser: str | None = None) -> dict:
         preds.append(record["prediction"])
         labels.append(record["answers"][0])
     return metrics.pope_report(by_category, parser=parser or "official")
+
+
+def paired_units(records: Sequence[Mapping], parser: str = "official") -> Units:
+    """POPE records (``prediction``, ``answers``, ``category``) -> :class:`Units`."""
+    categories = [str(r.get("category", "")) for r in records]
+    names = sorted(set(categories))
+    answers = [metrics.parse_pope_answer(r["prediction"], parser) for r in records]
+    labels = [r["answers"][0] for r in records]
+    stats = np.zeros((len(records), 4 * len(names)))
+    for i, (cat, pred, label) in enumerate(zip(categories, answers, labels, strict=True)):
+        cell = {("yes", "yes"): 0, ("yes", "no"): 1, ("no", "yes"): 2, ("no", "no"): 3}.get((pred, label))
+        if cell is not None:  # the lmms-eval parser's "other" is neither a positive nor a negative prediction
+            stats[i, 4 * names.index(cat) + cell] = 1
+
+    def metric(sums: np.ndarray) -> np.ndarray:
+        blocks = sums.reshape(*sums.shape[:-1], len(names), 4)
+        return f1_from_counts(blocks[..., 0], blocks[..., 1], blocks[..., 2]).mean(axis=-1)
+
+    return Units(stats, np.asarray(categories), metric, "f1" if len(names) == 1 else "mean_f1", answers,
+                 np.array([p == g for p, g in zip(answers, labels, strict=True)]), categories)
 
 
 # The tiny fixture tree: category -> [(question_id, image number, object, label)].

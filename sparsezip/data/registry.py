@@ -37,7 +37,7 @@ _TABLE: tuple[DatasetSpec, ...] = (
         variants={c: {"category": c} for c in pope.CATEGORIES}, narrow_files=pope.variant_file,
         headline=HeadlineMetric("f1", pope.headline_f1, lambda _: 1.0, "POPE F1 (%)", "F1"),
         report_columns=(("F1", "f1", _PERCENT), ("Acc", "accuracy", _PERCENT), ("Yes %", "yes_ratio", _PERCENT)),
-        write_tree=pope.write_tree,
+        write_tree=pope.write_tree, paired_units=pope.paired_units,
     ),
     DatasetSpec(
         "mme", mme.load_files, mme.score, load_parquet=mme.load_parquet,
@@ -46,13 +46,13 @@ _TABLE: tuple[DatasetSpec, ...] = (
         headline=HeadlineMetric("total_score", mme.total_score, mme.score_range, "MME total score", "Total",
                                 display=1.0),
         report_columns=(("Perception", "perception", 1.0), ("Cognition", "cognition", 1.0)),
-        write_tree=mme.write_tree,
+        write_tree=mme.write_tree, paired_units=mme.paired_units,
     ),
     DatasetSpec(
         "docvqa", docvqa.load_files, docvqa.score, load_parquet=docvqa.load_parquet, folders=("docvqa", "DocVQA"),
         max_new_tokens=32, headline=key_metric("anls", "DocVQA ANLS (%)", "ANLS"),
         report_columns=(("ANLS", "anls", _PERCENT), ("EM", "exact_match", _PERCENT)),
-        write_tree=docvqa.write_tree,
+        write_tree=docvqa.write_tree, paired_units=docvqa.paired_units,
     ),
     DatasetSpec(
         "coco_captions", coco.load_files, coco.score, load_parquet=coco.load_parquet, folders=("coco",),

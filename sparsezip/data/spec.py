@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsezip.data.sample import Sample
+from sparsezip.data.units import Units
 
 Loader = Callable[..., Iterator[Sample]]
 # (header, key in the metrics dict, display factor): one report column.
@@ -73,6 +74,8 @@ class DatasetSpec:
         report_columns: the report's metric columns ``(header, metrics key, display factor)``.
         write_tree: ``(root, layout) -> dataset path``: a tiny deterministic tree in ``layout`` (``files`` /
             ``parquet``) for tests of the plumbing, or ``None``.
+        paired_units: ``(records, parser) -> Units`` for ``sparsezip compare`` (the headline as a function of
+            per-unit statistics, ``sparsezip/data/units.py``), or ``None`` (no paired comparison).
     """
 
     family: str
@@ -90,6 +93,7 @@ class DatasetSpec:
     headline: HeadlineMetric | None = None
     report_columns: tuple[ReportColumn, ...] = ()
     write_tree: Callable[[Path, str], Path] | None = None
+    paired_units: Callable[..., Units] | None = None
 
     def __post_init__(self) -> None:
         if not _FAMILY.fullmatch(self.family):
