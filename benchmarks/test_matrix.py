@@ -64,7 +64,7 @@ def test_case(case: Case, bench, bench_model, bench_samples, benchmark) -> None:
         warmup_rounds=1,
     )
     k_values = _k_values(run_dir) if calibration is not None else None
-    benchmark.extra_info.update(extra_info(case, method, summary, timed, num_patches=bench_model.num_patches,
+    benchmark.extra_info.update(extra_info(case, method, summary, timed, num_patches=bench_model.nominal_visual_tokens,
                                            calibration=calibration, k_values=k_values))
     benchmark.extra_info["torch_threads"] = bench.torch_threads
 

@@ -81,12 +81,18 @@ def test_model_identity_from_the_checkpoint_folder(tmp_path: Path) -> None:
     snapshot.mkdir(parents=True)
     assert model_name(snapshot) == "llava-1.5-7b-hf"
     assert model_name(tmp_path / "my-llava") == "my-llava"
-    (snapshot / "config.json").write_text('{"vision_config": {"image_size": 336, "patch_size": 14}}')
+    assert model_name("tiny-shapes") == "tiny-shapes"  # a registered embedded model keeps its name
+    # The count comes from the adapter that config.json's model_type names (so the config must name one).
+    (snapshot / "config.json").write_text(
+        '{"model_type": "llava", "vision_config": {"image_size": 336, "patch_size": 14}}')
     assert checkpoint_num_patches(snapshot) == 576
     with pytest.raises(ValueError, match="no checkpoint"):
         checkpoint_num_patches(tmp_path / "missing")
-    (snapshot / "config.json").write_text('{"vision_config": {}}')
+    (snapshot / "config.json").write_text('{"model_type": "llava", "vision_config": {}}')
     with pytest.raises(ValueError, match="image_size/patch_size"):
+        checkpoint_num_patches(snapshot)
+    (snapshot / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ValueError, match=r"model_type 'llama'.*has no adapter"):
         checkpoint_num_patches(snapshot)
 
 

@@ -14,8 +14,8 @@ from sparsezip.adapters.layerwise import repack_index, segments
 from sparsezip.adapters.llava import LlavaVLM
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.data.prompts import llava_v1_prompt
-from sparsezip.methods import base, get_method, list_methods, method_class, register_method
-from sparsezip.methods.base import LayerDecision, LayerPruner, LayerState
+from sparsezip.methods import get_method, list_methods, method_class, register_method
+from sparsezip.methods.base import LayerDecision, LayerPruner, LayerState, unregister_method
 from sparsezip.methods.none import NoCompression
 from sparsezip.testing.contract import check_declarations
 
@@ -63,10 +63,17 @@ class KeepAll(KeepFirstVisual):
 
 
 @pytest.fixture
-def registry(monkeypatch: pytest.MonkeyPatch):
-    """A private copy of the registry for one test: throwaway methods vanish afterwards."""
-    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
-    return register_method
+def registry():
+    """``registry(cls)`` registers a throwaway method for one test; it is unregistered afterwards."""
+    added: list[str] = []
+
+    def add(cls: type) -> type:
+        added.append(register_method(cls).name)
+        return cls
+
+    yield add
+    for name in added:
+        unregister_method(name)
 
 
 def test_a_new_in_llm_method_is_one_class_and_runs_batched(tiny_vlm: LlavaVLM, registry) -> None:
@@ -74,6 +81,7 @@ def test_a_new_in_llm_method_is_one_class_and_runs_batched(tiny_vlm: LlavaVLM, r
     assert "test-keep-first-visual" in list_methods() and method_class("test-keep-first-visual").stage == "llm"
     method = get_method("test-keep-first-visual", k=10)
     check_declarations(method)
+    assert method_class("test-keep-first-visual").benchmark.budgets  # the matrix would pick it up as well
     images = _images()
     batched = tiny_vlm.generate(images, PROMPTS, method=method, max_new_tokens=4)
     n = tiny_vlm.num_patches

@@ -82,7 +82,7 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
     kwargs = case.method_kwargs()
     if not case.row.calibrate_dynamic_k:
         return get_method(case.row.method, **kwargs), None
-    k_min, k_max = (scale_budget(b, model.num_patches) for b in DYNK_RANGE_LLAVA15)
+    k_min, k_max = (scale_budget(b, model.nominal_visual_tokens) for b in DYNK_RANGE_LLAVA15)
     fixed = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max)
     calibration = calibrate_on_samples(fixed, model, samples[:DYNK_CALIBRATION_IMAGES], case.family)
     method = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max, dynk=calibration.as_config())
@@ -99,7 +99,7 @@ def unreachable_reason(method: CompressionMethod, model: VisionLanguageModel) ->
     if not isinstance(method, LayerPruner) or text_config is None:
         return None
     try:
-        method.pruning_layers(model.num_patches, text_config.num_hidden_layers)
+        method.pruning_layers(model.nominal_visual_tokens, text_config.num_hidden_layers)
     except ValueError as err:
         return str(err)
     return None

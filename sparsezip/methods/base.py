@@ -2,7 +2,8 @@
 
 A new method subclasses :class:`CompressionMethod` (vision side: ``compress``) or :class:`LayerPruner` (inside
 the language model: ``pruning_layers`` + ``prune``), decorates itself with :func:`register_method` and is
-imported in ``sparsezip/methods/__init__.py``; it then gets every contract test and benchmark row for free.
+imported in ``sparsezip/methods/__init__.py``; it then gets every contract test and its benchmark rows
+(declared in its ``benchmark`` attribute) for free.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import ClassVar, Literal
 import torch
 
 from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.methods.rows import BenchmarkRows
 
 Stage = Literal["vision", "llm"]
 PositionPolicy = Literal["renumber", "original"]
@@ -32,6 +34,8 @@ class CompressionMethod(abc.ABC):
         stage: ``"vision"`` compresses between the vision tower and the projector; ``"llm"`` prunes inside
             the language model: such a method is a :class:`LayerPruner` (its ``compress`` only does the
             vision-side part, usually nothing) and adapters run it through their layer-wise decoder loop.
+        benchmark: the method's rows in the benchmark matrix (budgets, ablations, report order; see
+            ``sparsezip/methods/rows.py``); by default one row at the 64-token budget.
 
     Every method accepts ``budget``: the number of visual tokens fed to the LLM per image (for ``"llm"``
     methods, the layer-averaged equivalent). ``None`` means the method's own default configuration.
@@ -41,6 +45,7 @@ class CompressionMethod(abc.ABC):
     needs_attention: ClassVar[bool] = False
     needs_text: ClassVar[bool] = False
     stage: ClassVar[Stage] = "vision"
+    benchmark: ClassVar[BenchmarkRows] = BenchmarkRows()
 
     def __call__(self, ctx: VisionContext) -> CompressionResult:
         """Validate ``ctx`` against the declared needs, then :meth:`compress` it."""
@@ -184,6 +189,13 @@ def register_method(cls: type[CompressionMethod]) -> type[CompressionMethod]:
         raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__name__}")
     _REGISTRY[name] = cls
     return cls
+
+
+def unregister_method(name: str) -> None:
+    """Remove ``name`` from the registry (a test's throwaway method); ``ValueError`` if it is not there."""
+    if name not in _REGISTRY:
+        raise ValueError(f"method {name!r} is not registered")
+    del _REGISTRY[name]
 
 
 def get_method(name: str, **config: object) -> CompressionMethod:

@@ -43,6 +43,7 @@ from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.merging import density_peak_clusters, weighted_merge
 from sparsezip.methods.base import LayerDecision, LayerPruner, LayerState, register_method
 from sparsezip.methods.none import NoCompression
+from sparsezip.methods.rows import LLAVA15_BUDGETS, BenchmarkRows
 from sparsezip.selection import gather_tokens, mask_to_indices, topk_mask
 
 SPEC_NUM_PATCHES = 576
@@ -244,6 +245,7 @@ class SparseVLM(LayerPruner):
 
     name = "sparsevlm"
     needs_text = True
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=30)  # budgets = layer-averaged tokens
     position_policy = "renumber"  # v1.5 renumbers the surviving sequence contiguously
 
     def __init__(
