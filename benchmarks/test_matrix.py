@@ -1,7 +1,8 @@
 """The benchmark matrix: datasets x model x methods, one pytest case each (see ``sparsezip/bench/matrix.py``).
 
 Each case
-1. evaluates the method on the dataset through the runner, into its own resumable run folder;
+1. evaluates the method on the dataset through the runner, into its own resumable run folder (a method that
+   cannot run on the model as configured, e.g. an in-LLM budget out of reach, is skipped with the reason);
 2. times one fixed sample's generate call (batch 1) with pytest-benchmark: ``--benchmark-min-rounds`` rounds
    (default 5) after one warm-up round; timing is on only when benchmark output is asked for
    (``--benchmark-json/-save/-autosave/-compare``) and never under xdist;
@@ -20,7 +21,7 @@ import warnings
 
 import pytest
 
-from sparsezip.bench.cases import batch_size_for, build_method, case_dir, extra_info
+from sparsezip.bench.cases import batch_size_for, build_method, case_dir, extra_info, unreachable_reason
 from sparsezip.bench.expectations import ExpectationStore, check, expectation_key, headline, make_entry
 from sparsezip.bench.matrix import Case
 from sparsezip.data.prompts import build_prompt, dataset_question
@@ -38,6 +39,9 @@ def _k_values(run_dir) -> list[int]:
 def test_case(case: Case, bench, bench_model, bench_samples, benchmark) -> None:
     samples = bench_samples(case.dataset)
     method, calibration = build_method(case, bench_model, samples)
+    reason = unreachable_reason(method, bench_model)
+    if reason is not None:
+        pytest.skip(reason)
     if bench.device.type == "cuda":
         import torch
 

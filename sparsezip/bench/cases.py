@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from sparsezip.data.sample import Sample
     from sparsezip.methods.base import CompressionMethod
 
-# Vision-stage methods are evaluated in batches (answers do not depend on the batch: the adapter's tests
-# check batched == per-sample); in-LLM methods (SparseVLM) support batch size 1 only.
+# Every method is evaluated in batches (answers do not depend on the batch: the adapter's tests check
+# batched == per-sample, in-LLM methods included).
 EVAL_BATCH_SIZE = 8
 # Images the dynamic-K calibration looks at: enough for a stable mean K, cheap next to the evaluation.
 DYNK_CALIBRATION_IMAGES = 16
@@ -31,8 +31,9 @@ DYNK_RANGE_LLAVA15 = (32, 64)
 
 
 def batch_size_for(method: CompressionMethod) -> int:
-    """Evaluation batch size: :data:`EVAL_BATCH_SIZE` for vision-stage methods, 1 for in-LLM ones."""
-    return 1 if method.stage == "llm" else EVAL_BATCH_SIZE
+    """Evaluation batch size of ``method``: :data:`EVAL_BATCH_SIZE` for every stage (the layer-wise loop of
+    in-LLM methods is batched too)."""
+    return EVAL_BATCH_SIZE
 
 
 def dataset_fingerprint(sources: dict[str, str]) -> str | None:
@@ -86,6 +87,22 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
     calibration = calibrate_on_samples(fixed, model, samples[:DYNK_CALIBRATION_IMAGES], case.family)
     method = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max, dynk=calibration.as_config())
     return method, dataclasses.asdict(calibration)
+
+
+def unreachable_reason(method: CompressionMethod, model: VisionLanguageModel) -> str | None:
+    """Why ``method`` cannot run on ``model`` as configured, or ``None``: an in-LLM method whose schedule does not
+    fit the model (e.g. a SparseVLM budget below what its first pruning layer allows). The benchmark skips such
+    cases with this reason instead of failing them; a model without ``config.text_config`` is not checked."""
+    from sparsezip.methods.base import LayerPruner
+
+    text_config = getattr(getattr(model, "config", None), "text_config", None)
+    if not isinstance(method, LayerPruner) or text_config is None:
+        return None
+    try:
+        method.pruning_layers(model.nominal_visual_tokens, text_config.num_hidden_layers)
+    except ValueError as err:
+        return str(err)
+    return None
 
 
 def extra_info(case: Case, method: CompressionMethod, summary: dict, timed: GenerationOutput, *,
