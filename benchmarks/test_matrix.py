@@ -28,10 +28,14 @@ from sparsezip.data.prompts import build_prompt, dataset_question
 from sparsezip.eval.runner import PREDICTIONS_FILE, evaluate
 
 
-def _k_values(run_dir) -> list[int]:
-    """Dominant-token count K per evaluated sample, as the adapter reports it in ``extra["k"]``."""
+def _records(run_dir) -> list[dict]:
+    """The case's predictions records in dataset order."""
     with (run_dir / PREDICTIONS_FILE).open(encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
+        return sorted((json.loads(line) for line in fh if line.strip()), key=lambda r: r["index"])
+
+
+def _k_values(records: list[dict]) -> list[int]:
+    """Dominant-token count K per evaluated sample, as the adapter reports it in ``extra["k"]``."""
     return [int(r["extra"]["k"]) for r in records if "k" in (r.get("extra") or {})]
 
 
@@ -63,9 +67,10 @@ def test_case(case: Case, bench, bench_model, bench_samples, benchmark) -> None:
         rounds=bench.rounds,
         warmup_rounds=1,
     )
-    k_values = _k_values(run_dir) if calibration is not None else None
+    records = _records(run_dir)
+    k_values = _k_values(records) if calibration is not None else None
     benchmark.extra_info.update(extra_info(case, method, summary, timed, num_patches=bench_model.nominal_visual_tokens,
-                                           calibration=calibration, k_values=k_values))
+                                           calibration=calibration, k_values=k_values, records=records))
     benchmark.extra_info["torch_threads"] = bench.torch_threads
 
     measured = headline(case.family, summary["metrics"])

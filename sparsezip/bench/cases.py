@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from sparsezip.bench.expectations import headline
 from sparsezip.bench.matrix import Case, scale_budget
+from sparsezip.data.records import compact_records
 
 if TYPE_CHECKING:
     from sparsezip.adapters.api import GenerationOutput, VisionLanguageModel
@@ -107,13 +108,15 @@ def unreachable_reason(method: CompressionMethod, model: VisionLanguageModel) ->
 
 def extra_info(case: Case, method: CompressionMethod, summary: dict, timed: GenerationOutput, *,
                num_patches: int, calibration: dict | None = None,
-               k_values: Sequence[int] | None = None) -> dict:
+               k_values: Sequence[int] | None = None, records: Sequence[dict] | None = None) -> dict:
     """What a case records in ``benchmark.extra_info`` (so a saved run holds quality and cost together).
 
     Args:
         summary: the runner's ``summary.json`` content.
         timed: the output of the timed generate call (one fixed sample, batch 1).
         calibration / k_values: dynamic-K rows: the calibration and K per evaluated sample.
+        records: the run's predictions records (dataset order); their scoring fields are kept column-wise
+            (``records``), so a saved run supports paired statistics (``sparsezip report``, ``compare``).
     """
     tokens = summary["tokens"]
     visual = tokens["visual"]
@@ -154,6 +157,8 @@ def extra_info(case: Case, method: CompressionMethod, summary: dict, timed: Gene
         stats["dynk_calibration"] = calibration
     if k_values:
         stats["k_distribution"] = k_distribution(k_values)
+    if records:
+        stats["records"] = compact_records(records)
     return json.loads(json.dumps(stats))  # plain JSON types only (no tensors, tuples or numpy scalars)
 
 
