@@ -200,3 +200,9 @@ def test_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ours = sparsezip_score(rows, tmp_path, capsys, parser="lmms-eval")
     assert results["results"][TASK]["pope_f1_score,none"] == pytest.approx(ours["f1"], abs=1e-12)
     assert results["results"][TASK]["pope_accuracy,none"] == pytest.approx(ours["accuracy"], abs=1e-12)
+
+
+def test_several_processes_are_refused(lmms_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"runs in one process \(WORLD_SIZE=2\)"):
+        lmms_evaluate("method=none", tmp_path)

@@ -75,6 +75,7 @@ def test_generation_settings_of_a_pope_request() -> None:
     assert (s.max_new_tokens, s.num_beams, s.until) == (16, 1, ("\n\n",))
     assert generation_settings({}).max_new_tokens == DEFAULT_MAX_NEW_TOKENS
     assert generation_settings({"until": None, "num_beams": 3}).until == ()
+    assert generation_settings({"image_aspect_ratio": "original"}) == generation_settings({})
 
 
 @pytest.mark.parametrize(

@@ -15,14 +15,16 @@ What lands where: every answer is returned as lmms-eval's ``GenerationResult`` w
 (``--log_samples``); per ``generate_until`` call the means go to lmms-eval's ``log_metrics`` and appear in the
 results JSON under ``throughput`` as ``avg_sparsezip_visual_tokens``, ``avg_sparsezip_vision_ms``, ...
 
-Limits (each a clear error, never a silent fallback): one image per request (LLaVA-1.5), no video/audio or
-text-only requests, greedy or beam decoding only (no sampling), ``generate_until`` tasks only (no
-loglikelihood / multi-round), one process (run several lmms-eval processes on shards of a task otherwise).
+Limits (each a clear error): one image per request (LLaVA-1.5), no video/audio or text-only requests, greedy
+or beam decoding only (no sampling; ``image_aspect_ratio`` is ignored, the checkpoint's processor preprocesses),
+``generate_until`` tasks only (no loglikelihood / multi-round / visual CoT), one process (``WORLD_SIZE > 1`` is
+refused: run several lmms-eval processes on ``--limit/--offset`` slices of a task instead).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -101,6 +103,10 @@ class SparseZipLMM(lmms):
             raise ValueError(f"unknown --model_args for sparsezip: {sorted(unknown)}; known: {list(self._KNOWN_ARGS)}")
         if not pretrained:
             raise ValueError("--model_args pretrained=PATH (a local checkpoint folder) is required")
+        world_size = os.environ.get("WORLD_SIZE", "1")
+        if world_size != "1":
+            raise ValueError(f"--model sparsezip runs in one process (WORLD_SIZE={world_size}); run one lmms-eval "
+                             "process per --limit/--offset slice instead")
         build_prompt("", prompt_style, chat_prompt=lambda q: q)  # refuse an unknown style before loading
         self.method = build_method(str(method), budget, method_config)
         self.batch_size = parse_batch_size(batch_size)

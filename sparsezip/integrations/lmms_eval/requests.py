@@ -35,7 +35,13 @@ if TYPE_CHECKING:
 DEFAULT_MAX_NEW_TOKENS = 1024
 # gen_kwargs that only shape sampling: harmless (ignored) when decoding greedily or with beams.
 _SAMPLING_ONLY_KEYS = frozenset({"temperature", "top_p", "top_k", "typical_p"})
-_HANDLED_KEYS = frozenset({"max_new_tokens", "num_beams", "until", "do_sample", "use_cache"}) | _SAMPLING_ONLY_KEYS
+# Read by lmms-eval's original-LLaVA model for its own image preprocessing; here the checkpoint's processor
+# preprocesses every image (llava-hf: resize + center crop), so it is ignored.
+_PREPROCESSING_KEYS = frozenset({"image_aspect_ratio"})
+_HANDLED_KEYS = (
+    frozenset({"max_new_tokens", "num_beams", "until", "do_sample", "use_cache"}) | _SAMPLING_ONLY_KEYS
+    | _PREPROCESSING_KEYS
+)
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,9 @@ class GenerationSettings:
 def generation_settings(gen_kwargs: Mapping) -> GenerationSettings:
     """Read a request's ``gen_kwargs``. The adapter decodes greedily (or with beams), so a request that asks
     for sampling (``do_sample`` true, or ``temperature > 0`` which lmms-eval's HF models treat as sampling) or
-    for a decoding option the adapter lacks (``repetition_penalty`` ...) is a ``ValueError`` naming it."""
+    for a decoding option the adapter lacks (``repetition_penalty`` ...) is a ``ValueError`` naming it.
+    ``image_aspect_ratio`` (an original-LLaVA preprocessing switch) is ignored: the checkpoint's processor
+    preprocesses the image."""
     unknown = sorted(set(gen_kwargs) - _HANDLED_KEYS)
     if unknown:
         raise ValueError(
