@@ -3,7 +3,8 @@ fixtures shared by ``tests/`` and ``benchmarks/``.
 
 Options (all optional; with none given the suite runs on CPU on the embedded default model and data):
     --gpu                run on CUDA (a usage error if CUDA is unavailable; never a silent skip)
-    --model-path DIR     a LLaVA checkpoint (e.g. llava-1.5-7b-hf) instead of the embedded tiny model
+    --model-path DIR     a checkpoint (e.g. llava-1.5-7b-hf; its adapter picked by config.json's model_type)
+                         or an embedded model's name, instead of the embedded tiny model (tiny-shapes)
     --data-root DIR      real datasets instead of the synthetic fixtures
     --limit N            evaluate at most N samples per dataset
     --methods A,B        only these methods (registry or row names, e.g. sparsezip-notext) in the matrix
@@ -52,7 +53,8 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("sparsezip")
     group.addoption("--gpu", action="store_true", help="run on CUDA (error if CUDA is unavailable)")
-    group.addoption("--model-path", default=None, help="LLaVA checkpoint directory (default: embedded tiny model)")
+    group.addoption("--model-path", default=None,
+                    help="checkpoint directory or embedded model name (default: the embedded tiny-shapes)")
     group.addoption("--data-root", default=os.environ.get("SPARSEZIP_DATA"),
                     help="root of real datasets (default: $SPARSEZIP_DATA, else the synthetic fixtures)")
     group.addoption("--limit", type=int, default=None, help="at most N samples per dataset")

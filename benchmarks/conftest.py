@@ -22,7 +22,6 @@ from sparsezip.bench.matrix import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL_PATH = REPO_ROOT / "fixtures" / "tiny-llava"
 DEFAULT_DATA_ROOT = REPO_ROOT / "fixtures" / "data"
 EXPECTED_DIR = REPO_ROOT / "fixtures" / "expected"
 _CASES = pytest.StashKey[dict]()
@@ -51,9 +50,13 @@ class BenchSettings:
 
 @cache
 def _model_identity(model_path: str | None) -> tuple[Path, str, int]:
-    path = Path(model_path) if model_path else DEFAULT_MODEL_PATH
-    name = model_name(path) if model_path else DEFAULT_MODEL_NAME
+    """``(checkpoint folder, name in case ids, nominal visual tokens)`` of ``--model-path`` (a folder or an
+    embedded model's name; default: the embedded ``tiny-shapes``), from its config alone."""
+    from sparsezip.adapters.registry import resolve_model
+
     try:
+        path, _ = resolve_model(model_path or DEFAULT_MODEL_NAME)
+        name = model_name(model_path) if model_path else DEFAULT_MODEL_NAME
         return path, name, checkpoint_num_patches(path)
     except ValueError as err:
         hint = "" if model_path else " (the embedded default: `sparsezip train-tiny` writes it)"
@@ -127,10 +130,11 @@ def bench(request: pytest.FixtureRequest, device: torch.device):
 
 @pytest.fixture(scope="session")
 def bench_model(bench: BenchSettings):
-    """The model, loaded once per session (per xdist worker) with the LLaVA adapter."""
-    from sparsezip.adapters.llava import load_llava
+    """The model, loaded once per session (per xdist worker) through the model registry (the adapter its
+    ``config.json`` names)."""
+    from sparsezip.adapters.registry import load_model
 
-    return load_llava(bench.model_path, device=bench.device, dtype=bench.dtype)
+    return load_model(bench.model_path, device=bench.device, dtype=bench.dtype)
 
 
 @pytest.fixture(scope="session")
@@ -160,6 +164,8 @@ def bench_samples(bench: BenchSettings):
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    model = config.getoption("--model-path") or f"{DEFAULT_MODEL_PATH} ({DEFAULT_MODEL_NAME})"
+    from sparsezip.adapters.registry import embedded_model
+
+    model = config.getoption("--model-path") or f"{DEFAULT_MODEL_NAME} ({embedded_model(DEFAULT_MODEL_NAME).path})"
     data = config.getoption("--data-root") or DEFAULT_DATA_ROOT
     return [f"sparsezip benchmarks: model {model}; data {data}"]

@@ -20,17 +20,20 @@ def check_budget_fits(method: str, budget: int, num_patches: int) -> None:
         raise ValueError(f"{method}: budget={budget} exceeds the {num_patches} patches available")
 
 
-def split_budget(budget: int, cls_tokens: int, dominant_weight: float, contextual_weight: float) -> tuple[int, int]:
-    """Split ``budget - cls_tokens`` visual tokens into (dominant, contextual) in the given ratio.
+def split_budget(
+    budget: int, prefix_tokens: int, dominant_weight: float, contextual_weight: float
+) -> tuple[int, int]:
+    """Split ``budget - prefix_tokens`` visual tokens into (dominant, contextual) in the given ratio.
 
-    ``dominant = round((budget - cls) * wd / (wd + wc))`` (Python rounding: half to even), contextual = the
-    rest, so ``cls + dominant + contextual == budget`` exactly. E.g. 64 with CLS at 54:32 -> (40, 23).
+    ``prefix_tokens`` are the protected tokens the output keeps verbatim (CLIP's CLS: 1; none: 0).
+    ``dominant = round((budget - prefix) * wd / (wd + wc))`` (Python rounding: half to even), contextual = the
+    rest, so ``prefix + dominant + contextual == budget`` exactly. E.g. 64 with CLS at 54:32 -> (40, 23).
     """
-    if budget < cls_tokens:
-        raise ValueError(f"budget={budget} is smaller than the {cls_tokens} CLS token(s) it must include")
+    if budget < prefix_tokens:
+        raise ValueError(f"budget={budget} is smaller than the {prefix_tokens} prefix (CLS) token(s) it must include")
     if dominant_weight < 0 or contextual_weight < 0 or dominant_weight + contextual_weight <= 0:
         raise ValueError(f"invalid split ratio {dominant_weight}:{contextual_weight}")
-    rest = budget - cls_tokens
+    rest = budget - prefix_tokens
     dominant = round(rest * dominant_weight / (dominant_weight + contextual_weight))
     return dominant, rest - dominant
 

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "smoke": "sparsezip.commands.smoke",
     "eval": "sparsezip.commands.eval",
     "score": "sparsezip.commands.score",
+    "compare": "sparsezip.commands.compare",
     "merge": "sparsezip.commands.merge",
     "calibrate": "sparsezip.commands.calibrate",
     "report": "sparsezip.commands.report",

@@ -1,7 +1,8 @@
 """The two data contracts every compression method speaks: what it gets, what it returns.
 
-Shapes use B = batch, N = vision tokens including CLS at index 0 (577 for CLIP ViT-L/14-336),
-C = vision hidden size (1024), Dk = head dim of the averaged keys (64), H = attention heads (16).
+Shapes use B = batch rows (one image, or one crop of an image, per row), N = vision tokens per row: ``prefix``
+protected tokens first (CLIP's CLS: 1; 0 for towers without one), then the patches (577 = 1 + 576 for CLIP
+ViT-L/14-336), C = vision hidden size (1024), Dk = head dim of the averaged keys (64), H = attention heads (16).
 """
 
 from __future__ import annotations
@@ -17,17 +18,24 @@ class VisionContext:
     """Everything a method may read from the vision tower's selected layer (layer -2 by default).
 
     Attributes:
-        hidden: ``[B, N, C]`` the layer's output hidden states, CLS at index 0. This is what gets
-            selected / merged and then projected into the LLM.
+        hidden: ``[B, N, C]`` the layer's output hidden states: ``prefix`` protected tokens (CLS) first, then
+            the patches in raster order. This is what gets selected / merged and then projected into the LLM.
         keys: ``[B, N, Dk]`` the layer's key projection (bias included, no scaling), reshaped to heads
             and averaged over heads.
-        cls_attn: ``[B, H, N]`` the CLS query's softmax attention row over all keys inside that layer,
-            or ``None`` when the caller could not provide it (methods with ``needs_attention`` refuse).
+        cls_attn: ``[B, H, N]`` the CLS query's softmax attention row over all keys inside that layer (for a
+            tower without CLS, ``prefix == 0``, the adapter's substitute row), or ``None`` when the caller
+            could not provide it (methods with ``needs_attention`` refuse).
         text_query: ``[B, C]`` the question already mapped into vision hidden space (see
             ``sparsezip.adapters.llava``), or ``None`` for no text awareness.
         sample_seeds: ``[B]`` int64, one seed per image for methods that draw random numbers, so an image's
             result does not depend on the batch it is in (the LLaVA adapter derives them from the image's
             pixels); ``None`` = every image uses seed 0.
+        prefix: how many leading tokens of every row are protected, non-patch tokens (1 for CLIP's CLS, 0 for
+            towers without one). Methods score, select and merge only the ``N - prefix`` patches and decide
+            themselves whether to keep the prefix tokens verbatim or drop them; they never merge them.
+        image_index: ``[B]`` int64, the image each row belongs to, for models that feed several crops of one
+            image (LLaVA-NeXT's base view + tiles): non-decreasing, starting at 0, no gaps (an image's crops
+            are adjacent rows). ``None`` = one image per row (``arange(B)``).
     """
 
     hidden: torch.Tensor
@@ -35,13 +43,19 @@ class VisionContext:
     cls_attn: torch.Tensor | None = None
     text_query: torch.Tensor | None = None
     sample_seeds: torch.Tensor | None = None
+    prefix: int = 1
+    image_index: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.hidden.ndim != 3:
             raise ValueError(f"VisionContext.hidden must be [B, N, C], got shape {tuple(self.hidden.shape)}")
         b, n, c = self.hidden.shape
-        if n < 2:
-            raise ValueError(f"VisionContext.hidden needs CLS plus at least one patch, got N={n}")
+        if isinstance(self.prefix, bool) or not isinstance(self.prefix, int) or self.prefix < 0:
+            raise ValueError(f"VisionContext.prefix must be an int >= 0, got prefix={self.prefix!r}")
+        if n < self.prefix + 1:
+            raise ValueError(
+                f"VisionContext.hidden needs its prefix={self.prefix} token(s) plus at least one patch, got N={n}"
+            )
         if self.keys.ndim != 3 or self.keys.shape[:2] != (b, n):
             raise ValueError(
                 f"VisionContext.keys must be [B={b}, N={n}, Dk], got shape {tuple(self.keys.shape)}"
@@ -62,6 +76,8 @@ class VisionContext:
                 f"VisionContext.sample_seeds must be int64 [B={b}], got {self.sample_seeds.dtype} "
                 f"{tuple(self.sample_seeds.shape)}"
             )
+        if self.image_index is not None:
+            _check_image_index(self.image_index, b)
 
     @property
     def batch_size(self) -> int:
@@ -69,13 +85,25 @@ class VisionContext:
 
     @property
     def num_tokens(self) -> int:
-        """N, CLS included."""
+        """N, the prefix (CLS) included."""
         return self.hidden.shape[1]
 
     @property
     def num_patches(self) -> int:
-        """N - 1: the patch tokens LLaVA would feed the LLM uncompressed (576 for LLaVA-1.5)."""
-        return self.hidden.shape[1] - 1
+        """N - prefix: the patch tokens of a row, what LLaVA feeds the LLM uncompressed (576 for LLaVA-1.5)."""
+        return self.hidden.shape[1] - self.prefix
+
+    @property
+    def images(self) -> torch.Tensor:
+        """``[B]`` int64: the image of every row (``image_index``, or ``arange(B)`` for one image per row)."""
+        if self.image_index is not None:
+            return self.image_index
+        return torch.arange(self.batch_size, device=self.hidden.device)
+
+    @property
+    def num_images(self) -> int:
+        """How many distinct images the B rows hold."""
+        return int(self.image_index[-1]) + 1 if self.image_index is not None else self.batch_size
 
     @property
     def grid_size(self) -> int:
@@ -86,6 +114,21 @@ class VisionContext:
         return side
 
 
+def _check_image_index(image_index: torch.Tensor, batch: int) -> None:
+    """``image_index`` must be int64 ``[B]``, start at 0 and step by 0 or 1 (an image's crops are adjacent)."""
+    if tuple(image_index.shape) != (batch,) or image_index.dtype != torch.long:
+        raise ValueError(
+            f"VisionContext.image_index must be int64 [B={batch}], got {image_index.dtype} "
+            f"{tuple(image_index.shape)}"
+        )
+    steps = image_index[1:] - image_index[:-1]
+    if batch and (int(image_index[0]) != 0 or bool(((steps < 0) | (steps > 1)).any())):
+        raise ValueError(
+            "VisionContext.image_index must start at 0 and be non-decreasing without gaps (an image's crops on "
+            f"adjacent rows), got {image_index.tolist()}"
+        )
+
+
 @dataclass
 class CompressionResult:
     """What a method hands to the projector.
@@ -94,10 +137,10 @@ class CompressionResult:
         tokens: ``[B, T, C]`` compressed pre-projector tokens, image b's real tokens first, zero-padded to
             the batch maximum T.
         lengths: ``[B]`` int64, real tokens per image (``lengths.max() == T``).
-        kept_index: ``[B, Kmax]`` int64, source index (into N, CLS = 0) of each dominant / kept token, in
-            output order, ``-1`` padded.
+        kept_index: ``[B, Kmax]`` int64, source index (into N, prefix tokens first) of each dominant / kept
+            token, in output order, ``-1`` padded.
         assignment: ``[B, N]`` int64, the output slot (into T) every source token went to; ``-1`` = dropped.
-        k: ``[B]`` int64, number of dominant tokens chosen per image (excluding CLS and merged tokens).
+        k: ``[B]`` int64, number of dominant tokens chosen per row (excluding prefix and merged tokens).
         info: free-form per-call statistics (e.g. per-layer counts for in-LLM methods); JSON-friendly values.
     """
 

@@ -1,7 +1,9 @@
 """Lay out ``[kept tokens (ascending source index), contextual tokens]`` as a padded CompressionResult.
 
 Shared by every vision-side method: selection methods pass a keep mask, merging methods add contextual tokens
-and the source-token -> contextual-slot labels. CLS is source index 0, so a kept CLS always comes first.
+and the source-token -> contextual-slot labels. The ``prefix`` protected tokens (CLS) are the first source
+indices, so kept prefix tokens always come first; :func:`with_prefix` puts a patch-level mask or label row back
+in front of them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,21 @@ import torch.nn.functional as F
 
 from sparsezip.context import CompressionResult
 from sparsezip.selection import gather_tokens, mask_to_indices
+
+
+def with_prefix(patch_values: torch.Tensor, prefix: int, value: bool | int) -> torch.Tensor:
+    """Prepend ``prefix`` columns filled with ``value`` to a per-patch row, giving a per-source-token row.
+
+    patch_values: ``[B, M]`` (a bool keep mask or int64 slot labels over the patches) -> ``[B, prefix + M]``
+    of the same dtype. E.g. ``with_prefix(dominant, ctx.prefix, True)`` keeps CLS; ``with_prefix(labels,
+    ctx.prefix, -1)`` leaves the prefix tokens unmerged.
+    """
+    if patch_values.ndim != 2:
+        raise ValueError(f"patch_values must be [B, M], got shape {tuple(patch_values.shape)}")
+    if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
+        raise ValueError(f"prefix must be an int >= 0, got prefix={prefix!r}")
+    head = torch.full((patch_values.shape[0], prefix), value, dtype=patch_values.dtype, device=patch_values.device)
+    return torch.cat([head, patch_values], dim=1)
 
 
 def assemble(

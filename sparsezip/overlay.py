@@ -23,11 +23,13 @@ def slot_colour(slot: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def patch_roles(kept_index: torch.Tensor, assignment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per patch (CLS excluded): ``(is_dominant [P] bool, slot [P] int64)``.
+def patch_roles(
+    kept_index: torch.Tensor, assignment: torch.Tensor, *, prefix: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch (the ``prefix`` protected tokens, CLIP's CLS, excluded): ``(is_dominant [P] bool, slot [P] int64)``.
 
-    kept_index: ``[K]`` source indices (into N, CLS = 0) of the dominant tokens, ``-1`` padded; assignment:
-    ``[N]`` output slot of every source token, ``-1`` = dropped. ``P = N - 1``.
+    kept_index: ``[K]`` source indices (into N, prefix first) of the dominant tokens, ``-1`` padded; assignment:
+    ``[N]`` output slot of every source token, ``-1`` = dropped. ``P = N - prefix``.
     """
     if kept_index.ndim != 1 or assignment.ndim != 1:
         raise ValueError(
@@ -37,23 +39,27 @@ def patch_roles(kept_index: torch.Tensor, assignment: torch.Tensor) -> tuple[tor
     valid = kept_index[(kept_index >= 0) & (kept_index < n)]
     dominant = torch.zeros(n, dtype=torch.bool)
     dominant[valid.cpu()] = True
-    return dominant[1:], assignment[1:].cpu().long()
+    if not 0 <= prefix < n:
+        raise ValueError(f"prefix must lie in [0, N={n}), got prefix={prefix}")
+    return dominant[prefix:], assignment[prefix:].cpu().long()
 
 
 def draw_token_overlay(
-    image: Image.Image, kept_index: torch.Tensor, assignment: torch.Tensor, *, cell: int | None = None
+    image: Image.Image, kept_index: torch.Tensor, assignment: torch.Tensor, *, cell: int | None = None,
+    prefix: int = 1,
 ) -> Image.Image:
     """The overlay for one image.
 
     image: the (square) image the tower saw; kept_index ``[K]`` / assignment ``[N]`` as in
-    :class:`~sparsezip.context.CompressionResult` for this image, with ``N - 1`` a square number of patches.
+    :class:`~sparsezip.context.CompressionResult` for this image, with ``N - prefix`` a square number of patches
+    (``prefix``: ``VisionContext.prefix``, 1 = CLIP's CLS).
     ``cell``: pixels per patch in the output (the output is ``grid * cell`` pixels square); default: about
     450 pixels in all.
     """
     from PIL import Image as PILImage
     from PIL import ImageDraw
 
-    dominant, slots = patch_roles(kept_index, assignment)
+    dominant, slots = patch_roles(kept_index, assignment, prefix=prefix)
     grid = round(dominant.numel() ** 0.5)
     if grid * grid != dominant.numel():
         raise ValueError(f"{dominant.numel()} patches do not form a square grid")

@@ -1,7 +1,7 @@
 """Pure per-patch score functions (``specs/methods.md`` section 1, steps 1-2).
 
-Every function maps batched tensors to ``[B, M]`` scores over the M patches (CLS already excluded by the
-caller) and computes in float32 whatever the input dtype, so float16/bfloat16 inputs give the same ranking
+Every function maps batched tensors to ``[B, M]`` scores over the M patches (the ``prefix`` protected tokens,
+CLIP's CLS, already excluded by the caller, or by ``prefix`` where a function gets all N tokens) and computes in float32 whatever the input dtype, so float16/bfloat16 inputs give the same ranking
 as float32 up to input rounding.
 """
 
@@ -33,13 +33,16 @@ def zscore(values: torch.Tensor, eps: float = ZSCORE_EPS) -> torch.Tensor:
     return (v - mean) / (std + eps)
 
 
-def cls_attention(cls_attn: torch.Tensor) -> torch.Tensor:
+def cls_attention(cls_attn: torch.Tensor, *, prefix: int) -> torch.Tensor:
     """Mean over heads of the CLS query's attention row, patches only.
 
-    cls_attn: ``[B, H, N]`` (index 0 = CLS) -> ``[B, N - 1]`` float32.
+    cls_attn: ``[B, H, N]`` over all N tokens, the first ``prefix`` of them protected (CLS; ``prefix = 1`` for
+    CLIP, 0 for towers without CLS) -> ``[B, N - prefix]`` float32.
     """
     _check_ndim("cls_attn", cls_attn, 3, "[B, H, N]")
-    return cls_attn[:, :, 1:].float().mean(dim=1)
+    if isinstance(prefix, bool) or not isinstance(prefix, int) or not 0 <= prefix < cls_attn.shape[2]:
+        raise ValueError(f"prefix must be an int in [0, N={cls_attn.shape[2]}), got prefix={prefix!r}")
+    return cls_attn[:, :, prefix:].float().mean(dim=1)
 
 
 def channel_entropy(keys: torch.Tensor, tau: float) -> torch.Tensor:

@@ -22,10 +22,10 @@ def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_vlm(tiny_llava_dir: Path):
-    """That checkpoint behind the adapter (``sparsezip.adapters.llava.load_llava``). Tests must not modify it."""
-    from sparsezip.adapters.llava import load_llava
+    """That checkpoint behind the adapter, loaded through the model registry. Tests must not modify it."""
+    from sparsezip.adapters.registry import load_model
 
-    return load_llava(tiny_llava_dir)
+    return load_model(tiny_llava_dir)
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +49,8 @@ def embedded_plain():
 
 @pytest.fixture(scope="session")
 def embedded_vlm():
-    """The committed embedded default behind the adapter, once per session. Tests must not modify it."""
-    from sparsezip.adapters.llava import load_llava
+    """The committed embedded default behind the adapter, loaded by its registered name, once per session. Tests
+    must not modify it."""
+    from sparsezip.adapters.registry import load_model
 
-    return load_llava(EMBEDDED_MODEL)
+    return load_model("tiny-shapes")

@@ -125,8 +125,10 @@ def test_visual_positions_fed_equal_the_methods_token_count(vlm: LlavaVLM, batch
     assert torch.equal(fed, prepared.result.lengths)
     outputs = batched_run(name)
     text_tokens = prepared.attention_mask.sum(dim=1) - fed
+    assert prepared.uncompressed.tolist() == [vlm.nominal_visual_tokens] * len(IMAGES) == [144] * len(IMAGES)
     for b, out in enumerate(outputs):
         assert out.prefill_tokens == int(prepared.attention_mask[b].sum())
+        assert out.uncompressed_visual_tokens == 144  # every LLaVA-1.5 image: all its patches
         if is_llm_stage(name):
             assert out.visual_tokens == pytest.approx(np.mean(out.visual_tokens_per_layer))
             assert len(out.visual_tokens_per_layer) == vlm.model.config.text_config.num_hidden_layers

@@ -14,6 +14,7 @@ from sparsezip.bench.cases import (
     extra_info,
     k_distribution,
     run_fingerprint,
+    unreachable_reason,
 )
 from sparsezip.bench.matrix import build_matrix, checkpoint_num_patches, model_name
 from sparsezip.context import CompressionResult, VisionContext
@@ -80,12 +81,18 @@ def test_model_identity_from_the_checkpoint_folder(tmp_path: Path) -> None:
     snapshot.mkdir(parents=True)
     assert model_name(snapshot) == "llava-1.5-7b-hf"
     assert model_name(tmp_path / "my-llava") == "my-llava"
-    (snapshot / "config.json").write_text('{"vision_config": {"image_size": 336, "patch_size": 14}}')
+    assert model_name("tiny-shapes") == "tiny-shapes"  # a registered embedded model keeps its name
+    # The count comes from the adapter that config.json's model_type names (so the config must name one).
+    (snapshot / "config.json").write_text(
+        '{"model_type": "llava", "vision_config": {"image_size": 336, "patch_size": 14}}')
     assert checkpoint_num_patches(snapshot) == 576
     with pytest.raises(ValueError, match="no checkpoint"):
         checkpoint_num_patches(tmp_path / "missing")
-    (snapshot / "config.json").write_text('{"vision_config": {}}')
+    (snapshot / "config.json").write_text('{"model_type": "llava", "vision_config": {}}')
     with pytest.raises(ValueError, match="image_size/patch_size"):
+        checkpoint_num_patches(snapshot)
+    (snapshot / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ValueError, match=r"model_type 'llama'.*has no adapter"):
         checkpoint_num_patches(snapshot)
 
 
@@ -150,3 +157,12 @@ def test_dynamic_k_row_is_calibrated_to_the_budget(tiny_vlm, tmp_path: Path) -> 
     plain, none_calibration = build_method(next(iter(build_matrix("tiny", 144, methods=["visionzip"]))),
                                            tiny_vlm, samples)
     assert none_calibration is None and plain.name == "visionzip"
+
+
+def test_in_llm_methods_run_batched_and_unreachable_budgets_are_named(tiny_vlm) -> None:
+    assert batch_size_for(get_method("sparsevlm")) == batch_size_for(get_method("none")) > 1
+    assert unreachable_reason(get_method("sparsevlm", budget=48), tiny_vlm) is None
+    assert unreachable_reason(get_method("visionzip", budget=16), tiny_vlm) is None
+    reason = unreachable_reason(get_method("sparsevlm", budget=16), tiny_vlm)  # 144 patches x 4 layers
+    assert reason is not None and "out of reach" in reason and "38.50 to 144.00" in reason
+    assert unreachable_reason(get_method("sparsevlm", budget=16), FakeVisionLanguageModel(grid=12)) is None

@@ -217,3 +217,25 @@ def test_summary_of_an_in_llm_method_reports_per_layer_means(pope: list, tmp_pat
     summary = summarize(config, records, expected=2, peak=(1, "x"), environment={}, kv_bytes_per_token=None)
     assert summary["tokens"]["visual_per_layer_mean"] == [576.0, 307.0, 112.0]
     assert summary["memory"]["kv_cache_saved_bytes_per_sample"] is None
+
+
+def test_kv_bytes_saved_use_each_records_own_uncompressed_count(pope: list, tmp_path: Path) -> None:
+    run(pope[:3], tmp_path / "out")
+    records = read(tmp_path / "out" / "predictions.jsonl")
+    assert [r["uncompressed_visual_tokens"] for r in records] == [16, 16, 16]  # the fake's 4 x 4 grid
+    # Images of different sizes (LLaVA-NeXT): 20 and 10 tokens uncompressed; a record without the field
+    # (an older run) counts the run's nominal 16.
+    records[0]["uncompressed_visual_tokens"], records[1]["uncompressed_visual_tokens"] = 20, 10
+    del records[2]["uncompressed_visual_tokens"]
+    config = json.loads((tmp_path / "out" / "run.json").read_text())
+    summary = summarize(config, records, expected=3, peak=(1, "x"), environment={}, kv_bytes_per_token=2.0)
+    assert summary["tokens"]["uncompressed_mean"] == pytest.approx((20 + 10 + 16) / 3)
+    assert summary["memory"]["kv_cache_saved_bytes_per_sample"] == pytest.approx((16 + 6 + 12) / 3 * 2.0)
+
+
+def test_a_model_without_cls_runs_every_method_on_its_patches(pope: list, tmp_path: Path) -> None:
+    model = FakeVisionLanguageModel(prefix=0)
+    for name, visual in (("none", 16.0), ("visionzip", 8.0), ("random", 8.0), ("pool", 8.0)):
+        budget = None if name == "none" else 8
+        summary = run(pope[:2], tmp_path / name, model=model, method=get_method(name, budget=budget))
+        assert summary["tokens"]["visual"]["mean"] == visual and summary["tokens"]["uncompressed_mean"] == 16.0

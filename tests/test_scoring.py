@@ -50,9 +50,10 @@ def test_mi_proxy_is_high_for_a_patch_with_one_near_twin() -> None:
     assert mi[0, 0] > 0.9 and mi[0, 1] > 0.9 and bool((mi[0, 2:] < 0.5).all())
 
 
-def test_cls_attention_means_heads_and_drops_cls() -> None:
+def test_cls_attention_means_heads_and_drops_the_prefix() -> None:
     attn = torch.tensor([[[0.5, 0.1, 0.4], [0.3, 0.5, 0.2]]])
-    assert torch.allclose(scoring.cls_attention(attn), torch.tensor([[0.3, 0.3]]))
+    assert torch.allclose(scoring.cls_attention(attn, prefix=1), torch.tensor([[0.3, 0.3]]))
+    assert torch.allclose(scoring.cls_attention(attn, prefix=0), torch.tensor([[0.4, 0.3, 0.3]]))
 
 
 @given(seed=seeds, dtype=dtypes)
@@ -98,7 +99,9 @@ def test_bad_inputs_are_value_errors() -> None:
     with pytest.raises(ValueError, match=r"tau must be > 0, got 0"):
         scoring.channel_entropy(torch.zeros(1, 2, 3), 0)
     with pytest.raises(ValueError, match=r"\[B, H, N\]"):
-        scoring.cls_attention(torch.zeros(2, 3))
+        scoring.cls_attention(torch.zeros(2, 3), prefix=1)
+    with pytest.raises(ValueError, match="prefix=3"):
+        scoring.cls_attention(torch.zeros(1, 2, 3), prefix=3)
     with pytest.raises(ValueError, match="text_query"):
         scoring.text_relevance(torch.zeros(1, 3, 4), torch.zeros(1, 5))
     assert math.isclose(float(scoring.channel_entropy(torch.zeros(1, 1, 2), 1.0)), 1.0)

@@ -51,6 +51,9 @@ def test_overlay_marks_kept_merged_and_dropped_patches() -> None:
     assert slot_colour(1) != slot_colour(2)
     with pytest.raises(ValueError, match="square grid"):
         draw_token_overlay(Image.new("RGB", (8, 8)), kept, torch.tensor([-1, 0, 1, -1]))
+    # Without CLS (prefix 0) the same four patches are indices 0-3.
+    dominant, slots = patch_roles(kept - 1, assignment[1:], prefix=0)
+    assert dominant.tolist() == [True, False, False, False] and slots.tolist() == [0, 1, -1, -1]
 
 
 def test_tensor_to_image_undoes_normalisation() -> None:

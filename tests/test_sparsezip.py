@@ -23,24 +23,25 @@ def _ctx(b: int, grid: int, seed: int = 0, c: int = 8, dk: int = 6, text: bool =
 
 
 def _check_layout(method: SparseZip, ctx: VisionContext) -> None:
-    """[CLS?, K dominant ascending, contextual ordered by first member], each contextual = weighted mean."""
+    """[prefix?, K dominant ascending, contextual ordered by first member], each contextual = weighted mean."""
     res = method(ctx)
-    cfg = method.cfg
+    cfg = method.config_for(ctx.prefix)
     scores = method.scores(ctx)
-    cls = int(cfg.keep_cls)
-    attn = scoring.cls_attention(ctx.cls_attn)
+    prefix = ctx.prefix
+    cls = prefix if cfg.keep_cls else 0
+    attn = scoring.cls_attention(ctx.cls_attn, prefix=prefix)
     for b in range(ctx.batch_size):
         k = int(res.k[b])
         order = torch.argsort(scores[b], descending=True, stable=True)[:k]
-        dominant = torch.sort(order).values + 1
-        expected_kept = torch.cat([torch.tensor([0] * cls, dtype=torch.long), dominant])
+        dominant = torch.sort(order).values + prefix
+        expected_kept = torch.cat([torch.arange(cls, dtype=torch.long), dominant])
         assert torch.equal(res.kept_index[b, : cls + k], expected_kept)
         assert torch.equal(res.tokens[b, : cls + k], ctx.hidden[b, expected_kept])
         n_ctx = int(res.lengths[b]) - cls - k
         assert 0 <= n_ctx <= cfg.merging.contextual_num
         remaining = torch.ones(ctx.num_tokens, dtype=torch.bool)
         remaining[expected_kept] = False
-        remaining[0] = False
+        remaining[:prefix] = False
         if cfg.merging.contextual_num:  # every remaining patch is merged somewhere, none silently dropped
             assert bool((res.assignment[b][remaining] >= cls + k).all())
         firsts = []
@@ -48,7 +49,7 @@ def _check_layout(method: SparseZip, ctx: VisionContext) -> None:
             members = torch.nonzero(res.assignment[b] == cls + k + j).flatten()
             assert members.numel() > 0 and bool(remaining[members].all())
             firsts.append(int(members[0]))
-            w = attn[b, members - 1] if cfg.merging.attention_weighted else torch.ones(len(members))
+            w = attn[b, members - prefix] if cfg.merging.attention_weighted else torch.ones(len(members))
             w = w / w.sum() if w.sum() > 0 else torch.full_like(w, 1 / len(w))
             expected = (w[:, None] * ctx.hidden[b, members].float()).sum(0)
             assert torch.allclose(res.tokens[b, cls + k + j].float(), expected, atol=1e-4)
@@ -106,7 +107,7 @@ def test_skip_hybrid_attn_scores_with_attention_only() -> None:
     ctx = _ctx(2, 6)
     skip = get_method("sparsezip", skip_hybrid_attn=True)
     attention_only = get_method("sparsezip", alphas={"attn": 1.0, "entropy": 0.0, "mutual": 0.0})
-    expected = scoring.zscore(scoring.cls_attention(ctx.cls_attn)) + 0.3 * scoring.zscore(
+    expected = scoring.zscore(scoring.cls_attention(ctx.cls_attn, prefix=1)) + 0.3 * scoring.zscore(
         scoring.text_relevance(ctx.hidden[:, 1:], ctx.text_query))
     assert torch.allclose(skip.scores(ctx), expected, atol=1e-6)  # text term still follows cross_beta
     assert _results_equal(skip(ctx), attention_only(ctx))

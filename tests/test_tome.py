@@ -17,16 +17,17 @@ def test_mass_is_conserved_and_every_patch_lands_in_exactly_one_token(data: st.D
     ctx = data.draw(vision_contexts(dtype=torch.float32, max_grid=7))
     budget = data.draw(st.integers(1, ctx.num_patches), label="budget")
     res = get_method("tome", budget=budget)(ctx)
+    p = ctx.prefix
     assert res.lengths.tolist() == [budget] * ctx.batch_size
-    assert bool((res.assignment[:, 0] == -1).all())  # CLS: protected, then dropped
-    assert bool(((res.assignment[:, 1:] >= 0) & (res.assignment[:, 1:] < budget)).all())
+    assert bool((res.assignment[:, :p] == -1).all())  # CLS: protected, then dropped
+    assert bool(((res.assignment[:, p:] >= 0) & (res.assignment[:, p:] < budget)).all())
     onehot = (res.assignment[:, None, :] == torch.arange(budget)[None, :, None]).float()  # [B, S, N]
     sizes = onehot.sum(-1)
     assert bool((sizes >= 1).all()) and bool((sizes.sum(1) == ctx.num_patches).all())
     members_sum = torch.bmm(onehot, ctx.hidden.float())  # sum of the source patches of every token
     scale = 1 + ctx.hidden.abs().amax()
     torch.testing.assert_close(res.tokens * sizes[:, :, None], members_sum, rtol=0, atol=1e-5 * scale * ctx.num_patches)
-    torch.testing.assert_close((res.tokens * sizes[:, :, None]).sum(1), ctx.hidden[:, 1:].sum(1),
+    torch.testing.assert_close((res.tokens * sizes[:, :, None]).sum(1), ctx.hidden[:, p:].float().sum(1),
                                rtol=0, atol=1e-5 * scale * ctx.num_patches)
 
 

@@ -28,13 +28,6 @@ def _ctx(b: int, n: int, seed: int, c: int = 16, text: bool = True) -> VisionCon
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class _NoClsContext(VisionContext):
-    """A context without protected prefix (a tower without CLS), as the coming ``VisionContext.prefix``."""
-
-    prefix: int = 0
-
-
 @pytest.mark.parametrize("name", [*SELECTORS, "tome", "prumerge_plus"])
 def test_budget_is_exact_and_images_do_not_depend_on_their_batch(name: str) -> None:
     ctx = _ctx(3, 82, seed=0)
@@ -49,7 +42,7 @@ def test_budget_is_exact_and_images_do_not_depend_on_their_batch(name: str) -> N
 @pytest.mark.parametrize("name", [*SELECTORS, "tome", "prumerge_plus"])
 def test_prefix_comes_from_the_context(name: str) -> None:
     ctx = _ctx(2, 50, seed=1)
-    no_cls = _NoClsContext(hidden=ctx.hidden, keys=ctx.keys, cls_attn=ctx.cls_attn, text_query=ctx.text_query)
+    no_cls = dataclasses.replace(ctx, prefix=0)  # a tower without CLS (Qwen2.5-VL)
     with_cls, without = get_method(name, budget=49)(ctx), get_method(name, budget=50)(no_cls)
     assert bool((with_cls.assignment[:, 0] == -1).all())  # CLS never reaches the LLM
     assert bool((without.assignment[:, 0] >= 0).all())  # without CLS, token 0 is an ordinary patch
@@ -121,15 +114,16 @@ def test_prumerge_plus_budget_mode_is_exact_and_accounts_for_every_patch(data: s
     ctx = data.draw(vision_contexts(dtype=torch.float32, max_grid=7))
     budget = data.draw(st.integers(1, ctx.num_patches), label="budget")
     res = get_method("prumerge_plus", budget=budget)(ctx)
+    p = ctx.prefix
     assert res.lengths.tolist() == [budget] * ctx.batch_size
-    assert bool((res.assignment[:, 1:] >= 0).all())  # merged, never silently dropped
-    attn = ctx.cls_attn[:, :, 1:].float().mean(1)
+    assert bool((res.assignment[:, p:] >= 0).all())  # merged, never silently dropped
+    attn = ctx.cls_attn[:, :, p:].float().mean(1)
     n_out = iqr_outliers(attn).sum(1).clamp_max(budget - 1)
     assert res.info["important"] == n_out.tolist() and res.k.tolist() == [budget - 1] * ctx.batch_size
     # The last token sums the unselected patches weighted by attention (they all point to it).
     last = budget - 1
-    members = (res.assignment[:, 1:] == last).float() * attn
-    torch.testing.assert_close(res.tokens[:, last], torch.einsum("bm,bmc->bc", members, ctx.hidden[:, 1:].float()),
+    members = (res.assignment[:, p:] == last).float() * attn
+    torch.testing.assert_close(res.tokens[:, last], torch.einsum("bm,bmc->bc", members, ctx.hidden[:, p:].float()),
                                rtol=1e-5, atol=1e-5)
 
 

@@ -1,5 +1,10 @@
-"""What the evaluation runner needs from a model integration: the one seam between ``runner.py`` and
-``adapters/llava.py``, so either side can change without the other.
+"""What the evaluation runner needs from a model integration: the one seam between ``runner.py`` and the
+adapters (``adapters/llava.py``; found by ``config.model_type`` through ``adapters/registry.py``), so either side
+can change without the other.
+
+Visual token counts: a model has a *nominal* count per image (``nominal_visual_tokens``: 576 for LLaVA-1.5), the
+scale relative budgets are mapped by; the count an image really has uncompressed may differ per image (LLaVA-NeXT's
+anyres tiles depend on the image size), so every output states its own (``uncompressed_visual_tokens``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ class GenerationOutput:
         new_tokens: tokens generated (EOS included if produced).
         visual_tokens: visual tokens fed to the LLM for this image; for in-LLM methods (stage ``"llm"``)
             the layer-averaged equivalent.
+        uncompressed_visual_tokens: the visual tokens this image would have fed the LLM uncompressed (what
+            ``none`` feeds; per image, since it may depend on the image's size); ``None`` = not reported
+            (consumers then fall back to the model's ``nominal_visual_tokens``).
         prefill_tokens: length of the prefill sequence for this sample (text + visual, padding excluded).
         timings: milliseconds per stage, keys = ``STAGES``. In a batch, every sample of the batch reports
             the batch's stage times (the batch is one forward); ``batch_size`` says how many shared them.
@@ -42,6 +50,7 @@ class GenerationOutput:
     visual_tokens_per_layer: list[int] | None = None
     batch_size: int = 1
     extra: dict = field(default_factory=dict)
+    uncompressed_visual_tokens: int | None = None
 
     def to_json(self) -> dict:
         """A JSON-friendly dict of every field."""
@@ -53,7 +62,9 @@ class VisionLanguageModel(Protocol):
 
     name: str
     device: torch.device
-    num_patches: int  # uncompressed visual tokens per image (576 for LLaVA-1.5)
+    # Uncompressed visual tokens of a nominal image (576 for LLaVA-1.5, where every image has exactly this many):
+    # the scale of relative budgets. Per-image counts: GenerationOutput.uncompressed_visual_tokens.
+    nominal_visual_tokens: int
 
     def chat_prompt(self, question: str) -> str:
         """The checkpoint's own chat template applied to one user turn (one ``<image>`` + ``question``),

@@ -16,8 +16,9 @@ Pipeline of :meth:`LlavaVLM.generate` for a batch of single-image prompts (llava
 
 Scattering into ``inputs_embeds`` and passing ``mm_encoder_outputs`` were both checked to give the plain model's
 tokens and bit-identical logits when nothing is dropped (transformers 5.24); the adapter keeps the scatter, which
-does not depend on the newer ``mm_encoder_outputs`` API. In-LLM methods (``stage = "llm"``, SparseVLM) run one
-prompt at a time through their own greedy loop (:mod:`sparsezip.adapters.sparsevlm_llama`).
+does not depend on the newer ``mm_encoder_outputs`` API. In-LLM methods (``stage = "llm"``: a
+:class:`~sparsezip.methods.base.LayerPruner`, e.g. SparseVLM) run batched through the generic layer-wise greedy
+loop (:mod:`sparsezip.adapters.layerwise`) instead of ``generate``.
 """
 
 from __future__ import annotations
@@ -31,11 +32,15 @@ from typing import TYPE_CHECKING
 import torch
 
 from sparsezip.adapters.api import GenerationOutput
+from sparsezip.adapters.llava_loader import llava_visual_tokens, load_llava
 from sparsezip.adapters.placeholders import shorten_image_runs
 from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.methods.base import CompressionMethod
+from sparsezip.methods.base import CompressionMethod, LayerPruner
 from sparsezip.profiling import FirstCallClock, StageTimer, decoder_prefill_flops
+
+# load_llava lives with LLaVA's registry entry; it is re-exported here, where users have always imported it.
+__all__ = ["LlavaVLM", "PreparedBatch", "image_seed", "load_llava"]
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -55,6 +60,8 @@ class PreparedBatch:
         timer: the call's :class:`StageTimer` (``vision_ms`` and ``compress_ms`` filled in).
         start: the call's start timestamp (``timer.now()`` seconds).
         compress_end: timestamp when compression finished (prefill is measured from here).
+        uncompressed: ``[B]`` int64, each image's visual tokens before compression (its placeholder run as the
+            processor expanded it).
     """
 
     input_ids: torch.Tensor
@@ -65,6 +72,7 @@ class PreparedBatch:
     timer: StageTimer
     start: float
     compress_end: float
+    uncompressed: torch.Tensor
 
 
 class LlavaVLM:
@@ -96,12 +104,17 @@ class LlavaVLM:
         self.tap = FeatureLayerTap(inner.vision_tower, config.vision_feature_layer)
         self.image_token = getattr(processor, "image_token", None) or "<image>"
         self.image_token_id = int(config.image_token_id)
-        vision = config.vision_config
-        self.num_patches = (vision.image_size // vision.patch_size) ** 2
+        self.nominal_visual_tokens = llava_visual_tokens(config.to_dict())
+        self.prefix = 1  # CLIP's CLS, dropped by the "default" feature selection
         self.name = name or Path(str(getattr(model, "name_or_path", "") or "llava")).name or "llava"
         # Re-packed batches pad with this id (masked out, so any id works); without a pad token, EOS.
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else min(self._eos_ids()))
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens per image: every LLaVA-1.5 image has ``nominal_visual_tokens`` (576)."""
+        return self.nominal_visual_tokens
 
     @property
     def device(self) -> torch.device:
@@ -158,24 +171,29 @@ class LlavaVLM:
                 f"it: {self.tap.attention_unavailable}"
             )
         budget = method.config().get("budget")
-        if method.stage == "vision" and isinstance(budget, int) and budget > self.num_patches:
+        if method.stage == "vision" and isinstance(budget, int) and budget > self.nominal_visual_tokens:
             raise ValueError(
-                f"budget {budget} of method {method.name!r} exceeds the {self.num_patches} visual tokens "
+                f"budget {budget} of method {method.name!r} exceeds the {self.nominal_visual_tokens} visual tokens "
                 f"model {self.name!r} produces per image"
             )
         if method.stage == "llm" and num_beams != 1:
             raise ValueError(f"method {method.name!r} prunes inside the LLM with greedy decoding only; got num_beams={num_beams}")
 
-    def _check_result(self, result: CompressionResult, batch: int, channels: int, method: CompressionMethod) -> None:
+    def _check_result(
+        self, result: CompressionResult, uncompressed: torch.Tensor, channels: int, method: CompressionMethod
+    ) -> None:
+        """``result`` must hold ``[B, T, C]`` tokens and, per image, 1 to ``uncompressed[b]`` of them."""
+        batch = uncompressed.shape[0]
         if result.tokens.shape[0] != batch or result.tokens.shape[2] != channels:
             raise ValueError(
                 f"method {method.name!r} returned tokens {tuple(result.tokens.shape)}; expected [B={batch}, T, C={channels}]"
             )
-        lengths = result.lengths.tolist()
-        if any(not 1 <= n <= min(result.tokens.shape[1], self.num_patches) for n in lengths):
+        lengths, limits = result.lengths.tolist(), uncompressed.tolist()
+        width = result.tokens.shape[1]
+        if any(not 1 <= n <= min(width, limit) for n, limit in zip(lengths, limits, strict=True)):
             raise ValueError(
                 f"method {method.name!r} returned {lengths} tokens per image; each must be in "
-                f"[1, {self.num_patches}] and fit its [B, T={result.tokens.shape[1]}, C] tokens"
+                f"[1, that image's {limits} visual tokens] and fit its [B, T={width}, C] tokens"
             )
 
     # ------------------------------------------------------------------------------------------ pipeline
@@ -207,7 +225,8 @@ class LlavaVLM:
         keys = features.keys if features.keys is not None else hidden.new_zeros(*hidden.shape[:2], 0)
         seeds = torch.tensor([image_seed(image) for image in images], dtype=torch.long)
         return VisionContext(
-            hidden=hidden, keys=keys, cls_attn=features.cls_attn, text_query=text_query, sample_seeds=seeds
+            hidden=hidden, keys=keys, cls_attn=features.cls_attn, text_query=text_query, sample_seeds=seeds,
+            prefix=self.prefix,
         )
 
     @torch.inference_mode()
@@ -244,7 +263,9 @@ class LlavaVLM:
             text_aware = method.needs_text and method.stage == "vision"
             ctx = self._context(images, features, questions if text_aware else None)
             result = method(ctx)
-            self._check_result(result, ctx.batch_size, ctx.hidden.shape[2], method)
+            # One CLIP view per image: every image's uncompressed count is its patches (LLaVA-1.5: all 576).
+            uncompressed = torch.full((ctx.batch_size,), ctx.num_patches, dtype=torch.long)
+            self._check_result(result, uncompressed, ctx.hidden.shape[2], method)
         compress_end = timer.now()
         ids, mask = shorten_image_runs(
             inputs["input_ids"].to(self.device),
@@ -252,14 +273,14 @@ class LlavaVLM:
             result.lengths.to(self.device),
             image_token_id=self.image_token_id,
             pad_token_id=self.pad_token_id,
-            expected_run=self.num_patches,
+            expected_runs=uncompressed.to(self.device),
         )
         projected = self.model.model.multi_modal_projector(result.tokens)
         real = torch.arange(projected.shape[1], device=self.device)[None, :] < result.lengths.to(self.device)[:, None]
         embeds = self.model.get_input_embeddings()(ids)
         image_mask = ids == self.image_token_id
         embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), projected[real].to(embeds.dtype))
-        return PreparedBatch(ids, embeds, mask, image_mask, result, timer, start, compress_end)
+        return PreparedBatch(ids, embeds, mask, image_mask, result, timer, start, compress_end, uncompressed)
 
     def generate(
         self,
@@ -275,14 +296,11 @@ class LlavaVLM:
 
         ``prompts[i]`` holds exactly one ``<image>`` for ``images[i]``; ``questions[i]`` is the bare question for
         text-aware methods (``None``: no text awareness). Every sample of a batch reports the batch's stage
-        times (``batch_size`` says how many shared them); in-LLM methods run one prompt at a time.
+        times (``batch_size`` says how many shared them).
         """
         self._validate(images, prompts, method, questions, max_new_tokens, num_beams)
         if method.stage == "llm":
-            return [
-                self._generate_in_llm(image, prompt, method, max_new_tokens)
-                for image, prompt in zip(images, prompts, strict=True)
-            ]
+            return self._generate_in_llm(images, prompts, method, max_new_tokens)
         prepared = self.prepare(images, prompts, method=method, questions=questions)
         first_token = FirstCallClock(self.device)
         with torch.inference_mode():
@@ -308,6 +326,7 @@ class LlavaVLM:
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True),
                     new_tokens=len(tokens),
                     visual_tokens=float(visual),
+                    uncompressed_visual_tokens=int(prepared.uncompressed[b]),
                     prefill_tokens=prefill,
                     timings=dict(timings),
                     batch_size=batch,
@@ -321,43 +340,46 @@ class LlavaVLM:
         return outputs
 
     def _generate_in_llm(
-        self, image: Image.Image, prompt: str, method: CompressionMethod, max_new_tokens: int
-    ) -> GenerationOutput:
-        from sparsezip.adapters.sparsevlm_llama import generate_sparsevlm
+        self, images: Sequence[Image.Image], prompts: Sequence[str], method: CompressionMethod, max_new_tokens: int
+    ) -> list[GenerationOutput]:
+        from sparsezip.adapters.layerwise import generate_layerwise
 
-        if method.name != "sparsevlm":
-            raise ValueError(f"no in-LLM implementation for method {method.name!r} (stage 'llm'); known: sparsevlm")
-        prepared = self.prepare([image], [prompt], method=method)
-        visual_positions = torch.nonzero(prepared.image_mask[0]).flatten()
-        start = int(visual_positions[0])
-        text_config = self.model.config.text_config
-        run = generate_sparsevlm(
-            self.model,
+        if not isinstance(method, LayerPruner):
+            raise ValueError(f"method {method.name!r} declares stage 'llm' but is not a LayerPruner, so it has no "
+                             "in-LLM implementation")
+        prepared = self.prepare(images, prompts, method=method)
+        run = generate_layerwise(
+            self.model.model.language_model,
+            self.model.lm_head,
             prepared.inputs_embeds,
-            start,
-            visual_positions.numel(),
-            method.plan(self.num_patches, text_config.num_hidden_layers),
+            prepared.attention_mask,
+            prepared.image_mask,
+            method,
+            num_patches=self.nominal_visual_tokens,
             max_new_tokens=max_new_tokens,
             eos_token_ids=self._eos_ids(),
             clock=prepared.timer.now,
         )
-        end = prepared.timer.now()
-        per_layer = run.visual_tokens_per_layer
-        tokens = self._trim(run.tokens)
-        return GenerationOutput(
-            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-            new_tokens=len(tokens),
-            visual_tokens=sum(per_layer) / len(per_layer),
-            prefill_tokens=int(prepared.attention_mask[0].sum()),
-            timings=self._timings(prepared, run.first_token_time, end),
-            visual_tokens_per_layer=per_layer,
-            batch_size=1,
-            extra={
-                "token_ids": tokens,
-                "counts_after_pruning": run.counts_after_pruning,
-                "prefill_flops": self._prefill_flops(run.prefill_tokens_per_layer),
-            },
-        )
+        timings = self._timings(prepared, run.first_token_time, prepared.timer.now())
+        outputs = []
+        for b, tokens in enumerate(run.tokens):
+            per_layer = run.visual_tokens_per_layer[b]
+            outputs.append(GenerationOutput(
+                text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                new_tokens=len(tokens),
+                visual_tokens=sum(per_layer) / len(per_layer),
+                uncompressed_visual_tokens=int(prepared.uncompressed[b]),
+                prefill_tokens=int(prepared.attention_mask[b].sum()),
+                timings=dict(timings),
+                visual_tokens_per_layer=per_layer,
+                batch_size=len(prompts),
+                extra={
+                    "token_ids": tokens,
+                    "counts_after_pruning": run.counts_after_pruning[b],
+                    "prefill_flops": self._prefill_flops(run.prefill_tokens_per_layer[b]),
+                },
+            ))
+        return outputs
 
     # ------------------------------------------------------------------------------------------ helpers
     def _eos_ids(self) -> set[int]:
@@ -395,30 +417,6 @@ class LlavaVLM:
         timings["decode_ms"] = (end - first_token) * 1e3
         timings["total_ms"] = (end - prepared.start) * 1e3
         return timings
-
-
-def load_llava(
-    model_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
-) -> LlavaVLM:
-    """Load a local LLaVA checkpoint (llava-hf layout) with ``from_pretrained``: offline
-    (``local_files_only=True``), no remote code. ``dtype`` (a ``torch.dtype`` or its name, e.g. ``"bfloat16"``)
-    defaults to float32 on CPU and float16 on CUDA."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-    path = Path(model_path)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path} is not a checkpoint directory (no config.json)")
-    device = torch.device(device)
-    if isinstance(dtype, str):
-        named = getattr(torch, dtype, None)
-        if not isinstance(named, torch.dtype) or not named.is_floating_point:
-            raise ValueError(f"dtype {dtype!r} is not a torch floating-point dtype (e.g. float16, bfloat16, float32)")
-        dtype = named
-    if dtype is None:
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    return LlavaVLM(model.to(device), processor, name=path.name)
 
 
 def image_seed(image: Image.Image) -> int:

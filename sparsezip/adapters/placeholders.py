@@ -1,12 +1,16 @@
 """Shorten each prompt's run of ``<image>`` placeholder tokens to that image's compressed token count.
 
-The processor expands one ``<image>`` into ``num_patches`` placeholders (576 for LLaVA-1.5). After compression
-image ``b`` contributes ``counts[b]`` tokens, so its run keeps its first ``counts[b]`` placeholders; rows are
-then re-packed to the left-padded layout batched generation needs, with a rebuilt attention mask. Text tokens
-are untouched, so tokenization is exactly the processor's.
+The processor expands one ``<image>`` into that image's uncompressed visual token count: 576 for every
+LLaVA-1.5 image, but per image for models whose count depends on the image (LLaVA-NeXT's anyres tiles), so each
+row states its own expected run length. After compression image ``b`` contributes ``counts[b]`` tokens, so its
+run keeps its first ``counts[b]`` placeholders; rows are then re-packed to the left-padded layout batched
+generation needs, with a rebuilt attention mask. Text tokens are untouched, so tokenization is exactly the
+processor's.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
@@ -18,13 +22,14 @@ def shorten_image_runs(
     *,
     image_token_id: int,
     pad_token_id: int,
-    expected_run: int,
+    expected_runs: torch.Tensor | Sequence[int] | int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep ``counts[b]`` of row ``b``'s ``expected_run`` image placeholders, re-pack rows left-padded.
+    """Keep ``counts[b]`` of row ``b``'s ``expected_runs[b]`` image placeholders, re-pack rows left-padded.
 
-    input_ids, attention_mask: ``[B, S]`` (left or right padded; padding = mask 0); counts: ``[B]`` int with
-    ``0 <= counts[b] <= expected_run``. Returns ``(ids [B, S'], mask [B, S'])`` with ``S' = max_b`` of the new
-    row lengths, real tokens right-aligned and ``pad_token_id`` / 0 on the left.
+    input_ids, attention_mask: ``[B, S]`` (left or right padded; padding = mask 0); counts: ``[B]`` int;
+    expected_runs: ``[B]`` int, the placeholders the processor put in each row (one int = the same for every
+    row), with ``0 <= counts[b] <= expected_runs[b]``. Returns ``(ids [B, S'], mask [B, S'])`` with
+    ``S' = max_b`` of the new row lengths, real tokens right-aligned and ``pad_token_id`` / 0 on the left.
     """
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(
@@ -35,14 +40,20 @@ def shorten_image_runs(
     counts = torch.as_tensor(counts, device=input_ids.device)
     if tuple(counts.shape) != (batch,):
         raise ValueError(f"counts must be [B={batch}], got shape {tuple(counts.shape)}")
-    if bool((counts < 0).any()) or bool((counts > expected_run).any()):
-        raise ValueError(f"counts must lie in [0, {expected_run}], got {counts.tolist()}")
+    runs = torch.as_tensor(expected_runs, device=input_ids.device).long()
+    if runs.ndim == 0:
+        runs = runs.expand(batch)
+    if tuple(runs.shape) != (batch,):
+        raise ValueError(f"expected_runs must be one int or [B={batch}], got shape {tuple(runs.shape)}")
+    if bool((counts < 0).any()) or bool((counts > runs).any()):
+        raise ValueError(f"counts must lie in [0, expected_runs]: got counts {counts.tolist()} for runs {runs.tolist()}")
     real = attention_mask.bool()
     is_image = (input_ids == image_token_id) & real
     found = is_image.sum(dim=1)
-    if bool((found != expected_run).any()):
+    if bool((found != runs).any()):
         raise ValueError(
-            f"each prompt must hold exactly {expected_run} image placeholders after processing, got {found.tolist()}"
+            f"each prompt must hold exactly its expected image placeholders after processing: expected "
+            f"{runs.tolist()}, got {found.tolist()}"
         )
     rank_in_run = is_image.long().cumsum(dim=1) - 1
     keep = real & (~is_image | (rank_in_run < counts[:, None]))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sparsezip.adapters.llava import LlavaVLM
+    from sparsezip.adapters.api import VisionLanguageModel
     from sparsezip.data.sample import Sample
 
 
@@ -24,7 +24,9 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model-path --device --dtype``."""
-    parser.add_argument("--model-path", required=True, help="a LLaVA checkpoint folder (HF format)")
+    parser.add_argument("--model-path", required=True,
+                        help="a checkpoint folder (HF format; the adapter is chosen by config.json's model_type) "
+                             "or an embedded model's name (tiny-shapes)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float16, bfloat16, float32 (default: the adapter's)")
 
@@ -55,11 +57,12 @@ def method_config(path: str | None) -> dict:
     return dict(load_yaml(path))
 
 
-def load_model(args: argparse.Namespace) -> LlavaVLM:
-    """The LLaVA adapter on ``--device`` (default: CUDA when available, else CPU)."""
+def load_model(args: argparse.Namespace) -> VisionLanguageModel:
+    """``--model-path`` through the model registry (its adapter picked by ``config.json``'s ``model_type``; bad
+    checkpoints refused before any weights load) on ``--device`` (default: CUDA when available, else CPU)."""
     import torch
 
-    from sparsezip.adapters.llava import load_llava
+    from sparsezip.adapters.registry import load_model as load_checkpoint
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_llava(args.model_path, device=device, dtype=args.dtype)
+    return load_checkpoint(args.model_path, device=device, dtype=args.dtype)

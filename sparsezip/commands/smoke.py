@@ -10,18 +10,19 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from PIL import Image
 
-    from sparsezip.adapters.llava import LlavaVLM
+    from sparsezip.adapters.api import VisionLanguageModel
 
 HELP = "answer one question about one image under a compression method, and draw what it kept"
 DEFAULT_QUESTION = "Is there a red circle in the image?"
-EMBEDDED_MODEL = Path(__file__).resolve().parents[2] / "fixtures" / "tiny-llava"
+EMBEDDED_MODEL_NAME = "tiny-shapes"  # registered in sparsezip.adapters.registry (fixtures/tiny-llava)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", type=Path, default=None, help="image file (default: a generated scene)")
     parser.add_argument("--prompt", default=DEFAULT_QUESTION, help="the question (wrapped in the llava_v1 template)")
     parser.add_argument("--model-path", type=Path, default=None,
-                        help="LLaVA checkpoint directory (default: the embedded fixtures/tiny-llava)")
+                        help="checkpoint directory or embedded model name (default: the embedded tiny-shapes, "
+                             "fixtures/tiny-llava)")
     parser.add_argument("--method", default=None, help="registered method (default: sparsezip, else none)")
     parser.add_argument("--budget", type=int, default=None, help="token budget passed to the method")
     parser.add_argument("--clip-only", action="store_true", help="run the vision side only (no LLM, no answer)")
@@ -41,18 +42,22 @@ def demo_image(size: int = 336) -> Image.Image:
     return image
 
 
-def load_model(model_path: Path | None, device: str) -> tuple[LlavaVLM, str]:
+def load_model(model_path: Path | None, device: str) -> tuple[VisionLanguageModel, str]:
     """The model to use and a line saying which one it is."""
-    from sparsezip.adapters.llava import LlavaVLM, load_llava
+    from sparsezip.adapters.llava import LlavaVLM
+    from sparsezip.adapters.registry import embedded_model
+    from sparsezip.adapters.registry import load_model as load_checkpoint
 
     if model_path is not None:
-        return load_llava(model_path, device=device), f"model: {model_path}"
-    if (EMBEDDED_MODEL / "config.json").is_file():
-        return load_llava(EMBEDDED_MODEL, device=device), f"model: embedded default {EMBEDDED_MODEL}"
+        return load_checkpoint(model_path, device=device), f"model: {model_path}"
+    embedded = embedded_model(EMBEDDED_MODEL_NAME).path
+    if (embedded / "config.json").is_file():
+        return (load_checkpoint(EMBEDDED_MODEL_NAME, device=device),
+                f"model: embedded default {EMBEDDED_MODEL_NAME} ({embedded})")
     from sparsezip.embedded.models import TinyLlavaSpec, build_tiny_llava
 
     model, processor = build_tiny_llava(TinyLlavaSpec(text_layers=4), seed=0)
-    note = (f"model: a tiny RANDOM LLaVA ({EMBEDDED_MODEL} not found; build it with `sparsezip train-tiny`): "
+    note = (f"model: a tiny RANDOM LLaVA ({embedded} not found; build it with `sparsezip train-tiny`): "
             "the pipeline runs, the answer is noise")
     return LlavaVLM(model.to(device), processor, name="tiny-random"), note
 
@@ -76,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
     prepared = vlm.prepare([image], [prompt], method=method, questions=[args.prompt])
     result = prepared.result
-    print(f"visual tokens: {vlm.num_patches} -> {int(result.lengths[0])} fed to the LLM (k={int(result.k[0])})")
+    print(f"visual tokens: {int(prepared.uncompressed[0])} -> {int(result.lengths[0])} fed to the LLM "
+          f"(k={int(result.k[0])})")
     if not args.clip_only:
         output = vlm.generate([image], [prompt], method=method, questions=[args.prompt],
                               max_new_tokens=args.max_new_tokens)[0]
@@ -93,6 +99,6 @@ def run(args: argparse.Namespace) -> int:
     seen = tensor_to_image(pixels, list(image_processor.image_mean), list(image_processor.image_std))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"smoke-{name}.png"
-    draw_token_overlay(seen, result.kept_index[0], result.assignment[0]).save(path)
+    draw_token_overlay(seen, result.kept_index[0], result.assignment[0], prefix=vlm.prefix).save(path)
     print(f"overlay (outlined = kept, tint = contextual cluster joined, dark = dropped): {path}")
     return 0

@@ -8,7 +8,8 @@ what its summary holds is ``sparsezip.eval.summary``. Files in ``out_dir``:
     predictions.jsonl  one record per sample, appended and fsynced per batch: ``index``, ``question_id``,
                        (``category``), ``question``, ``answers``, the raw ``prediction``, ``new_tokens``,
                        ``visual_tokens``, ``visual_tokens_per_layer``, ``prefill_tokens``, ``timings`` (ms per
-                       stage), ``batch_size``. A re-run skips the samples already there; a torn last line
+                       stage), ``batch_size``, ``uncompressed_visual_tokens`` (the image's count before
+                       compression, when the model reports it). A re-run skips the samples already there; a torn last line
                        left by a kill is dropped (with a warning) and that sample redone.
     summary.json       metrics + latency + token + memory statistics + environment, written atomically.
 """
@@ -68,7 +69,8 @@ def evaluate(
         "family": spec.family,
         "sources": _sources(samples),
         "model": model.name,
-        "num_patches": model.num_patches,
+        # The nominal count; each record states its image's own (`uncompressed_visual_tokens`).
+        "num_patches": model.nominal_visual_tokens,
         "method": method.name,
         "method_config": method.config(),
         "prompt_style": prompt_style,
@@ -137,6 +139,7 @@ def _record(index: int, family: str, sample: Sample, out: GenerationOutput) -> d
     record.update(
         new_tokens=out.new_tokens,
         visual_tokens=out.visual_tokens,
+        uncompressed_visual_tokens=out.uncompressed_visual_tokens,
         visual_tokens_per_layer=out.visual_tokens_per_layer,
         prefill_tokens=out.prefill_tokens,
         timings={stage: out.timings[stage] for stage in STAGES},

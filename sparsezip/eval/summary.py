@@ -29,7 +29,8 @@ def summarize(
     carries its batch's stage times. The first batch includes any warm-up.
     """
     visual = np.array([r["visual_tokens"] for r in records], dtype=np.float64)
-    saved = config["num_patches"] - visual.mean() if len(records) else None
+    uncompressed = np.array([_uncompressed(r, config) for r in records], dtype=np.float64)
+    saved = float((uncompressed - visual).mean()) if len(records) else None
     per_layer = [r["visual_tokens_per_layer"] for r in records if r.get("visual_tokens_per_layer")]
     return {
         "dataset": config["dataset"],
@@ -44,6 +45,7 @@ def summarize(
             "visual": {"mean": float(visual.mean()), "min": float(visual.min()), "max": float(visual.max())}
             if len(records) else None,
             "visual_per_layer_mean": np.mean(per_layer, axis=0).tolist() if per_layer else None,
+            "uncompressed_mean": float(uncompressed.mean()) if len(records) else None,
             "prefill_mean": _mean([r["prefill_tokens"] for r in records]),
             "new_tokens_mean": _mean([r["new_tokens"] for r in records]),
             "max_new_tokens": config["max_new_tokens"],
@@ -59,6 +61,13 @@ def summarize(
         "config": dict(config),
     }
 
+
+
+def _uncompressed(record: Mapping, config: Mapping) -> float:
+    """A record's visual tokens before compression: its own count, else (older records, models that do not report
+    it) the run's nominal ``num_patches``."""
+    own = record.get("uncompressed_visual_tokens")
+    return float(config["num_patches"] if own is None else own)
 
 def _stats(values: Sequence[float]) -> dict | None:
     if not values:

@@ -39,17 +39,13 @@ from sparsezip.budget import check_budget_fits, check_budget_positive
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.layout import assemble
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import LLAVA15_BUDGETS, Ablation, BenchmarkRows
 from sparsezip.scoring import cosine_similarity_matrix, text_relevance
 from sparsezip.selection import dpp_greedy_map
 
 DEFAULT_BUDGET = 64
 # Added to the numerator of the min-max normalisation in the authors' code, so no token gets relevance 0.
 RELEVANCE_FLOOR = 1e-6
-
-
-def _prefix(ctx: VisionContext) -> int:
-    """Protected leading tokens (CLS): the one place this method reads it."""
-    return getattr(ctx, "prefix", 1)
 
 
 def conditional_relevance(patches: torch.Tensor, text_query: torch.Tensor | None, negate: bool) -> torch.Tensor:
@@ -72,7 +68,11 @@ class CDPruner(CompressionMethod):
 
     name = "cdpruner"
     needs_text = True
-    benchmark_budgets = (64, 128, 192)
+    benchmark = BenchmarkRows(
+        budgets=LLAVA15_BUDGETS, order=64,
+        # +cos relevance: what "relevant" means for this project's text vector (see the fidelity notes).
+        ablations=(Ablation("pluscos", {"negate_relevance": False}),),
+    )
 
     def __init__(self, budget: int | None = None, negate_relevance: bool = True) -> None:
         if budget is not None:
@@ -85,7 +85,7 @@ class CDPruner(CompressionMethod):
     def compress(self, ctx: VisionContext) -> CompressionResult:
         """hidden ``[B, N, C]`` (+ text_query ``[B, C]``) -> tokens ``[B, budget, C]``, ascending index."""
         budget = DEFAULT_BUDGET if self.budget is None else self.budget
-        prefix = _prefix(ctx)
+        prefix = ctx.prefix  # protected leading tokens (CLS): never selected or merged
         b, n, _ = ctx.hidden.shape
         check_budget_fits(self.name, budget, n - prefix)
         patches = ctx.hidden[:, prefix:]

@@ -26,15 +26,11 @@ from sparsezip.budget import check_budget_fits, check_budget_positive
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.layout import assemble
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import LLAVA15_BUDGETS, BenchmarkRows
 from sparsezip.scoring import cosine_similarity_matrix
 from sparsezip.selection import max_min_greedy
 
 DEFAULT_BUDGET = 64
-
-
-def _prefix(ctx: VisionContext) -> int:
-    """Protected leading tokens (CLS): the one place this method reads it."""
-    return getattr(ctx, "prefix", 1)
 
 
 def divprune_order(patches: torch.Tensor, k: int) -> torch.Tensor:
@@ -47,7 +43,7 @@ class DivPrune(CompressionMethod):
     """Keep ``budget`` (default 64) patches chosen by greedy max-min cosine diversity, raster order."""
 
     name = "divprune"
-    benchmark_budgets = (64, 128, 192)
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=61)
 
     def __init__(self, budget: int | None = None) -> None:
         if budget is not None:
@@ -57,7 +53,7 @@ class DivPrune(CompressionMethod):
     def compress(self, ctx: VisionContext) -> CompressionResult:
         """hidden ``[B, N, C]`` -> tokens ``[B, budget, C]``: the picked patches, ascending index."""
         budget = DEFAULT_BUDGET if self.budget is None else self.budget
-        prefix = _prefix(ctx)
+        prefix = ctx.prefix  # protected leading tokens (CLS): never selected or merged
         b, n, _ = ctx.hidden.shape
         check_budget_fits(self.name, budget, n - prefix)
         picks = divprune_order(ctx.hidden[:, prefix:], budget) + prefix

@@ -5,7 +5,7 @@ The g x g grid is pooled to h x w cells with ``h * w == budget``, ``h`` the larg
 ``r`` with ``floor(r * h / g) == i`` and columns likewise: a partition, so every patch belongs to exactly one
 cell and ``assignment`` is exact. When h and w divide g this is ``F.adaptive_avg_pool2d``; otherwise PyTorch's
 adaptive pooling uses overlapping windows and this does not (24 -> 16 columns: cells of 1 or 2 columns).
-No source token is kept as-is (``kept_index`` is ``[B, 0]``, ``k`` is 0) and CLS is dropped.
+No source token is kept as-is (``kept_index`` is ``[B, 0]``, ``k`` is 0) and the prefix (CLS) is dropped.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import torch
 
 from sparsezip.budget import check_budget_fits, check_budget_positive
 from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.layout import assemble
+from sparsezip.layout import assemble, with_prefix
 from sparsezip.merging import weighted_merge
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import BenchmarkRows
 
 DEFAULT_BUDGET = 64
 
@@ -44,6 +45,7 @@ class GridPool(CompressionMethod):
     """Average-pool the patch grid to ``budget`` (default 64) tokens, row-major cell order."""
 
     name = "pool"
+    benchmark = BenchmarkRows(budgets=(64,), order=50)  # a control: one budget is enough
 
     def __init__(self, budget: int | None = None) -> None:
         self.budget = budget
@@ -56,7 +58,7 @@ class GridPool(CompressionMethod):
         b, n, _ = ctx.hidden.shape
         device = ctx.hidden.device
         cells = grid_cells(ctx.grid_size, h, w, device)
-        labels = torch.cat([torch.full((1,), -1, device=device), cells]).expand(b, n)
+        labels = with_prefix(cells.expand(b, -1), ctx.prefix, -1)  # the prefix (CLS) joins no cell
         pooled = weighted_merge(ctx.hidden, labels, h * w)
         return assemble(
             ctx.hidden,

@@ -41,16 +41,12 @@ from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.layout import assemble
 from sparsezip.merging import neighbourhood_merge
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import LLAVA15_BUDGETS, BenchmarkRows
 from sparsezip.scoring import iqr_outliers
 from sparsezip.selection import mask_to_indices, rank_order
 
 # Neighbours merged into every selected token, fixed in the authors' code.
 NEIGHBOURS = 32
-
-
-def _prefix(ctx: VisionContext) -> int:
-    """Protected leading tokens (CLS): the one place this method reads it."""
-    return getattr(ctx, "prefix", 1)
 
 
 def _adaptive(outliers: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +80,7 @@ class PruMergePlus(CompressionMethod):
 
     name = "prumerge_plus"
     needs_attention = True
-    benchmark_budgets = (64, 128, 192)
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=62)
 
     def __init__(self, budget: int | None = None) -> None:
         if budget is not None:
@@ -93,7 +89,7 @@ class PruMergePlus(CompressionMethod):
 
     def compress(self, ctx: VisionContext) -> CompressionResult:
         """hidden ``[B, N, C]`` -> tokens ``[B, T, C]``: selected-and-merged patches, then the extra token."""
-        prefix = _prefix(ctx)
+        prefix = ctx.prefix  # protected leading tokens (CLS): never selected or merged
         b, n, _c = ctx.hidden.shape
         m = n - prefix
         device = ctx.hidden.device

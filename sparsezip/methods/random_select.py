@@ -11,8 +11,9 @@ import torch
 
 from sparsezip.budget import check_budget_fits, check_budget_positive
 from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.layout import assemble
+from sparsezip.layout import assemble, with_prefix
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import BenchmarkRows
 from sparsezip.selection import topk_mask
 
 DEFAULT_BUDGET = 64
@@ -20,7 +21,8 @@ DEFAULT_BUDGET = 64
 
 @register_method
 class RandomSelection(CompressionMethod):
-    """Keep ``budget`` (default 64) uniformly random patches per image; CLS and the other patches are dropped.
+    """Keep ``budget`` (default 64) uniformly random patches per image; the prefix (CLS) and the other patches
+    are dropped.
 
     Image b draws its patches from a fresh CPU ``torch.Generator`` seeded with ``(seed, sample_seeds[b])``
     (``VisionContext.sample_seeds``; 0 when absent): the same image always gets the same patches, whatever
@@ -29,6 +31,7 @@ class RandomSelection(CompressionMethod):
     """
 
     name = "random"
+    benchmark = BenchmarkRows(budgets=(64,), order=40)  # a control: one budget is enough
 
     def __init__(self, budget: int | None = None, seed: int = 0) -> None:
         if budget is not None:
@@ -42,13 +45,12 @@ class RandomSelection(CompressionMethod):
         """hidden ``[B, N, C]`` -> tokens ``[B, K, C]``, K = budget random patches in raster order."""
         k = DEFAULT_BUDGET if self.budget is None else self.budget
         check_budget_fits(self.name, k, ctx.num_patches)
-        b, n, _ = ctx.hidden.shape
+        b, m = ctx.batch_size, ctx.num_patches
         sample_seeds = [0] * b if ctx.sample_seeds is None else ctx.sample_seeds.tolist()
         keys = torch.stack(
-            [torch.rand(n - 1, generator=_generator(self.seed, s)) for s in sample_seeds]
+            [torch.rand(m, generator=_generator(self.seed, s)) for s in sample_seeds]
         ).to(ctx.hidden.device)
-        keep = torch.zeros(b, n, dtype=torch.bool, device=ctx.hidden.device)
-        keep[:, 1:] = topk_mask(keys, k)
+        keep = with_prefix(topk_mask(keys, k), ctx.prefix, False)
         return assemble(ctx.hidden, keep, torch.full((b,), k, dtype=torch.long, device=ctx.hidden.device))
 
     def config(self) -> dict:

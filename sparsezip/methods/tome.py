@@ -33,13 +33,9 @@ from sparsezip.layout import assemble
 from sparsezip.matching import bipartite_merge_labels
 from sparsezip.merging import weighted_merge
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import LLAVA15_BUDGETS, BenchmarkRows
 
 DEFAULT_BUDGET = 64
-
-
-def _prefix(ctx: VisionContext) -> int:
-    """Protected leading tokens (CLS): the one place this method reads it."""
-    return getattr(ctx, "prefix", 1)
 
 
 @register_method
@@ -47,7 +43,7 @@ class ToMe(CompressionMethod):
     """Merge the patches down to ``budget`` (default 64) tokens by repeated bipartite soft matching."""
 
     name = "tome"
-    benchmark_budgets = (64, 128, 192)
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=60)
 
     def __init__(self, budget: int | None = None) -> None:
         if budget is not None:
@@ -57,7 +53,7 @@ class ToMe(CompressionMethod):
     def compress(self, ctx: VisionContext) -> CompressionResult:
         """hidden ``[B, N, C]`` -> tokens ``[B, budget, C]``, each the mean of the patches merged into it."""
         budget = DEFAULT_BUDGET if self.budget is None else self.budget
-        prefix = _prefix(ctx)
+        prefix = ctx.prefix  # protected leading tokens (CLS): never selected or merged
         b, n, _ = ctx.hidden.shape
         check_budget_fits(self.name, budget, n - prefix)
         device = ctx.hidden.device

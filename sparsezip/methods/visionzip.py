@@ -3,6 +3,8 @@
 Dominant: CLS plus the top-(D-1) patches by CLS attention summed over heads, ascending index order.
 Contextual: :func:`sparsezip.merging.visionzip_merge` over the remaining tokens (``target + mean(members)``).
 Output ``[dominant, contextual]`` = D + Cx tokens per image (CLS is kept, unlike LLaVA's default selection).
+On a tower with ``VisionContext.prefix`` protected tokens, all of them are kept and count in D (D - prefix
+patches are selected); with ``prefix = 0`` (no CLS) D patches are selected by the adapter's attention row.
 Numerics differ from the official code only in that scores and merges are computed in float32 and top-K ties
 are broken by the lower index (the official ``torch.topk`` leaves ties unspecified).
 """
@@ -13,9 +15,10 @@ import torch
 
 from sparsezip.budget import check_budget_fits, check_budget_positive
 from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.layout import assemble
+from sparsezip.layout import assemble, with_prefix
 from sparsezip.merging import visionzip_merge
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import LLAVA15_BUDGETS, BenchmarkRows
 from sparsezip.selection import topk_mask
 
 # The paper's LLaVA-1.5 settings 64 = 54+10, 128 = 108+20, 192 = 162+30 all use this split.
@@ -32,6 +35,7 @@ class VisionZip(CompressionMethod):
 
     name = "visionzip"
     needs_attention = True
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=20)
 
     def __init__(self, dominant: int | None = None, contextual: int | None = None, budget: int | None = None):
         if budget is not None:
@@ -52,16 +56,18 @@ class VisionZip(CompressionMethod):
         self.budget = budget
 
     def compress(self, ctx: VisionContext) -> CompressionResult:
-        """hidden ``[B, N, C]`` -> tokens ``[B, D + Cx, C]``: CLS, top D-1 patches ascending, Cx merged."""
+        """hidden ``[B, N, C]`` -> tokens ``[B, D + Cx, C]``: the prefix (CLS), top D - prefix patches ascending,
+        Cx merged."""
         check_budget_fits(self.name, self.dominant + self.contextual, ctx.num_patches)
-        b, n, _ = ctx.hidden.shape
-        device = ctx.hidden.device
-        scores = ctx.cls_attn[:, :, 1:].float().sum(dim=1)  # [B, M] summed over heads, as the paper does
-        keep = torch.zeros(b, n, dtype=torch.bool, device=device)
-        keep[:, 0] = True
-        keep[:, 1:] = topk_mask(scores, self.dominant - 1)
+        prefix = ctx.prefix
+        if self.dominant < prefix:
+            raise ValueError(f"visionzip: dominant={self.dominant} must count the model's {prefix} prefix token(s)")
+        b = ctx.batch_size
+        scores = ctx.cls_attn[:, :, prefix:].float().sum(dim=1)  # [B, M] summed over heads, as the paper does
+        keep = with_prefix(topk_mask(scores, self.dominant - prefix), prefix, True)
+        # Only patches are merged: the prefix is kept, so it is never among the remaining tokens.
         contextual, slot_valid, labels = visionzip_merge(ctx.hidden, ctx.keys, ~keep, self.contextual)
-        k = torch.full((b,), self.dominant - 1, dtype=torch.long, device=device)
+        k = torch.full((b,), self.dominant - prefix, dtype=torch.long, device=ctx.hidden.device)
         return assemble(ctx.hidden, keep, k, contextual, slot_valid, labels)
 
     def config(self) -> dict:

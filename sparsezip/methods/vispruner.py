@@ -26,6 +26,7 @@ from sparsezip.budget import check_budget_fits, check_budget_positive
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.layout import assemble
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import LLAVA15_BUDGETS, BenchmarkRows
 from sparsezip.scoring import cosine_similarity_matrix
 from sparsezip.selection import rank_order, remove_duplicates
 
@@ -35,18 +36,13 @@ DEFAULT_IMPORTANT_RATIO = 0.5
 DUPLICATES_PER_ROUND = 8
 
 
-def _prefix(ctx: VisionContext) -> int:
-    """Protected leading tokens (CLS): the one place this method reads it."""
-    return getattr(ctx, "prefix", 1)
-
-
 @register_method
 class VisPruner(CompressionMethod):
     """Keep ``int(budget * important_ratio)`` most attended patches plus diverse ones, ``budget`` in all."""
 
     name = "vispruner"
     needs_attention = True
-    benchmark_budgets = (64, 128, 192)
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=63)
 
     def __init__(self, budget: int | None = None, important_ratio: float = DEFAULT_IMPORTANT_RATIO) -> None:
         if budget is not None:
@@ -59,7 +55,7 @@ class VisPruner(CompressionMethod):
     def compress(self, ctx: VisionContext) -> CompressionResult:
         """hidden ``[B, N, C]`` -> tokens ``[B, budget, C]``: important + diverse patches, ascending index."""
         budget = DEFAULT_BUDGET if self.budget is None else self.budget
-        prefix = _prefix(ctx)
+        prefix = ctx.prefix  # protected leading tokens (CLS): never selected or merged
         b, n, _ = ctx.hidden.shape
         check_budget_fits(self.name, budget, n - prefix)
         important = int(budget * self.important_ratio)

@@ -3,20 +3,24 @@
 Used by ``tests/test_contract.py`` (parametrized over ``list_methods()``) and available to anyone adding a
 method: ``check_method(get_method("mine"), ctx)`` raises ``AssertionError`` naming the broken property.
 Method-specific behaviour (which tokens, exact counts) is tested per method; this checks the shape of the
-promise: a well-formed, deterministic, finite :class:`CompressionResult` that matches its own bookkeeping.
+promise: a well-formed, deterministic, finite :class:`CompressionResult` that matches its own bookkeeping, on
+contexts with and without a protected prefix (``VisionContext.prefix``: CLIP's CLS, or none), whose tokens are
+kept verbatim or dropped but never merged.
 
 For ``stage == "llm"`` methods (pruning inside the LLM) the vision-side ``compress`` may be the identity,
-like ``none``; the same result invariants still apply to whatever it returns.
+like ``none``; the same result invariants still apply to whatever it returns, and the method must be a
+:class:`~sparsezip.methods.base.LayerPruner` with a known position policy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import torch
 
 from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.methods.base import CompressionMethod, list_methods
+from sparsezip.methods.base import CompressionMethod, LayerPruner, list_methods
 
 
 class ContractError(AssertionError):
@@ -35,6 +39,10 @@ def check_declarations(method: CompressionMethod) -> None:
     _require(type(method).stage in ("vision", "llm"), f"{name}: stage {type(method).stage!r} is not vision/llm")
     for attr in ("needs_attention", "needs_text"):
         _require(isinstance(getattr(type(method), attr), bool), f"{name}: {attr} must be a bool")
+    if type(method).stage == "llm":  # adapters run such methods through the layer-wise loop
+        _require(isinstance(method, LayerPruner), f"{name}: stage 'llm' but not a LayerPruner")
+        _require(type(method).position_policy in ("renumber", "original"),
+                 f"{name}: position_policy {type(method).position_policy!r} is not renumber/original")
     try:
         json.dumps(method.config())
     except TypeError as err:
@@ -87,6 +95,11 @@ def check_result(result: CompressionResult, ctx: VisionContext, name: str = "met
     out = tokens.gather(1, slot.clamp_min(0)[:, :, None].expand(-1, -1, c))
     src = ctx.hidden.gather(1, kept_safe[:, :, None].expand(-1, -1, c))
     _require(bool((out == src)[valid].all()), f"{name}: a kept token differs from its source token")
+    # The prefix (CLS) is protected: kept verbatim or dropped, never averaged into a merged token.
+    prefix = ctx.prefix
+    kept_prefix = times_kept[:, :prefix] > 0
+    _require(bool(((assignment[:, :prefix] == -1) | kept_prefix).all()),
+             f"{name}: a prefix (CLS) token of the {prefix} protected ones was merged into another token")
     try:
         json.dumps(result.info)
     except TypeError as err:
@@ -111,10 +124,10 @@ def check_method(method: CompressionMethod, ctx: VisionContext) -> CompressionRe
              f"{name}: modified its input in place")
     _require(_same(first, method(ctx)), f"{name}: not deterministic (two calls on the same input differ)")
     if not type(method).needs_attention:
-        without = VisionContext(hidden=ctx.hidden, keys=ctx.keys, cls_attn=None, text_query=ctx.text_query)
+        without = dataclasses.replace(ctx, cls_attn=None)
         _require(_same(first, method(without)), f"{name}: declares needs_attention=False but reads cls_attn")
     if not type(method).needs_text and ctx.text_query is not None:
-        without = VisionContext(hidden=ctx.hidden, keys=ctx.keys, cls_attn=ctx.cls_attn)
+        without = dataclasses.replace(ctx, text_query=None)
         _require(_same(first, method(without)), f"{name}: declares needs_text=False but reads text_query")
     return first
 

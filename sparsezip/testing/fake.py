@@ -2,7 +2,8 @@
 the runner, the CLI and benchmarks without a checkpoint.
 
 It really runs the compression method: each image is average-pooled to a ``grid x grid`` patch grid whose
-pixels (plus a CLS token) form ``VisionContext.hidden``, so ``visual_tokens`` is the method's own count.
+pixels (after a CLS token, or none with ``prefix=0``) form ``VisionContext.hidden``, so ``visual_tokens`` is the
+method's own count.
 Answers and timings are pure functions of the inputs, so two runs give byte-identical predictions.
 """
 
@@ -32,7 +33,8 @@ class FakeVisionLanguageModel:
     """Implements the ``VisionLanguageModel`` protocol with no neural network.
 
     Args:
-        grid: patch grid side (``num_patches = grid**2``).
+        grid: patch grid side (``nominal_visual_tokens = grid**2``, every image's uncompressed count).
+        prefix: protected tokens in front of the patches: 1 (a mean "CLS" token, like CLIP) or 0 (none).
         answer: ``(image, question) -> text``; defaults to :func:`default_answer`.
         fail_after: raise ``RuntimeError`` instead of answering once this many samples have been
             generated in total (simulates a run killed part-way).
@@ -45,11 +47,15 @@ class FakeVisionLanguageModel:
         grid: int = 4,
         answer: Callable[[Image.Image, str], str] | None = None,
         fail_after: int | None = None,
+        prefix: int = 1,
     ) -> None:
         if grid < 1:
             raise ValueError(f"grid must be >= 1, got {grid}")
+        if prefix not in (0, 1):
+            raise ValueError(f"prefix must be 0 or 1, got {prefix!r}")
         self.grid = grid
-        self.num_patches = grid * grid
+        self.prefix = prefix
+        self.nominal_visual_tokens = self.num_patches = grid * grid
         self.device = torch.device("cpu")
         self.dtype = torch.float16  # what the KV-cache arithmetic assumes, like a real fp16 checkpoint
         # The HF-style geometry the runner reads for the analytic KV-cache bytes (LLaVA-1.5-7B's numbers).
@@ -64,13 +70,13 @@ class FakeVisionLanguageModel:
         return f"USER: <image>\n{question} ASSISTANT:"
 
     def _context(self, images: Sequence[Image.Image]) -> VisionContext:
-        """``hidden: [B, 1 + grid**2, 3]`` pooled RGB patches after a mean CLS token; keys = hidden;
-        ``cls_attn: [B, 1, N]`` = softmax of patch brightness."""
+        """``hidden: [B, prefix + grid**2, 3]`` pooled RGB patches after a mean CLS token (``prefix = 1``);
+        keys = hidden; ``cls_attn: [B, 1, N]`` = softmax of token brightness."""
         pooled = np.stack([np.asarray(img.resize((self.grid, self.grid)), dtype=np.float32) for img in images])
         patches = torch.from_numpy(pooled).reshape(len(images), self.grid * self.grid, 3) / 255.0
-        hidden = torch.cat([patches.mean(dim=1, keepdim=True), patches], dim=1)
+        hidden = torch.cat([patches.mean(dim=1, keepdim=True)] * self.prefix + [patches], dim=1)
         cls_attn = torch.softmax(hidden.sum(dim=-1), dim=-1).unsqueeze(1)
-        return VisionContext(hidden=hidden, keys=hidden.clone(), cls_attn=cls_attn)
+        return VisionContext(hidden=hidden, keys=hidden.clone(), cls_attn=cls_attn, prefix=self.prefix)
 
     def generate(
         self,
@@ -97,6 +103,7 @@ class FakeVisionLanguageModel:
             timings["total_ms"] = sum(timings.values())
             outputs.append(GenerationOutput(
                 text=text, new_tokens=new_tokens, visual_tokens=float(visual),
+                uncompressed_visual_tokens=self.nominal_visual_tokens,
                 prefill_tokens=len(prompt.split()) + visual, timings=timings, batch_size=len(images),
             ))  # fmt: skip
         self.generated += len(images)

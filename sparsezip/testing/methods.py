@@ -6,24 +6,25 @@ from __future__ import annotations
 import torch
 
 from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.layout import with_prefix
 from sparsezip.methods.base import CompressionMethod
 
 
 def keep_patches(ctx: VisionContext, keep: torch.Tensor) -> CompressionResult:
-    """Keep the patches flagged in ``keep [B, N - 1]`` (ascending, CLS dropped), drop the rest; K may differ per
-    image. Tokens are zero-padded to the batch maximum."""
-    b, n, c = ctx.hidden.shape
-    if keep.shape != (b, n - 1):
-        raise ValueError(f"keep must be [B={b}, N-1={n - 1}], got {tuple(keep.shape)}")
+    """Keep the patches flagged in ``keep [B, N - prefix]`` (ascending, the prefix (CLS) dropped), drop the rest;
+    K may differ per image. Tokens are zero-padded to the batch maximum."""
+    b, _, c = ctx.hidden.shape
+    prefix, m = ctx.prefix, ctx.num_patches
+    if keep.shape != (b, m):
+        raise ValueError(f"keep must be [B={b}, N-prefix={m}], got {tuple(keep.shape)}")
     lengths = keep.sum(dim=1)
     width = int(lengths.max())
     order = torch.sort((~keep).int(), dim=1, stable=True).indices[:, :width]  # kept patches first, ascending
     valid = torch.arange(width, device=keep.device)[None, :] < lengths[:, None]
-    kept_index = torch.where(valid, order + 1, -1)
+    kept_index = torch.where(valid, order + prefix, -1)
     tokens = ctx.hidden.gather(1, kept_index.clamp(min=0)[..., None].expand(-1, -1, c)) * valid[..., None]
     slot = keep.long().cumsum(dim=1) - 1
-    cls = torch.full((b, 1), -1, dtype=torch.long, device=keep.device)
-    assignment = torch.cat([cls, torch.where(keep, slot, -1)], dim=1)
+    assignment = with_prefix(torch.where(keep, slot, -1), prefix, -1)
     return CompressionResult(tokens, lengths, kept_index, assignment, lengths.clone())
 
 

@@ -55,13 +55,20 @@ def vision_contexts(
     dtype: torch.dtype | None = None,
     kinds: tuple[str, ...] = KINDS,
     with_text: bool | None = None,
+    prefixes: tuple[int, ...] = (0, 1),
+    with_crops: bool | None = None,
     device: torch.device | str = "cpu",
 ) -> VisionContext:
-    """A random :class:`VisionContext` for a ``g x g`` patch grid (N = g^2 + 1 tokens, CLS at 0).
+    """A random :class:`VisionContext` for a ``g x g`` patch grid (N = prefix + g^2 tokens).
 
+    ``prefix`` (protected tokens in front: 1 = CLIP's CLS, 0 = a tower without CLS) is drawn from ``prefixes``.
     ``cls_attn`` is a softmax over the N keys (uniform for the constant/zero kinds); ``text_query`` is
-    present when ``with_text`` is True, absent when False, drawn when None.
+    present when ``with_text`` is True, absent when False, drawn when None; likewise ``image_index`` (rows
+    grouped into images as crops, as LLaVA-NeXT feeds them) for ``with_crops``.
     """
+    if not prefixes or any(p < 0 for p in prefixes):
+        raise ValueError(f"prefixes must be a non-empty tuple of ints >= 0, got {prefixes}")
+    prefix = draw(st.sampled_from(prefixes))
     g = draw(st.integers(min_grid, max_grid))
     b = draw(st.integers(1, max_batch))
     c = draw(st.integers(1, max_hidden))
@@ -70,8 +77,11 @@ def vision_contexts(
     kind = draw(st.sampled_from(kinds))
     dtype = draw(dtypes) if dtype is None else dtype
     text = draw(st.booleans()) if with_text is None else with_text
+    crops = draw(st.booleans()) if with_crops is None else with_crops
+    # A new image starts at row 0 and wherever a drawn flag is set: non-decreasing, no gaps.
+    starts = [True] + [draw(st.booleans(), label="new image") for _ in range(b - 1)] if crops else None
     generator = torch.Generator().manual_seed(draw(seeds))
-    n = g * g + 1
+    n = g * g + prefix
     hidden = _values((b, n, c), kind, generator)
     keys = _values((b, n, dk), kind, generator)
     logits = _values((b, h, n), kind if kind in ("random", "ties") else "zeros", generator)
@@ -81,5 +91,7 @@ def vision_contexts(
     def cast(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x.to(device=device, dtype=dtype)
 
-    return VisionContext(hidden=cast(hidden), keys=cast(keys), cls_attn=cast(cls_attn), text_query=cast(text_query))
+    image_index = None if starts is None else torch.tensor(starts).long().cumsum(0) - 1
+    return VisionContext(hidden=cast(hidden), keys=cast(keys), cls_attn=cast(cls_attn), text_query=cast(text_query),
+                         prefix=prefix, image_index=None if image_index is None else image_index.to(device))
 

@@ -3,9 +3,13 @@
 Per image: hybrid score over patches (z-scored CLS attention, channel entropy, MI proxy, plus the text term)
 -> K dominant patches (fixed, or dynamic from the score variance) -> every other patch merged into
 ``contextual_num`` tokens by k-means on L2-normalised keys -> output ``[CLS?, dominant ascending, contextual]``.
+"CLS" is the context's ``prefix`` protected tokens (CLIP: 1; ``keep_cls`` keeps them all, and a tower without
+one, ``prefix = 0``, has nothing to keep); they are never scored or merged.
 
 Budget (``budget=K``, total visual tokens per image): ``K - keep_cls`` is split between ``dominant`` and
 ``merging.contextual_num`` in the ratio of the configured values (54:32 by default, so 64 -> 1 + 40 + 23).
+The split is made for one prefix token (CLIP) at construction (that is ``cfg``) and made again, in the same
+ratio, for a context whose kept prefix differs (``prefix = 0``: 64 -> 0 + 40 + 24), so the budget is exact.
 With dynamic K on, the split's dominant count is the *target* mean K: per image K varies within
 ``[k_min, k_max]`` and so does the token count; choose ``dynk.c`` with :meth:`SparseZip.calibrate` so the
 mean over your images hits the target. Fewer tokens than the budget come out only when a contextual cluster
@@ -23,9 +27,10 @@ import torch
 from sparsezip import scoring
 from sparsezip.budget import check_budget_fits, check_budget_positive, fixed_k, split_budget
 from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.layout import assemble
+from sparsezip.layout import assemble, with_prefix
 from sparsezip.merging import kmeans_assign, visionzip_merge, weighted_merge
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import LLAVA15_BUDGETS, Ablation, BenchmarkRows
 from sparsezip.methods.sparsezip.config import SparseZipConfig
 from sparsezip.methods.sparsezip.dynamic_k import (
     DynamicKCalibration,
@@ -47,9 +52,17 @@ class SparseZip(CompressionMethod):
     name = "sparsezip"
     needs_attention = True
     needs_text = True
+    # One ablation row per switch, at the 64-equivalent budget where compression hurts most.
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=10, ablations=(
+        Ablation("nohybrid", {"skip_hybrid_attn": True}),
+        Ablation("notext", {"cross_beta": 0.0}),
+        Ablation("dynk", {"dynamic_k": True}, calibrate_dynamic_k=True),
+        Ablation("nomerge", {"skip_ctx_merge": True}),
+    ))
 
     def __init__(self, budget: int | None = None, **cfg: Any) -> None:
         config = SparseZipConfig.from_dict(cfg)
+        self._ratio = (config.dominant, config.merging.contextual_num)
         if budget is not None:
             check_budget_positive(self.name, budget)
             dominant, contextual = split_budget(
@@ -70,15 +83,27 @@ class SparseZip(CompressionMethod):
     def _dynamic(cfg: SparseZipConfig) -> bool:
         return cfg.dynamic_k and not cfg.skip_dynamic_k
 
+    def config_for(self, prefix: int) -> SparseZipConfig:
+        """The configuration used on a context with ``prefix`` protected tokens: ``cfg``, with the budget split
+        again when the prefix tokens kept (``prefix`` if ``keep_cls`` else 0) differ from the one assumed."""
+        kept = prefix if self.cfg.keep_cls else 0
+        if self.budget is None or kept == int(self.cfg.keep_cls):
+            return self.cfg
+        # The ratio is the one configured before construction split the budget (dominant:contextual as given).
+        dominant, contextual = split_budget(self.budget, kept, *self._ratio)
+        return self.cfg.replace(dominant=dominant, merging=dataclasses.replace(self.cfg.merging,
+                                                                              contextual_num=contextual))
+
     def scores(self, ctx: VisionContext) -> torch.Tensor:
-        """The final per-patch score ``s`` (hybrid + text term), ``[B, N - 1]`` float32."""
+        """The final per-patch score ``s`` (hybrid + text term), ``[B, N - prefix]`` float32."""
         if ctx.cls_attn is None:
             raise ValueError("sparsezip needs the CLS attention row (VisionContext.cls_attn), got None")
         cfg = self.cfg
+        prefix = ctx.prefix
         alphas = (1.0, 0.0, 0.0) if cfg.skip_hybrid_attn else (cfg.alphas.attn, cfg.alphas.entropy, cfg.alphas.mutual)
         s = scoring.hybrid_score(
-            scoring.cls_attention(ctx.cls_attn),
-            ctx.keys[:, 1:],
+            scoring.cls_attention(ctx.cls_attn, prefix=prefix),
+            ctx.keys[:, prefix:],
             alpha_attn=alphas[0],
             alpha_entropy=alphas[1],
             alpha_mutual=alphas[2],
@@ -86,27 +111,28 @@ class SparseZip(CompressionMethod):
             tau_sim=cfg.tau_sim,
         )
         if cfg.cross_beta and ctx.text_query is not None:
-            s = s + cfg.cross_beta * scoring.zscore(scoring.text_relevance(ctx.hidden[:, 1:], ctx.text_query))
+            s = s + cfg.cross_beta * scoring.zscore(scoring.text_relevance(ctx.hidden[:, prefix:], ctx.text_query))
         return s
 
-    def select_k(self, scores: torch.Tensor) -> torch.Tensor:
-        """Dominant tokens per image ``[B]`` from the scores ``[B, M]``: dynamic, or ``dominant`` (<= M)."""
-        cfg = self.cfg
+    def select_k(self, scores: torch.Tensor, cfg: SparseZipConfig | None = None) -> torch.Tensor:
+        """Dominant tokens per image ``[B]`` from the scores ``[B, M]``: dynamic, or ``dominant`` (<= M) of
+        ``cfg`` (default: this instance's; see :meth:`config_for`)."""
+        cfg = self.cfg if cfg is None else cfg
         if self._dynamic(cfg):
             return dynamic_k(scores, k_min=cfg.k_min, k_max=cfg.k_max, c=cfg.dynk.c, scale=cfg.dynk.scale,
                              eps=cfg.dynk.eps)
         return fixed_k(scores.shape[0], cfg.dominant, scores.shape[1], scores.device)
 
     def compress(self, ctx: VisionContext) -> CompressionResult:
-        """hidden ``[B, N, C]`` -> tokens ``[B, T, C]`` laid out ``[CLS?, dominant ascending, contextual]``."""
+        """hidden ``[B, N, C]`` -> tokens ``[B, T, C]`` laid out ``[prefix?, dominant ascending, contextual]``."""
         if self.budget is not None:
             check_budget_fits(self.name, self.budget, ctx.num_patches)
-        cfg = self.cfg
-        b = ctx.batch_size
-        patches, patch_keys = ctx.hidden[:, 1:], ctx.keys[:, 1:]
+        prefix = ctx.prefix
+        cfg = self.config_for(prefix)
+        patches, patch_keys = ctx.hidden[:, prefix:], ctx.keys[:, prefix:]
 
         s = self.scores(ctx)
-        k = self.select_k(s)
+        k = self.select_k(s, cfg)
         dominant = topk_mask(s, k)
         remaining = ~dominant
         contextual_num = cfg.merging.contextual_num
@@ -122,13 +148,12 @@ class SparseZip(CompressionMethod):
                 agglomerative=cfg.merging.agglomerative,
                 generator=torch.Generator().manual_seed(cfg.seed),
             )
-            weights = scoring.cls_attention(ctx.cls_attn) if cfg.merging.attention_weighted else None
+            weights = scoring.cls_attention(ctx.cls_attn, prefix=prefix) if cfg.merging.attention_weighted else None
             contextual = weighted_merge(patches, labels, contextual_num, weights)
             slot_valid = torch.arange(contextual_num, device=s.device) < n_clusters[:, None]
 
-        keep = torch.cat([torch.full((b, 1), cfg.keep_cls, device=s.device), dominant], dim=1)
-        no_label = torch.full((b, 1), -1, dtype=torch.long, device=s.device)
-        return assemble(ctx.hidden, keep, k, contextual, slot_valid, torch.cat([no_label, labels], dim=1))
+        keep = with_prefix(dominant, prefix, cfg.keep_cls)
+        return assemble(ctx.hidden, keep, k, contextual, slot_valid, with_prefix(labels, prefix, -1))
 
     def calibrate(
         self, contexts: Iterable[VisionContext], target_mean_k: float | None = None, *, scale: float | None = None
