@@ -1,7 +1,8 @@
 """The method interface and the registry (timm-style): the only way the suite finds methods.
 
 A new method subclasses :class:`CompressionMethod`, decorates itself with :func:`register_method` and is
-imported in ``sparsezip/methods/__init__.py``; it then gets every contract test and benchmark row for free.
+imported in ``sparsezip/methods/__init__.py``; it then gets every contract test and its benchmark rows
+(declared in its ``benchmark`` attribute) for free.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import abc
 from typing import ClassVar, Literal
 
 from sparsezip.context import CompressionResult, VisionContext, check_finite, finite_check_enabled
+from sparsezip.methods.rows import BenchmarkRows
 
 Stage = Literal["vision", "llm"]
 
@@ -25,6 +27,8 @@ class CompressionMethod(abc.ABC):
         needs_text: can use ``VisionContext.text_query`` (it still works without one).
         stage: ``"vision"`` compresses between the vision tower and the projector; ``"llm"`` prunes inside
             the language model (its ``compress`` then only does the vision-side part, usually nothing).
+        benchmark: the method's rows in the benchmark matrix (budgets, ablations, report order; see
+            ``sparsezip/methods/rows.py``); by default one row at the 64-token budget.
 
     Every method accepts ``budget``: the number of visual tokens fed to the LLM per image (for ``"llm"``
     methods, the layer-averaged equivalent). ``None`` means the method's own default configuration.
@@ -34,6 +38,7 @@ class CompressionMethod(abc.ABC):
     needs_attention: ClassVar[bool] = False
     needs_text: ClassVar[bool] = False
     stage: ClassVar[Stage] = "vision"
+    benchmark: ClassVar[BenchmarkRows] = BenchmarkRows()
 
     def __call__(self, ctx: VisionContext, *, check_finite_inputs: bool | None = None) -> CompressionResult:
         """Validate ``ctx`` against the declared needs, then :meth:`compress` it.
@@ -77,6 +82,13 @@ def register_method(cls: type[CompressionMethod]) -> type[CompressionMethod]:
         raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__name__}")
     _REGISTRY[name] = cls
     return cls
+
+
+def unregister_method(name: str) -> None:
+    """Remove ``name`` from the registry (a test's throwaway method); ``ValueError`` if it is not there."""
+    if name not in _REGISTRY:
+        raise ValueError(f"method {name!r} is not registered")
+    del _REGISTRY[name]
 
 
 def get_method(name: str, **config: object) -> CompressionMethod:
