@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,41 +110,53 @@ def test_the_cli_refuses_another_checkpoint_or_dtype_before_loading_it(tiny_llav
     assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == 4
 
 
-HOLD_LOCK = """
+SLOW_EVAL = """
 import sys, time
-from filelock import FileLock
-lock = FileLock(sys.argv[1])
-lock.acquire()
-print("locked", flush=True)
-time.sleep(120)
+from sparsezip.data import load_dataset
+from sparsezip.eval.runner import evaluate
+from sparsezip.methods import get_method
+from sparsezip.testing.fake import FakeVisionLanguageModel, default_answer
+
+def slow_answer(image, question):
+    time.sleep(1.0)
+    return default_answer(image, question)
+
+samples = list(load_dataset("pope", sys.argv[1]))
+evaluate(FakeVisionLanguageModel(answer=slow_answer), get_method("none"), samples, sys.argv[2], dataset="pope",
+         progress=False)
 """
 
 
-def test_one_eval_at_a_time_and_a_killed_holder_leaves_no_stale_lock(tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    data, out = tmp_path / "data", tmp_path / "out"
-    write_tree("pope", "files", data)
-    out.mkdir()
+def test_one_eval_at_a_time_and_a_killed_run_leaves_no_stale_lock(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    data, out = write_tree("pope", "files", tmp_path / "data"), tmp_path / "out"
     monkeypatch.setattr(eval_command, "model_plan", lambda args: FakeModelPlan(FakeVisionLanguageModel()))
-    args = ["eval", "--dataset", "pope-random", "--data", str(data), "--model-path", "fake", "--method", "none",
-            "--no-progress", "--out", str(out)]
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / LOCK_FILE)], stdout=subprocess.PIPE,
-                              text=True)
+    args = ["eval", "--dataset", "pope", "--data", str(data), "--model-path", "fake", "--method", "none",
+            "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "uninterrupted")]) == 0
+    running = subprocess.Popen([sys.executable, "-c", SLOW_EVAL, str(data), str(out)])
     try:
-        assert holder.stdout.readline().strip() == "locked"
-        assert main(args) == 2
+        predictions = out / "predictions.jsonl"
+        deadline = time.monotonic() + 120
+        while not (predictions.is_file() and predictions.read_bytes().count(b"\n") >= 1):
+            assert running.poll() is None and time.monotonic() < deadline, "the slow eval did not start"
+            time.sleep(0.05)
+        before = snapshot(out)
+        assert main([*args, "--out", str(out)]) == 2  # a second eval on the same folder, at the same time
         err = capsys.readouterr().err
         assert f"{out} is in use: another sparsezip eval" in err and "Traceback" not in err
-        assert snapshot(out) == {}  # nothing written by the refused run
-        holder.send_signal(signal.SIGKILL)  # kill -9: no chance to clean up
-        holder.wait(timeout=30)
+        assert running.poll() is None  # the refusal came at once, while the first run was still going
+        after = snapshot(out)  # the first run's files, grown by it alone
+        assert after.keys() == before.keys() and all(after[k].startswith(v) for k, v in before.items())
+        running.send_signal(signal.SIGKILL)  # kill -9 mid-run: no chance to release anything
+        running.wait(timeout=30)
     finally:
-        if holder.poll() is None:
-            holder.kill()
-    assert holder.returncode == -signal.SIGKILL and (out / LOCK_FILE).exists()
-    assert main(args) == 0  # the lock died with its holder
-    assert "4/4 samples" in capsys.readouterr().out
+        if running.poll() is None:
+            running.kill()
+    assert running.returncode == -signal.SIGKILL and (out / LOCK_FILE).exists()
+    assert main([*args, "--out", str(out)]) == 0  # the lock died with its holder; the run resumes
+    assert "7/7 samples" in capsys.readouterr().out
+    assert predictions.read_bytes() == (tmp_path / "uninterrupted" / "predictions.jsonl").read_bytes()
 
 
 def test_the_lock_is_reentrant_within_a_process(pope: list, tmp_path: Path) -> None:
