@@ -64,3 +64,17 @@ def test_fixture_commands_write_the_committed_copy_only_when_forced(command: str
     assert main([command, "--out", "elsewhere"]) == 0
     assert main([command, "--force"]) == 0
     assert written == ["elsewhere", committed]
+
+
+def test_an_interrupt_exits_130_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    class Interrupting(FakeModelPlan):
+        def load(self):
+            raise KeyboardInterrupt
+
+    write_tree("pope", "files", tmp_path / "data")
+    monkeypatch.setattr(eval_command, "model_plan", lambda args: Interrupting(FakeVisionLanguageModel()))
+    assert main(["eval", "--dataset", "pope-random", "--data", str(tmp_path / "data"), "--model-path", "fake",
+                 "--method", "none", "--out", str(tmp_path / "out")]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("sparsezip eval: interrupted") and err.count("\n") == 1

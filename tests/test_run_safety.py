@@ -87,6 +87,13 @@ def test_library_versions_and_device_type_are_part_of_the_identity(pope: list, t
     monkeypatch.setattr(runner, "library_versions", lambda: {**config["versions"], "transformers": "9.9.9"})
     with pytest.raises(ValueError, match=r"versions\.transformers: '[^']+' -> '9\.9\.9'"):
         run(pope, tmp_path / "out")
+    monkeypatch.undo()
+    # a run.json written before these fields existed cannot vouch for them: refused, the list kept short
+    new_fields = ("checkpoint", "dtype", "device_type", "model_settings", "prompt_template", "versions")
+    (tmp_path / "out" / RUN_FILE).write_text(json.dumps({k: v for k, v in config.items() if k not in new_fields}))
+    with pytest.raises(ValueError, match=r"\(checkpoint: \(absent\) -> None; device_type: \(absent\) -> 'cpu'; "
+                                         r".*; and 2 more\)"):
+        run(pope, tmp_path / "out")
 
 
 def test_the_cli_refuses_another_checkpoint_or_dtype_before_loading_it(tiny_llava_dir: Path,

@@ -29,6 +29,7 @@ from sparsezip.jsonio import atomic_write_json, atomic_write_jsonl, iter_jsonl, 
 RUN_FILE, PREDICTIONS_FILE, SUMMARY_FILE = "run.json", "predictions.jsonl", "summary.json"
 LOCK_FILE = ".sparsezip.lock"
 _ABSENT = object()
+_SHOWN = 6  # differences listed in a refusal (a run.json of an older sparsezip lacks many fields at once)
 _LOCKS: dict[str, FileLock] = {}  # one lock object per folder and process, so nested `locked` calls re-enter
 
 
@@ -104,7 +105,8 @@ def check_same_run(out_dir: Path, previous: Mapping | None, config: Mapping, *, 
     if changed:
         problems.append(f"annotation file(s) {changed} changed (sha256 differs)")
     if problems:
-        raise ValueError(f"{out_dir} holds a different run ({'; '.join(problems)}); resume it with the same "
+        shown = problems[:_SHOWN] + ([f"and {len(problems) - _SHOWN} more"] if len(problems) > _SHOWN else [])
+        raise ValueError(f"{out_dir} holds a different run ({'; '.join(shown)}); resume it with the same "
                          "settings or choose another --out")
 
 
