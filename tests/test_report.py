@@ -171,3 +171,62 @@ def test_report_refuses_a_folder_without_runs(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no sparsezip eval run folders"):
         load_entries([tmp_path / "empty"])
+
+
+# ------------------------------------------------------------------------------ paired statistics (issue 13)
+from sparsezip.eval.report import pareto_front  # noqa: E402
+
+
+def test_pareto_front_keeps_the_undominated_points_in_cost_order() -> None:
+    points = [(10.0, 90.0), (5.0, 80.0), (12.0, 85.0), (5.0, 70.0), (20.0, 95.0)]
+    assert pareto_front(points) == [1, 0, 4]
+    assert pareto_front([(1.0, 1.0)]) == [0]
+
+
+def _fake_eval(samples: list, out: Path, answer) -> Path:
+    from sparsezip.eval.runner import evaluate
+    from sparsezip.methods import get_method
+    from sparsezip.testing.fake import FakeVisionLanguageModel
+
+    evaluate(FakeVisionLanguageModel(answer=answer), get_method("none"), samples, out, dataset="pope-random",
+             progress=False)
+    return out
+
+
+def test_report_of_run_folders_shows_intervals_deltas_and_the_random_control(tmp_path: Path) -> None:
+    """Run folders carry every question, so the table gains the paired statistics; a run identical to the
+    control is `not distinguishable` from it."""
+    from sparsezip.data import load_dataset
+    from sparsezip.eval.significance import case_statistics
+    from sparsezip.testing.trees import write_tree
+
+    samples = [s for s in load_dataset("pope", write_tree("pope", "files", tmp_path / "data"))
+               if s.meta["category"] == "random"]
+    truth = {s.question: s.answers[0] for s in samples}
+    _fake_eval(samples, tmp_path / "runs" / "none", lambda image, q: "Yes" if truth[q] == "yes" else "No")
+    _fake_eval(samples, tmp_path / "runs" / "random", lambda image, q: "Yes")
+    entries = load_entries([tmp_path / "runs"])
+    assert all(e.records is not None and len(e.records) == len(samples) for e in entries)
+    # Relabel the second run as `random` and a copy as another method at the same budget.
+    none, rand = sorted(entries, key=lambda e: e.headline, reverse=True)
+    rand = dataclasses.replace(rand, row="random", method="random", budget=16)
+    same_as_random = dataclasses.replace(rand, row="visionzip", method="visionzip")
+    stats = case_statistics([none, rand, same_as_random], n_resamples=200)
+    assert stats[0].vs_none is None and stats[0].ci is not None
+    assert stats[1].vs_none.delta < 0 and stats[1].vs_none.loyalty < 1
+    assert stats[2].vs_random is not None and not stats[2].vs_random.distinguishable
+    table = markdown_table([none, rand, same_as_random], stats)
+    assert "vs none [95% CI]" in table and "not distinguishable" in table and "McNemar p" in table
+
+
+def test_benchmark_json_records_round_trip(tmp_path: Path) -> None:
+    """The matrix keeps each case's questions in extra_info column-wise; the report reads them back."""
+    from sparsezip.data.records import compact_records, expand_records
+
+    records = [{"question_id": i, "category": "random", "answers": ["yes"], "prediction": "Yes", "index": i}
+               for i in range(3)]
+    columns = compact_records(records)
+    assert set(columns) == {"question_id", "category", "answers", "prediction"}
+    assert expand_records(columns) == [{k: r[k] for k in columns} for r in records]
+    with pytest.raises(ValueError, match="differ in length"):
+        expand_records({**columns, "prediction": ["Yes"]})

@@ -16,8 +16,9 @@ Pipeline of :meth:`LlavaVLM.generate` for a batch of single-image prompts (llava
 
 Scattering into ``inputs_embeds`` and passing ``mm_encoder_outputs`` were both checked to give the plain model's
 tokens and bit-identical logits when nothing is dropped (transformers 5.24); the adapter keeps the scatter, which
-does not depend on the newer ``mm_encoder_outputs`` API. In-LLM methods (``stage = "llm"``, SparseVLM) run one
-prompt at a time through their own greedy loop (:mod:`sparsezip.adapters.sparsevlm_llama`).
+does not depend on the newer ``mm_encoder_outputs`` API. In-LLM methods (``stage = "llm"``: a
+:class:`~sparsezip.methods.base.LayerPruner`, e.g. SparseVLM) run batched through the generic layer-wise greedy
+loop (:mod:`sparsezip.adapters.layerwise`) instead of ``generate``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from sparsezip.adapters.llava_loader import llava_visual_tokens, load_llava
 from sparsezip.adapters.placeholders import shorten_image_runs
 from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.methods.base import CompressionMethod
+from sparsezip.methods.base import CompressionMethod, LayerPruner
 from sparsezip.profiling import FirstCallClock, StageTimer, decoder_prefill_flops
 
 # load_llava lives with LLaVA's registry entry; it is re-exported here, where users have always imported it.
@@ -319,14 +320,11 @@ class LlavaVLM:
 
         ``prompts[i]`` holds exactly one ``<image>`` for ``images[i]``; ``questions[i]`` is the bare question for
         text-aware methods (``None``: no text awareness). Every sample of a batch reports the batch's stage
-        times (``batch_size`` says how many shared them); in-LLM methods run one prompt at a time.
+        times (``batch_size`` says how many shared them).
         """
         self._validate(images, prompts, method, questions, max_new_tokens, num_beams)
         if method.stage == "llm":
-            return [
-                self._generate_in_llm(image, prompt, method, max_new_tokens)
-                for image, prompt in zip(images, prompts, strict=True)
-            ]
+            return self._generate_in_llm(images, prompts, method, max_new_tokens)
         prepared = self.prepare(images, prompts, method=method, questions=questions)
         first_token = FirstCallClock(self.device)
         with torch.inference_mode():
@@ -366,44 +364,46 @@ class LlavaVLM:
         return outputs
 
     def _generate_in_llm(
-        self, image: Image.Image, prompt: str, method: CompressionMethod, max_new_tokens: int
-    ) -> GenerationOutput:
-        from sparsezip.adapters.sparsevlm_llama import generate_sparsevlm
+        self, images: Sequence[Image.Image], prompts: Sequence[str], method: CompressionMethod, max_new_tokens: int
+    ) -> list[GenerationOutput]:
+        from sparsezip.adapters.layerwise import generate_layerwise
 
-        if method.name != "sparsevlm":
-            raise ValueError(f"no in-LLM implementation for method {method.name!r} (stage 'llm'); known: sparsevlm")
-        prepared = self.prepare([image], [prompt], method=method)
-        visual_positions = torch.nonzero(prepared.image_mask[0]).flatten()
-        start = int(visual_positions[0])
-        text_config = self.model.config.text_config
-        run = generate_sparsevlm(
-            self.model,
+        if not isinstance(method, LayerPruner):
+            raise ValueError(f"method {method.name!r} declares stage 'llm' but is not a LayerPruner, so it has no "
+                             "in-LLM implementation")
+        prepared = self.prepare(images, prompts, method=method)
+        run = generate_layerwise(
+            self.model.model.language_model,
+            self.model.lm_head,
             prepared.inputs_embeds,
-            start,
-            visual_positions.numel(),
-            method.plan(self.num_patches, text_config.num_hidden_layers),
+            prepared.attention_mask,
+            prepared.image_mask,
+            method,
+            num_patches=self.nominal_visual_tokens,
             max_new_tokens=max_new_tokens,
             eos_token_ids=self._eos_ids(),
             clock=prepared.timer.now,
         )
-        end = prepared.timer.now()
-        per_layer = run.visual_tokens_per_layer
-        tokens = self._trim(run.tokens)
-        return GenerationOutput(
-            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-            new_tokens=len(tokens),
-            visual_tokens=sum(per_layer) / len(per_layer),
-            uncompressed_visual_tokens=int(prepared.uncompressed[0]),
-            prefill_tokens=int(prepared.attention_mask[0].sum()),
-            timings=self._timings(prepared, run.first_token_time, end),
-            visual_tokens_per_layer=per_layer,
-            batch_size=1,
-            extra={
-                "token_ids": tokens,
-                "counts_after_pruning": run.counts_after_pruning,
-                "prefill_flops": self._prefill_flops(run.prefill_tokens_per_layer),
-            },
-        )
+        timings = self._timings(prepared, run.first_token_time, prepared.timer.now())
+        outputs = []
+        for b, tokens in enumerate(run.tokens):
+            per_layer = run.visual_tokens_per_layer[b]
+            outputs.append(GenerationOutput(
+                text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                new_tokens=len(tokens),
+                visual_tokens=sum(per_layer) / len(per_layer),
+                uncompressed_visual_tokens=int(prepared.uncompressed[b]),
+                prefill_tokens=int(prepared.attention_mask[b].sum()),
+                timings=dict(timings),
+                visual_tokens_per_layer=per_layer,
+                batch_size=len(prompts),
+                extra={
+                    "token_ids": tokens,
+                    "counts_after_pruning": run.counts_after_pruning[b],
+                    "prefill_flops": self._prefill_flops(run.prefill_tokens_per_layer[b]),
+                },
+            ))
+        return outputs
 
     # ------------------------------------------------------------------------------------------ helpers
     def _eos_ids(self) -> set[int]:

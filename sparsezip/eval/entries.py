@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from sparsezip.data.records import expand_records
 from sparsezip.data.registry import DATASETS, benchmark_datasets
 from sparsezip.data.spec import DatasetSpec
 from sparsezip.methods import list_methods, method_class
@@ -43,6 +44,10 @@ class Entry:
             the dataset has none or the metrics lack it.
         metrics: the row's report columns (same order), ``None`` where missing.
         new_tokens: mean generated tokens per sample (answer length dominates latency).
+        budget: the method's token budget on this model (``None`` = its default, e.g. ``none``).
+        records: every question's scoring record (``question_id``, ``category``, ``answers``, raw
+            ``prediction``) in dataset order, for paired statistics; ``None`` when the input lacks them (a
+            benchmark JSON written before they were recorded).
     """
 
     run: str
@@ -58,6 +63,8 @@ class Entry:
     headline: float | None
     metrics: tuple[float | None, ...]
     new_tokens: float | None
+    budget: int | None = None
+    records: tuple[dict, ...] | None = field(default=None, repr=False, compare=False)
 
 
 def _spec(family: str) -> DatasetSpec | None:
@@ -107,6 +114,8 @@ def benchmark_entries(path: Path, data: Mapping, run: str) -> list[Entry]:
             tokens_per_layer=tokens.get("per_layer"), latency_ms=latency, latency_source=source,
             headline=_display_headline(spec, extra.get("metrics"), extra["headline"]),
             metrics=_columns(spec, extra.get("metrics")), new_tokens=extra.get("new_tokens_mean"),
+            budget=extra.get("budget"),
+            records=tuple(expand_records(extra["records"])) if extra.get("records") else None,
         ))  # fmt: skip
     return entries
 
@@ -140,7 +149,20 @@ def eval_entry(folder: Path, several: bool = False) -> Entry:
         latency_source=f"eval median, b{config['batch_size']}",
         headline=_display_headline(spec, summary.get("metrics"), None),
         metrics=_columns(spec, summary.get("metrics")), new_tokens=tokens.get("new_tokens_mean"),
+        budget=(config.get("method_config") or {}).get("budget"), records=_scoring_records(folder),
     )  # fmt: skip
+
+
+def _scoring_records(folder: Path) -> tuple[dict, ...] | None:
+    """The run's scoring records in dataset order (``None`` if it has no predictions yet)."""
+    from sparsezip.data.records import SCORING_FIELDS
+    from sparsezip.jsonio import iter_jsonl
+
+    path = folder / "predictions.jsonl"
+    if not path.is_file():
+        return None
+    records = sorted((obj for _, obj in iter_jsonl(path)), key=lambda r: r.get("index", 0))
+    return tuple({k: r[k] for k in SCORING_FIELDS if k in r} for r in records) or None
 
 
 def run_folders(path: Path) -> list[Path]:
