@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.context import CompressionResult, VisionContext, check_finite, finite_check_enabled
 from sparsezip.methods.rows import BenchmarkRows
 
 Stage = Literal["vision", "llm"]
@@ -47,8 +47,12 @@ class CompressionMethod(abc.ABC):
     stage: ClassVar[Stage] = "vision"
     benchmark: ClassVar[BenchmarkRows] = BenchmarkRows()
 
-    def __call__(self, ctx: VisionContext) -> CompressionResult:
-        """Validate ``ctx`` against the declared needs, then :meth:`compress` it."""
+    def __call__(self, ctx: VisionContext, *, check_finite_inputs: bool | None = None) -> CompressionResult:
+        """Validate ``ctx`` against the declared needs, then :meth:`compress` it.
+
+        ``check_finite_inputs`` (default: on unless ``$SPARSEZIP_CHECK_FINITE=0``) refuses a context whose float
+        tensors hold NaN/inf, naming the tensor (:func:`sparsezip.context.check_finite`; one reduction per tensor).
+        """
         if not isinstance(ctx, VisionContext):
             raise ValueError(f"{self.name}: expected a VisionContext, got {type(ctx).__name__}")
         if self.needs_attention and ctx.cls_attn is None:
@@ -56,6 +60,11 @@ class CompressionMethod(abc.ABC):
                 f"method {self.name!r} needs the CLS attention row (VisionContext.cls_attn), "
                 "but the caller did not provide it"
             )
+        if finite_check_enabled() if check_finite_inputs is None else check_finite_inputs:
+            try:
+                check_finite(ctx)
+            except ValueError as err:
+                raise ValueError(f"method {self.name!r}: {err}") from None
         return self.compress(ctx)
 
     @abc.abstractmethod
