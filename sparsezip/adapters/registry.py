@@ -28,7 +28,11 @@ if TYPE_CHECKING:
     from sparsezip.adapters.api import VisionLanguageModel
 
 # Imported on first use of the registry; each registers its adapter(s). One line per model family.
-BUILTIN_ADAPTER_MODULES: tuple[str, ...] = ("sparsezip.adapters.llava_loader",)
+BUILTIN_ADAPTER_MODULES: tuple[str, ...] = (
+    "sparsezip.adapters.llava_loader",
+    "sparsezip.adapters.llava_next_loader",
+    "sparsezip.adapters.qwen2_5_vl_loader",
+)
 FIXTURES_DIR = Path(__file__).resolve().parents[2] / "fixtures"
 
 
@@ -44,6 +48,9 @@ class ModelAdapter:
             LLaVA-1.5), the scale relative budgets are mapped by; per-sample counts come from the model's outputs.
         check_config: ``config.json`` dict -> ``None``, raising ``ValueError`` for a configuration the adapter
             cannot run (so it is refused before the weights load); ``None`` = any.
+        nominal_visual_tokens_at: ``(checkpoint folder, config.json dict) -> int``, for families whose nominal count
+            depends on other files too (Qwen2.5-VL: the image processor's resizing rule); used instead of
+            ``nominal_visual_tokens`` when set.
     """
 
     model_type: str
@@ -51,6 +58,7 @@ class ModelAdapter:
     load: Callable[[Checkpoint, torch.device, torch.dtype], VisionLanguageModel] = field(repr=False)
     nominal_visual_tokens: Callable[[Mapping], int] = field(repr=False)
     check_config: Callable[[Mapping], None] | None = field(default=None, repr=False)
+    nominal_visual_tokens_at: Callable[[Path, Mapping], int] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,8 @@ def nominal_visual_tokens(path_or_name: str | Path) -> int:
     no file checks): what relative budgets (the benchmark matrix's LLaVA-1.5 scale) are mapped by."""
     path, _ = resolve_model(path_or_name)
     config, adapter = _config_and_adapter(path)
+    if adapter.nominal_visual_tokens_at is not None:
+        return int(adapter.nominal_visual_tokens_at(path, config))
     return int(adapter.nominal_visual_tokens(config))
 
 

@@ -50,6 +50,9 @@ class SparseZip(CompressionMethod):
 
     name = "sparsezip"
     needs_attention = True
+    # Without CLS (Qwen2.5-VL) the CLS-attention term reads the mean attention each token receives, the same
+    # substitute VisionZip's Qwen ports use; the other terms do not depend on CLS.
+    attention_sources = ("cls", "mean_received")
     needs_text = True
 
     def __init__(self, budget: int | None = None, **cfg: Any) -> None:
