@@ -7,14 +7,14 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from sparsezip.bench.matrix import (
-    DATASETS,
     FULL_BUDGET,
     LLAVA15_BUDGETS,
-    ROWS,
     build_matrix,
+    matrix_rows,
     row_names,
     scale_budget,
 )
+from sparsezip.data.registry import benchmark_datasets
 
 
 def _ids(cases) -> list[str]:
@@ -50,7 +50,7 @@ def test_full_matrix_has_every_row_and_dataset() -> None:
     ids = _ids(cases)
     assert len(ids) == len(set(ids)), "case ids must be unique"
     # per dataset: none + sparsezip x3 + 4 ablations + visionzip x3 + sparsevlm x3 + random + pool = 16
-    assert len(cases) == 16 * len(DATASETS)
+    assert len(cases) == 16 * len(benchmark_datasets())
     assert "pope-adversarial[tiny-shapes]-sparsezip-k16" in ids
     assert "pope-random[tiny-shapes]-none" in ids
     assert "mme[tiny-shapes]-visionzip-k48" in ids
@@ -121,7 +121,7 @@ def test_method_kwargs_carry_budget_and_ablation_switch() -> None:
 
 
 def test_row_names_are_id_safe() -> None:
-    for row in ROWS:
+    for row in matrix_rows():
         assert re.fullmatch(r"[a-z0-9-]+", row.name)
 
 

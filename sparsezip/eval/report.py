@@ -1,109 +1,22 @@
-"""Tables and plots from pytest-benchmark JSON files of the benchmark matrix (``sparsezip report``).
-
-Reads what ``benchmarks/test_matrix.py`` writes into each benchmark's ``extra_info`` (dataset, row, visual
-tokens, metrics) plus pytest-benchmark's own timing statistics, and renders
+"""Tables and plots of evaluated cases (``sparsezip report``): benchmark-matrix runs from pytest-benchmark
+JSON files and ``sparsezip eval`` run folders alike, read as one :class:`~sparsezip.eval.entries.Entry` type
+(``sparsezip/eval/entries.py``), rendered as
 
 - a markdown table per dataset in the shape of the seed's Table 1: method, visual tokens fed to the LLM,
-  latency of one sample's generate call (median of the timed rounds) and its speed-up over ``none`` from the
-  same run, and the dataset's metrics;
+  latency and its speed-up over ``none`` from the same run (and the same kind of timing), and the dataset
+  row's report columns; a ``Latency from`` column appears when a latency is not a pytest-benchmark timing;
 - a PNG with, per dataset, the headline metric against latency and against visual tokens for every method.
-
-Benchmarks without the matrix's ``extra_info`` (e.g. the core micro-benchmarks) are ignored.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-# Metric columns per dataset family: (header, key in extra_info["metrics"], scale for display).
-METRIC_COLUMNS: dict[str, tuple[tuple[str, str, float], ...]] = {
-    "pope": (("F1", "f1", 100.0), ("Acc", "accuracy", 100.0), ("Yes %", "yes_ratio", 100.0)),
-    "mme": (("Perception", "perception", 1.0), ("Cognition", "cognition", 1.0)),
-    "docvqa": (("ANLS", "anls", 100.0), ("EM", "exact_match", 100.0)),
-}
-HEADLINE_LABEL = {"pope": "POPE F1 (%)", "mme": "MME total score", "docvqa": "DocVQA ANLS (%)"}
+from sparsezip.data.registry import DATASETS
+from sparsezip.eval.entries import TIMED, Entry, load_entries
 
-
-@dataclass(frozen=True)
-class Entry:
-    """One matrix case of one run: what the table and the plot show.
-
-    Attributes:
-        run: label of the JSON file it came from (its stem, plus device when several files are given).
-        dataset: benchmark dataset name; ``family`` its part before the first '-'.
-        row: method row name (``sparsezip-notext``); ``method`` the registry name.
-        tokens: mean visual tokens fed to the LLM per image (layer-averaged for in-LLM methods).
-        tokens_per_layer: per-layer visual tokens (in-LLM methods) or ``None``.
-        latency_ms: median latency of the timed generate call, ms (``None`` if timing was disabled).
-        headline: the dataset's headline metric, on the display scale (percent, or MME points).
-        metrics: the display columns of :data:`METRIC_COLUMNS` (same order), ``None`` where missing.
-        new_tokens: mean generated tokens per sample (answer length dominates latency).
-    """
-
-    run: str
-    dataset: str
-    family: str
-    model: str
-    row: str
-    method: str
-    tokens: float
-    tokens_per_layer: list[float] | None
-    latency_ms: float | None
-    headline: float
-    metrics: tuple[float | None, ...]
-    new_tokens: float | None
-
-
-def _display_headline(family: str, extra: dict) -> float:
-    value = float(extra["headline"]["value"])
-    return value if family == "mme" else 100.0 * value
-
-
-def load_entries(paths: Sequence[str | Path]) -> list[Entry]:
-    """Every matrix case in the pytest-benchmark JSON files ``paths``, in file then benchmark order.
-
-    Raises ``ValueError`` naming the file if one is not a pytest-benchmark JSON (no ``benchmarks`` list).
-    """
-    entries = []
-    for path in map(Path, paths):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"cannot read benchmark JSON {path}: {err}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
-            raise ValueError(f"{path} is not a pytest-benchmark JSON file (no 'benchmarks' list)")
-        device = (data.get("machine_info") or {}).get("sparsezip", {}) or {}
-        device_label = device.get("gpu_name") or device.get("device_type") or "?"
-        run = f"{path.stem} ({device_label})" if len(paths) > 1 else path.stem
-        for bench in data["benchmarks"]:
-            extra = bench.get("extra_info") or {}
-            if "dataset" not in extra or "headline" not in extra:
-                continue
-            family = extra["family"]
-            metrics = extra.get("metrics", {})
-            tokens = extra["visual_tokens"]
-            stats = bench.get("stats") or {}
-            entries.append(Entry(
-                run=run,
-                dataset=extra["dataset"],
-                family=family,
-                model=extra.get("model", "?"),
-                row=extra["row"],
-                method=extra["method"],
-                tokens=float(tokens["mean"]),
-                tokens_per_layer=tokens.get("per_layer"),
-                latency_ms=1000.0 * stats["median"] if "median" in stats else None,
-                headline=_display_headline(family, extra),
-                metrics=tuple(
-                    None if metrics.get(key) is None else scale * float(metrics[key])
-                    for _, key, scale in METRIC_COLUMNS.get(family, ())
-                ),
-                new_tokens=extra.get("new_tokens_mean"),
-            ))
-    return entries
+__all__ = ["Entry", "load_entries", "markdown_table", "plot", "write_report"]
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -123,28 +36,37 @@ def markdown_table(entries: Iterable[Entry]) -> str:
         groups.setdefault((entry.dataset, entry.model), []).append(entry)
     several_runs = len({e.run for e in entries}) > 1
     for (dataset, model), group in groups.items():
-        family = group[0].family
-        metric_headers = [header for header, _, _ in METRIC_COLUMNS.get(family, ())]
-        headline_header = "Total" if family == "mme" else None
-        headers = (["Run"] if several_runs else []) + ["Method", "Visual tokens", "Latency (ms)", "Speed-up"]
+        spec = DATASETS.get(group[0].family)
+        columns = spec.report_columns if spec else ()
+        metric_headers = [header for header, _, _ in columns]
+        headline = spec.headline if spec else None
+        # The headline gets its own column unless it is one of the report columns (MME's total is not).
+        headline_header = headline.header if headline and headline.name not in {k for _, k, _ in columns} else None
+        show_source = any(e.latency_source != TIMED for e in group)
+        headers = (["Run"] if several_runs else []) + ["Method", "Visual tokens", "Latency (ms)"]
+        headers += (["Latency from"] if show_source else []) + ["Speed-up"]
         headers += ([headline_header] if headline_header else []) + metric_headers + ["New tokens"]
         lines = [f"### {dataset} [{model}]", "", "| " + " | ".join(headers) + " |",
                  "|" + "|".join(["---"] * len(headers)) + "|"]
-        reference = {e.run: e.latency_ms for e in group if e.row == "none"}
+        # Speed-ups only between latencies of one run measured the same way (timed call vs evaluation).
+        reference = {(e.run, e.latency_source): e.latency_ms for e in group if e.row == "none"}
         for entry in group:
             tokens = _fmt(entry.tokens)
             if entry.tokens_per_layer:
                 tokens += " (per layer " + "/".join(_fmt(t, 0) for t in entry.tokens_per_layer) + ")"
-            base = reference.get(entry.run)
+            base = reference.get((entry.run, entry.latency_source))
             speedup = (f"{base / entry.latency_ms:.2f}x" if base and entry.latency_ms else "-")
-            cells = ([entry.run] if several_runs else []) + [entry.row, tokens, _fmt(entry.latency_ms, 2), speedup]
+            cells = ([entry.run] if several_runs else []) + [entry.row, tokens, _fmt(entry.latency_ms, 2)]
+            cells += ([entry.latency_source] if show_source else []) + [speedup]
             cells += ([_fmt(entry.headline)] if headline_header else [])
             cells += [_fmt(v) for v in entry.metrics] + [_fmt(entry.new_tokens, 2)]
             lines.append("| " + " | ".join(cells) + " |")
         sections.append("\n".join(lines))
-    footer = ("Latency: median of the timed rounds of one fixed sample's generate call (batch 1), "
-              "speed-up relative to `none` of the same run. Visual tokens: mean per image fed to the LLM "
-              "(SparseVLM: layer-averaged equivalent, per-layer counts in brackets).")
+    footer = ("Latency: median of the timed rounds of one fixed sample's generate call (batch 1); where "
+              "`Latency from` says `eval median, bB` / `eval mean, bB`, the evaluation's own median / mean "
+              "total time of a generate call at batch size B (every sample of a batch carries the batch's time). "
+              "Speed-up relative to `none` of the same run and timing. Visual tokens: mean per image fed to "
+              "the LLM (SparseVLM: layer-averaged equivalent, per-layer counts in brackets).")
     return "\n\n".join(sections) + "\n\n" + footer + "\n"
 
 
@@ -157,7 +79,7 @@ def plot(entries: Iterable[Entry], out_png: str | Path) -> Path:
 
     entries = list(entries)
     if not entries:
-        raise ValueError("nothing to plot: no benchmark-matrix cases in the given files")
+        raise ValueError("nothing to plot: no evaluated cases in the given inputs")
     datasets = list(dict.fromkeys(e.dataset for e in entries))
     methods = list(dict.fromkeys(e.method for e in entries))
     runs = list(dict.fromkeys(e.run for e in entries))
@@ -167,6 +89,8 @@ def plot(entries: Iterable[Entry], out_png: str | Path) -> Path:
     for (ax_lat, ax_tok), dataset in zip(axes, datasets, strict=True):
         group = [e for e in entries if e.dataset == dataset]
         for entry in group:
+            if entry.headline is None:  # a dataset without a headline (captions) has nothing to plot
+                continue
             style = {"color": colors[entry.method], "marker": markers.get(entry.run, "o")}
             if entry.latency_ms is not None:
                 ax_lat.scatter(entry.latency_ms, entry.headline, **style)
@@ -175,7 +99,8 @@ def plot(entries: Iterable[Entry], out_png: str | Path) -> Path:
             ax_tok.scatter(entry.tokens, entry.headline, **style)
             ax_tok.annotate(_row_label(entry), (entry.tokens, entry.headline), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
-        ylabel = f"{dataset}: {HEADLINE_LABEL.get(group[0].family, 'headline')}"
+        spec = DATASETS.get(group[0].family)
+        ylabel = f"{dataset}: {spec.headline.label if spec and spec.headline else 'headline'}"
         ax_lat.set(xlabel="latency per sample (ms, median)", ylabel=ylabel)
         ax_tok.set(xlabel="visual tokens fed to the LLM", ylabel=ylabel)
         for ax in (ax_lat, ax_tok):
@@ -193,12 +118,14 @@ def plot(entries: Iterable[Entry], out_png: str | Path) -> Path:
 
 
 def write_report(paths: Sequence[str | Path], out_dir: str | Path) -> tuple[Path, Path]:
-    """``report.md`` and ``report.png`` in ``out_dir`` from the benchmark JSON files ``paths``."""
+    """``report.md`` and ``report.png`` in ``out_dir`` from ``paths``: pytest-benchmark JSON files and/or
+    ``sparsezip eval`` run folders (or folders holding them, e.g. ``runs/bench/<fingerprint>``)."""
     entries = load_entries(paths)
     if not entries:
         raise ValueError(
             f"no benchmark-matrix cases in {', '.join(map(str, paths))} (were they run with timing enabled, "
-            "e.g. --benchmark-json, and without xdist?)"
+            "e.g. --benchmark-json, and without xdist? the cases' run folders under runs/bench/ can be "
+            "reported directly)"
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """The method interface and the registry (timm-style): the only way the suite finds methods.
 
 A new method subclasses :class:`CompressionMethod`, decorates itself with :func:`register_method` and is
-imported in ``sparsezip/methods/__init__.py``; it then gets every contract test and benchmark row for free.
+imported in ``sparsezip/methods/__init__.py``; it then gets every contract test and its benchmark rows
+(declared in its ``benchmark`` attribute) for free.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import abc
 from typing import ClassVar, Literal
 
 from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.methods.rows import BenchmarkRows
 
 Stage = Literal["vision", "llm"]
 
@@ -25,10 +27,15 @@ class CompressionMethod(abc.ABC):
         needs_text: can use ``VisionContext.text_query`` (it still works without one).
         stage: ``"vision"`` compresses between the vision tower and the projector; ``"llm"`` prunes inside
             the language model (its ``compress`` then only does the vision-side part, usually nothing).
+<<<<<<< HEAD
         attention_sources: for ``needs_attention`` methods, the kinds of ``VisionContext.cls_attn`` the method
             runs on (``sparsezip.context.ATTENTION_SOURCES``): ``("cls",)`` = CLIP's CLS row only, so a tower
             without CLS (Qwen2.5-VL) is refused; add ``"mean_received"`` where the method's authors (or the
             field's ports of it) substitute the mean attention each token receives.
+=======
+        benchmark: the method's rows in the benchmark matrix (budgets, ablations, report order; see
+            ``sparsezip/methods/rows.py``); by default one row at the 64-token budget.
+>>>>>>> main
 
     Every method accepts ``budget``: the number of visual tokens fed to the LLM per image (for ``"llm"``
     methods, the layer-averaged equivalent). ``None`` means the method's own default configuration.
@@ -38,7 +45,11 @@ class CompressionMethod(abc.ABC):
     needs_attention: ClassVar[bool] = False
     needs_text: ClassVar[bool] = False
     stage: ClassVar[Stage] = "vision"
+<<<<<<< HEAD
     attention_sources: ClassVar[tuple[str, ...]] = ("cls",)
+=======
+    benchmark: ClassVar[BenchmarkRows] = BenchmarkRows()
+>>>>>>> main
 
     def __call__(self, ctx: VisionContext) -> CompressionResult:
         """Validate ``ctx`` against the declared needs, then :meth:`compress` it."""
@@ -101,6 +112,13 @@ def register_method(cls: type[CompressionMethod]) -> type[CompressionMethod]:
         raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__name__}")
     _REGISTRY[name] = cls
     return cls
+
+
+def unregister_method(name: str) -> None:
+    """Remove ``name`` from the registry (a test's throwaway method); ``ValueError`` if it is not there."""
+    if name not in _REGISTRY:
+        raise ValueError(f"method {name!r} is not registered")
+    del _REGISTRY[name]
 
 
 def get_method(name: str, **config: object) -> CompressionMethod:

@@ -33,6 +33,7 @@ import torch
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.methods.base import CompressionMethod, register_method
 from sparsezip.methods.none import NoCompression
+from sparsezip.methods.rows import LLAVA15_BUDGETS, BenchmarkRows
 
 SPEC_NUM_PATCHES = 576
 SPEC_NUM_LAYERS = 32
@@ -256,6 +257,7 @@ class SparseVLM(CompressionMethod):
     name = "sparsevlm"
     stage = "llm"
     needs_text = True
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=30)  # budgets = layer-averaged tokens
 
     def __init__(
         self,

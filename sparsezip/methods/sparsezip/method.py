@@ -30,6 +30,7 @@ from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.layout import assemble, with_prefix
 from sparsezip.merging import kmeans_assign, visionzip_merge, weighted_merge
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import LLAVA15_BUDGETS, Ablation, BenchmarkRows
 from sparsezip.methods.sparsezip.config import SparseZipConfig
 from sparsezip.methods.sparsezip.dynamic_k import (
     DynamicKCalibration,
@@ -54,6 +55,13 @@ class SparseZip(CompressionMethod):
     # substitute VisionZip's Qwen ports use; the other terms do not depend on CLS.
     attention_sources = ("cls", "mean_received")
     needs_text = True
+    # One ablation row per switch, at the 64-equivalent budget where compression hurts most.
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=10, ablations=(
+        Ablation("nohybrid", {"skip_hybrid_attn": True}),
+        Ablation("notext", {"cross_beta": 0.0}),
+        Ablation("dynk", {"dynamic_k": True}, calibrate_dynamic_k=True),
+        Ablation("nomerge", {"skip_ctx_merge": True}),
+    ))
 
     def __init__(self, budget: int | None = None, **cfg: Any) -> None:
         config = SparseZipConfig.from_dict(cfg)
