@@ -27,15 +27,12 @@ class CompressionMethod(abc.ABC):
         needs_text: can use ``VisionContext.text_query`` (it still works without one).
         stage: ``"vision"`` compresses between the vision tower and the projector; ``"llm"`` prunes inside
             the language model (its ``compress`` then only does the vision-side part, usually nothing).
-<<<<<<< HEAD
         attention_sources: for ``needs_attention`` methods, the kinds of ``VisionContext.cls_attn`` the method
             runs on (``sparsezip.context.ATTENTION_SOURCES``): ``("cls",)`` = CLIP's CLS row only, so a tower
             without CLS (Qwen2.5-VL) is refused; add ``"mean_received"`` where the method's authors (or the
             field's ports of it) substitute the mean attention each token receives.
-=======
         benchmark: the method's rows in the benchmark matrix (budgets, ablations, report order; see
             ``sparsezip/methods/rows.py``); by default one row at the 64-token budget.
->>>>>>> main
 
     Every method accepts ``budget``: the number of visual tokens fed to the LLM per image (for ``"llm"``
     methods, the layer-averaged equivalent). ``None`` means the method's own default configuration.
@@ -45,11 +42,8 @@ class CompressionMethod(abc.ABC):
     needs_attention: ClassVar[bool] = False
     needs_text: ClassVar[bool] = False
     stage: ClassVar[Stage] = "vision"
-<<<<<<< HEAD
     attention_sources: ClassVar[tuple[str, ...]] = ("cls",)
-=======
     benchmark: ClassVar[BenchmarkRows] = BenchmarkRows()
->>>>>>> main
 
     def __call__(self, ctx: VisionContext) -> CompressionResult:
         """Validate ``ctx`` against the declared needs, then :meth:`compress` it."""
