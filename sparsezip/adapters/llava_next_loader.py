@@ -86,4 +86,6 @@ LLAVA_NEXT_ADAPTER = register_adapter(ModelAdapter(
     load=_load_checkpoint,
     nominal_visual_tokens=next_visual_tokens,
     check_config=check_llava_next_config,
+    stages=("vision",),
+    calibrates_dynamic_k=False,
 ))

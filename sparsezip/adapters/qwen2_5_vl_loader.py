@@ -112,4 +112,5 @@ QWEN2_5_VL_ADAPTER = register_adapter(ModelAdapter(
     nominal_visual_tokens=_config_only_nominal,
     check_config=check_qwen_config,
     nominal_visual_tokens_at=qwen_nominal_tokens,
+    stages=("vision",),
 ))

@@ -51,6 +51,10 @@ class ModelAdapter:
         nominal_visual_tokens_at: ``(checkpoint folder, config.json dict) -> int``, for families whose nominal count
             depends on other files too (Qwen2.5-VL: the image processor's resizing rule); used instead of
             ``nominal_visual_tokens`` when set.
+        stages: the method stages the adapter runs (``"vision"``, ``"llm"``); the benchmark matrix skips rows
+            of the others, saying why.
+        calibrates_dynamic_k: whether SparseZip's dynamic-K calibration means one thing per image on this family
+            (LLaVA-NeXT spreads an image's budget over its crops, so the per-image K range does not carry over).
     """
 
     model_type: str
@@ -59,6 +63,8 @@ class ModelAdapter:
     nominal_visual_tokens: Callable[[Mapping], int] = field(repr=False)
     check_config: Callable[[Mapping], None] | None = field(default=None, repr=False)
     nominal_visual_tokens_at: Callable[[Path, Mapping], int] | None = field(default=None, repr=False)
+    stages: tuple[str, ...] = ("vision", "llm")
+    calibrates_dynamic_k: bool = True
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,13 @@ def nominal_visual_tokens(path_or_name: str | Path) -> int:
     if adapter.nominal_visual_tokens_at is not None:
         return int(adapter.nominal_visual_tokens_at(path, config))
     return int(adapter.nominal_visual_tokens(config))
+
+
+def checkpoint_adapter(path_or_name: str | Path) -> ModelAdapter:
+    """The adapter that would run the checkpoint, from its ``config.json`` alone (refusals as in
+    :func:`load_model`); loads nothing."""
+    path, _ = resolve_model(path_or_name)
+    return _config_and_adapter(path)[1]
 
 
 def inspect_checkpoint(path_or_name: str | Path) -> Checkpoint:

@@ -18,7 +18,7 @@ import json
 
 import torch
 
-from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.context import ATTENTION_SOURCES, CompressionResult, VisionContext
 from sparsezip.methods.base import CompressionMethod, list_methods
 
 
@@ -38,6 +38,9 @@ def check_declarations(method: CompressionMethod) -> None:
     _require(type(method).stage in ("vision", "llm"), f"{name}: stage {type(method).stage!r} is not vision/llm")
     for attr in ("needs_attention", "needs_text"):
         _require(isinstance(getattr(type(method), attr), bool), f"{name}: {attr} must be a bool")
+    sources = type(method).attention_sources
+    _require(isinstance(sources, tuple) and bool(sources) and all(s in ATTENTION_SOURCES for s in sources),
+             f"{name}: attention_sources {sources!r} must be a non-empty tuple of {ATTENTION_SOURCES}")
     try:
         json.dumps(method.config())
     except TypeError as err:
