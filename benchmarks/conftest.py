@@ -79,7 +79,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f"benchmark matrix: {err}") from None
     # Parametrized by id (indirect), so a saved benchmark JSON's `params` holds the readable id, not an object.
     metafunc.config.stash.setdefault(_CASES, {}).update((case.id, case) for case in cases)
-    metafunc.parametrize("case", [case.id for case in cases], ids=[case.id for case in cases], indirect=True)
+    path, _, _ = _model_identity(config.getoption("--model-path"))
+    params = [pytest.param(case.id, marks=_skip_unsupported(case, path)) for case in cases]
+    metafunc.parametrize("case", params, ids=[case.id for case in cases], indirect=True)
+
+
+def _skip_unsupported(case: Case, model_path: Path) -> list:
+    """A skip mark (with the reason) for a row the model's family adapter cannot run, else none."""
+    from sparsezip.adapters.registry import checkpoint_adapter
+    from sparsezip.methods import method_class
+
+    adapter = checkpoint_adapter(model_path)
+    stage = method_class(case.row.method).stage
+    if stage not in adapter.stages:
+        return [pytest.mark.skip(reason=f"{adapter.family}: no {stage}-stage methods yet (vision-side only)")]
+    if case.row.calibrate_dynamic_k and not adapter.calibrates_dynamic_k:
+        return [pytest.mark.skip(reason=f"{adapter.family}: dynamic-K calibration is per image, budgets per crop")]
+    return []
 
 
 @pytest.fixture

@@ -267,7 +267,7 @@ def test_exact_match_and_docvqa_metrics() -> None:
 
 # --- memory --------------------------------------------------------------------------------------------
 def test_kv_cache_bytes_reproduces_the_seeds_244_5_mib() -> None:
-    assert kv_cache_bytes(576 - 87, layers=32, hidden=4096, bytes_per_element=2) == 244.5 * 2**20
+    assert kv_cache_bytes(576 - 87, layers=32, kv_width=4096, bytes_per_element=2) == 244.5 * 2**20
     with pytest.raises(ValueError, match="layers must be positive, got 0"):
         kv_cache_bytes(1, 0, 4096, 2)
 

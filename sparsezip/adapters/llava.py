@@ -24,6 +24,7 @@ loop (:mod:`sparsezip.adapters.layerwise`) instead of ``generate``.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,29 @@ class LlavaVLM:
     def dtype(self) -> torch.dtype:
         """The weights' dtype."""
         return self.model.dtype
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint folder the weights were loaded from (``from_pretrained`` records it as
+        ``name_or_path``); ``None`` for a model built in memory. Its weights' content identity goes into run.json."""
+        folder = Path(str(getattr(self.model, "name_or_path", "") or ""))
+        return folder if str(folder) not in ("", ".") and (folder / "config.json").is_file() else None
+
+    def run_settings(self) -> dict:
+        """Every adapter setting that changes the answers, as JSON (recorded in ``run.json``; a resumed run with
+        different settings is refused): the image processor's class (its backend) and settings, the feature
+        layer and selection, the protected prefix, the tokenizer's padding. A new setting belongs here."""
+        image_processor = self.processor.image_processor
+        config = self.model.config
+        return {
+            "image_processor_class": type(image_processor).__name__,
+            "image_processor": json.loads(json.dumps(image_processor.to_dict(), sort_keys=True, default=str)),
+            "vision_feature_layer": config.vision_feature_layer,
+            "vision_feature_select_strategy": config.vision_feature_select_strategy,
+            "prefix": self.prefix,
+            "padding_side": self.tokenizer.padding_side,
+            "pad_token_id": self.pad_token_id,
+        }
 
     def chat_prompt(self, question: str) -> str:
         """The checkpoint's chat template applied to one user turn (``<image>`` + ``question``), generation

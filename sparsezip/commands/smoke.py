@@ -63,26 +63,32 @@ def load_model(model_path: Path | None, device: str) -> tuple[VisionLanguageMode
 
 
 def run(args: argparse.Namespace) -> int:
-    from PIL import Image
-
+    from sparsezip.adapters.registry import parse_device
     from sparsezip.data.prompts import llava_v1_prompt
+    from sparsezip.data.sample import open_image
     from sparsezip.methods import get_method, list_methods
     from sparsezip.overlay import draw_token_overlay, tensor_to_image
 
-    if args.image is not None and not args.image.is_file():
+    if args.image is not None and not args.image.exists():
         raise ValueError(f"--image {args.image} does not exist")
-    image = Image.open(args.image).convert("RGB") if args.image is not None else demo_image()
+    image = open_image(args.image) if args.image is not None else demo_image()
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file, not a folder")
     name = args.method or ("sparsezip" if "sparsezip" in list_methods() else "none")
     method = get_method(name) if args.budget is None else get_method(name, budget=args.budget)
-    vlm, model_note = load_model(args.model_path, args.device)
+    vlm, model_note = load_model(args.model_path, str(parse_device(args.device)))
     print(model_note)
     print(f"method: {method!r}")
     prompt = llava_v1_prompt(args.prompt)
 
     prepared = vlm.prepare([image], [prompt], method=method, questions=[args.prompt])
     result = prepared.result
-    print(f"visual tokens: {int(prepared.uncompressed[0])} -> {int(result.lengths[0])} fed to the LLM "
-          f"(k={int(result.k[0])})")
+    one_view = result.tokens.shape[0] == 1  # LLaVA-1.5: one CLIP view per image (NeXT: crops; Qwen: no overlay)
+    fed = int(result.lengths[0]) if one_view else int(prepared.visual[0])
+    print(f"visual tokens: {int(prepared.uncompressed[0])} -> {fed} fed to the LLM"
+          + (f" (k={int(result.k[0])})" if one_view else ""))
     if not args.clip_only:
         output = vlm.generate([image], [prompt], method=method, questions=[args.prompt],
                               max_new_tokens=args.max_new_tokens)[0]
@@ -94,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("stage times (ms): " + " | ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in prepared.timer.ms.items()))
 
+    if not (one_view and hasattr(vlm, "processor")):
+        print(f"overlay: not drawn for {type(vlm).__name__} (drawn for one CLIP view per image, as LLaVA-1.5)")
+        return 0
     image_processor = vlm.processor.image_processor
     pixels = image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
     seen = tensor_to_image(pixels, list(image_processor.image_mean), list(image_processor.image_std))

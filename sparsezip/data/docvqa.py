@@ -10,7 +10,7 @@ import numpy as np
 
 from sparsezip import metrics
 from sparsezip.data.parquet import find_parquet_files, iter_parquet_rows
-from sparsezip.data.sample import Sample, require_file, resolve_inside
+from sparsezip.data.sample import Sample, require_file, require_question, resolve_inside
 from sparsezip.data.tiny import check_layout, image_bytes, image_cell, write_parquet
 from sparsezip.data.units import Units
 from sparsezip.jsonio import sha256_file
@@ -40,7 +40,8 @@ def load_files(path: Path, *, check_images: bool = True) -> Iterator[Sample]:
     try:
         payload = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{file}:{err.lineno}: malformed JSON ({err.msg})") from None
+        raise ValueError(f"{file}:{err.lineno}: malformed JSON ({err.msg}); expected the DocVQA annotation file "
+                         "(val_v1.0.json)") from None
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, list):
         raise ValueError(f"{file}: expected a JSON object with a 'data' list (the DocVQA val_v1.0.json format)")
@@ -53,7 +54,8 @@ def load_files(path: Path, *, check_images: bool = True) -> Iterator[Sample]:
         image = resolve_inside(file.parent, str(entry["image"]), where)
         if check_images:
             require_file(image, where)
-        yield Sample(entry["questionId"], image, str(entry["question"]), _answers(entry["answers"], where), meta)
+        question = require_question(entry["question"], where)
+        yield Sample(entry["questionId"], image, question, _answers(entry["answers"], where), meta)
 
 
 def load_parquet(path: Path, *, check_images: bool = True) -> Iterator[Sample]:
@@ -63,7 +65,8 @@ def load_parquet(path: Path, *, check_images: bool = True) -> Iterator[Sample]:
     hashes = {f: sha256_file(f) for f in files}
     for row, image, where in iter_parquet_rows(files, _PARQUET_COLUMNS):
         meta = {"source": image.file.name, "source_sha256": hashes[image.file]}
-        yield Sample(row["questionId"], image, str(row["question"]), _answers(row["answers"], where), meta)
+        question = require_question(row["question"], where)
+        yield Sample(row["questionId"], image, question, _answers(row["answers"], where), meta)
 
 
 def _answers(value: object, where: str) -> tuple[str, ...]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from sparsezip import metrics
 from sparsezip.data.parquet import find_parquet_files, iter_parquet_rows
-from sparsezip.data.sample import Sample
+from sparsezip.data.sample import Sample, require_question
 from sparsezip.data.tiny import check_layout, image_bytes, image_cell, write_parquet
 from sparsezip.data.units import Units
 from sparsezip.jsonio import sha256_file, sha256_files
@@ -43,6 +43,9 @@ def image_group(qid: str) -> str:
 def find_benchmark_root(path: Path) -> Path:
     """The folder whose children are the subtask folders: ``path`` itself, or the first folder up to three
     levels below it that has any (``MME_Benchmark_release_version/MME_Benchmark`` and deeper extractions)."""
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a folder: MME annotations are the release tree (MME_Benchmark_release_version/"
+                         ") or HF parquet files")
     frontier = [path]
     for _ in range(_SEARCH_DEPTH + 1):
         for folder in frontier:
@@ -82,7 +85,7 @@ def _read_questions(txt: Path) -> list[tuple[str, str]]:
         fields = line.rstrip("\r\n").split("\t")
         if len(fields) != 2:
             raise ValueError(f"{txt}:{lineno}: expected 'question<TAB>Yes|No', got {len(fields)} field(s)")
-        rows.append((fields[0], _label(fields[1], f"{txt}:{lineno}")))
+        rows.append((require_question(fields[0], f"{txt}:{lineno}"), _label(fields[1], f"{txt}:{lineno}")))
     if len(rows) != 2:
         raise ValueError(f"{txt}: MME has exactly 2 questions per image, found {len(rows)}")
     return rows
@@ -127,7 +130,7 @@ def load_parquet(
         seen[group] = index + 1
         qid = question_id(subtask, PurePosixPath(group).name, index)
         meta = {"category": subtask, "group": group, "source": image.file.name, "source_sha256": hashes[image.file]}
-        yield Sample(qid, image, str(row["question"]), (_label(row["answer"], where),), meta)
+        yield Sample(qid, image, require_question(row["question"], where), (_label(row["answer"], where),), meta)
 
 
 def _label(value: object, where: str) -> str:

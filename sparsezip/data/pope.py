@@ -10,7 +10,7 @@ import numpy as np
 
 from sparsezip import metrics
 from sparsezip.data.parquet import find_parquet_files, iter_parquet_rows
-from sparsezip.data.sample import Sample, require_file, resolve_inside
+from sparsezip.data.sample import Sample, require_file, require_question, resolve_inside
 from sparsezip.data.tiny import check_layout, coco_name, image_bytes, image_cell, write_parquet
 from sparsezip.data.units import Units, f1_from_counts
 from sparsezip.jsonio import iter_jsonl, sha256_file
@@ -82,10 +82,12 @@ def load_files(
     ``text``, ``label``. ``category`` picks one label file out of a folder; the id is ``question_id``.
     ``check_images=False`` (scoring from label files alone) skips looking for the images."""
     files = label_files(path, category)
-    if check_images or image_root is not None:
+    try:
         root = find_image_root(files[0].parent, image_root)
-    else:
-        root = files[0].parent / "val2014"
+    except ValueError:
+        if check_images or image_root is not None:
+            raise
+        root = files[0].parent / "val2014"  # scoring from the label files alone needs no images
     for file in files:
         cat = file_category(file)
         meta_common = {"source": file.name, "source_sha256": sha256_file(file)}
@@ -98,7 +100,8 @@ def load_files(
             image = resolve_inside(root, str(row["image"]), where)
             if check_images:
                 require_file(image, where)
-            yield Sample(row["question_id"], image, str(row["text"]), (label,), {"category": cat, **meta_common})
+            question = require_question(row["text"], where)
+            yield Sample(row["question_id"], image, question, (label,), {"category": cat, **meta_common})
 
 
 def load_parquet(path: Path, *, category: str | None = None, check_images: bool = True) -> Iterator[Sample]:
@@ -111,7 +114,8 @@ def load_parquet(path: Path, *, category: str | None = None, check_images: bool 
         if category is not None and row["category"] != category:
             continue
         meta = {"category": row["category"], "source": image.file.name, "source_sha256": hashes[image.file]}
-        yield Sample(row["question_id"], image, str(row["question"]), (_label(row["answer"], where),), meta)
+        question = require_question(row["question"], where)
+        yield Sample(row["question_id"], image, question, (_label(row["answer"], where),), meta)
 
 
 def _label(value: object, where: str) -> str:

@@ -41,6 +41,10 @@ def read_predictions(path: str | Path) -> list[tuple[str, dict]]:
         where = f"{path}:{lineno}"
         if "question_id" not in obj:
             raise ValueError(f"{where}: prediction line lacks 'question_id'")
+        qid = obj["question_id"]
+        if isinstance(qid, bool) or not isinstance(qid, int | str) or (isinstance(qid, str) and not qid.strip()):
+            shown = "null" if qid is None else repr(qid)
+            raise ValueError(f"{where}: question_id must be a non-empty string or an integer, got {shown}")
         if not any(isinstance(obj.get(f), str) for f in PREDICTION_FIELDS):
             raise ValueError(f"{where}: prediction line lacks a string 'prediction'")
         rows.append((where, obj))

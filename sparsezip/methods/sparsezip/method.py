@@ -51,6 +51,9 @@ class SparseZip(CompressionMethod):
 
     name = "sparsezip"
     needs_attention = True
+    # Without CLS (Qwen2.5-VL) the CLS-attention term reads the mean attention each token receives, the same
+    # substitute VisionZip's Qwen ports use; the other terms do not depend on CLS.
+    attention_sources = ("cls", "mean_received")
     needs_text = True
     # One ablation row per switch, at the 64-equivalent budget where compression hurts most.
     benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=10, ablations=(
