@@ -49,8 +49,9 @@ def test_full_matrix_has_every_row_and_dataset() -> None:
     cases = build_matrix("tiny-shapes", 144)
     ids = _ids(cases)
     assert len(ids) == len(set(ids)), "case ids must be unique"
-    # per dataset: none + sparsezip x3 + 4 ablations + visionzip x3 + sparsevlm x3 + random + pool = 16
-    assert len(cases) == 16 * len(benchmark_datasets())
+    # per dataset: none + sparsezip x3 + 4 ablations + visionzip x3 + sparsevlm x3 + random + pool = 16,
+    # + tome, divprune, prumerge_plus, vispruner, cdpruner x3 + cdpruner-pluscos = 32
+    assert len(cases) == 32 * len(benchmark_datasets())
     assert "pope-adversarial[tiny-shapes]-sparsezip-k16" in ids
     assert "pope-random[tiny-shapes]-none" in ids
     assert "mme[tiny-shapes]-visionzip-k48" in ids
@@ -95,12 +96,13 @@ def test_methods_narrow_by_method_or_row_name() -> None:
 def test_budgets_are_in_the_llava_scale_and_mapped() -> None:
     cases = build_matrix("m", 144, llava_budgets=[128])
     assert cases and {c.budget for c in cases} == {32}
-    assert {c.row.name for c in cases} == {"sparsezip", "visionzip", "sparsevlm"}
+    assert {c.row.name for c in cases} == {"sparsezip", "visionzip", "sparsevlm", "tome", "divprune",
+                                          "prumerge_plus", "vispruner", "cdpruner"}
     assert {c.row.name for c in build_matrix("m", 144, llava_budgets=[576])} == {"none"}
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"methods": ["tome"]}, "unknown method tome"),
+    ({"methods": ["nosuchmethod"]}, "unknown method nosuchmethod"),
     ({"llava_budgets": [16]}, r"unknown budget \(LLaVA-1.5 scale\) 16"),
     ({"datasets": ["vqav2"]}, "unknown dataset vqav2"),
 ])
@@ -122,7 +124,7 @@ def test_method_kwargs_carry_budget_and_ablation_switch() -> None:
 
 def test_row_names_are_id_safe() -> None:
     for row in matrix_rows():
-        assert re.fullmatch(r"[a-z0-9-]+", row.name)
+        assert re.fullmatch(r"[a-z0-9_-]+", row.name)  # `_`: issue 11 names a method prumerge_plus
 
 
 def test_embedded_default_has_an_expectation_for_every_case() -> None:

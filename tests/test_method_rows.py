@@ -91,7 +91,8 @@ def test_a_registered_method_is_listed_checked_and_in_the_matrix(
 def test_the_built_in_rows_keep_their_report_order() -> None:
     assert [r.name for r in matrix_rows()] == [
         "none", "sparsezip", "sparsezip-nohybrid", "sparsezip-notext", "sparsezip-dynk", "sparsezip-nomerge",
-        "visionzip", "sparsevlm", "random", "pool"]
+        "visionzip", "sparsevlm", "random", "pool",
+        "tome", "divprune", "prumerge_plus", "vispruner", "cdpruner", "cdpruner-pluscos"]
     dynk = next(r for r in matrix_rows() if r.name == "sparsezip-dynk")
     assert dynk.calibrate_dynamic_k and dict(dynk.config) == {"dynamic_k": True} and dynk.llava_budgets == (64,)
 
