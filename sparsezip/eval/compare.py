@@ -11,7 +11,8 @@ the paired bootstrap (:mod:`sparsezip.eval.stats`) recomputes the real metric on
 
 McNemar and loyalty work on questions: correctness is the dataset's own (POPE/MME: the parsed answer equals
 the label; DocVQA: exact match after the RRC normalisation), loyalty compares parsed answers (DocVQA:
-normalised text).
+normalised text). Predictions are parsed as scoring parses them: stripped first
+(:func:`sparsezip.data.records.answer_text`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 
 from sparsezip import metrics
 from sparsezip.data.mme import image_group
-from sparsezip.data.records import record_key
+from sparsezip.data.records import record_key, scored_records
 from sparsezip.data.registry import dataset_spec
 from sparsezip.eval.rundir import PREDICTIONS_FILE, RUN_FILE
 from sparsezip.eval.stats import loyalty, mcnemar_exact, paired_bootstrap
@@ -140,6 +141,7 @@ def compare_records(
         detail = f"only in A: {only_a[:3]}, only in B: {only_b[:3]}" if only_a or only_b else "same questions, other order"
         raise ValueError(f"the runs answered different question sets ({detail})")
     build = UNIT_BUILDERS[family]
+    records_a, records_b = scored_records(records_a), scored_records(records_b)  # parsed as scoring parses
     kwargs = {} if parser is None else {"parser": parser}
     units_a, units_b = build(records_a, **kwargs), build(records_b, **kwargs)
     result = _paired(units_a, units_b, n_resamples, seed)
