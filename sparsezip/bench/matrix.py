@@ -44,13 +44,17 @@ class Row:
     calibrate_dynamic_k: bool = False
 
 
+# SparseZip rows start from the seed's preset for the dataset (its config/sparsezip_<dataset>.yaml as it ran:
+# cross_beta 0.1 on MME, otherwise the package defaults in effect), then apply the row's switches.
+SPARSEZIP_PRESETS: Mapping[str, str] = {"pope": "pope", "mme": "mme", "docvqa": "docvqa"}
+
 # The rows, in report order. Ablations run at the 64-equivalent budget, where compression hurts most.
 ROWS: tuple[Row, ...] = (
     Row("none", "none", llava_budgets=(FULL_BUDGET,)),
     Row("sparsezip", "sparsezip", llava_budgets=LLAVA15_BUDGETS),
     Row("sparsezip-nohybrid", "sparsezip", {"skip_hybrid_attn": True}),
     Row("sparsezip-notext", "sparsezip", {"cross_beta": 0.0}),
-    Row("sparsezip-dynk", "sparsezip", {"dynamic_k": True}, calibrate_dynamic_k=True),
+    Row("sparsezip-dynk", "sparsezip", {"dynamic_k": True, "skip_dynamic_k": False}, calibrate_dynamic_k=True),
     Row("sparsezip-nomerge", "sparsezip", {"skip_ctx_merge": True}),
     Row("visionzip", "visionzip", llava_budgets=LLAVA15_BUDGETS),
     Row("sparsevlm", "sparsevlm", llava_budgets=LLAVA15_BUDGETS),
@@ -106,9 +110,15 @@ class Case:
         return f"{self.dataset}[{self.model}]-{self.row.name}{suffix}"
 
     def method_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for ``get_method(self.row.method, ...)``: the row's config plus the budget in the
-        model's own tokens (for SparseVLM, the layer-averaged equivalent), when set."""
-        kwargs = dict(self.row.config)
+        """Keyword arguments for ``get_method(self.row.method, ...)``: for SparseZip rows the dataset's seed
+        preset (:data:`SPARSEZIP_PRESETS`), then the row's config, plus the budget in the model's own tokens
+        (for SparseVLM, the layer-averaged equivalent), when set."""
+        kwargs: dict[str, object] = {}
+        if self.row.method == "sparsezip" and self.family in SPARSEZIP_PRESETS:
+            from sparsezip.methods.sparsezip.config import load_preset
+
+            kwargs.update(load_preset(SPARSEZIP_PRESETS[self.family]))
+        kwargs.update(self.row.config)
         if self.budget is not None:
             kwargs["budget"] = self.budget
         return kwargs
