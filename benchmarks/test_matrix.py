@@ -1,7 +1,8 @@
 """The benchmark matrix: datasets x model x methods, one pytest case each (see ``sparsezip/bench/matrix.py``).
 
 Each case
-1. evaluates the method on the dataset through the runner, into its own resumable run folder;
+1. evaluates the method on the dataset through the runner, into its own resumable run folder (a method that
+   cannot run on the model as configured, e.g. an in-LLM budget out of reach, is skipped with the reason);
 2. times one fixed sample's generate call (batch 1) with pytest-benchmark: ``--benchmark-min-rounds`` rounds
    (default 5) after one warm-up round; timing is on only when benchmark output is asked for
    (``--benchmark-json/-save/-autosave/-compare``) and never under xdist;
@@ -20,17 +21,21 @@ import warnings
 
 import pytest
 
-from sparsezip.bench.cases import batch_size_for, build_method, case_dir, extra_info
+from sparsezip.bench.cases import batch_size_for, build_method, case_dir, extra_info, unreachable_reason
 from sparsezip.bench.expectations import ExpectationStore, check, expectation_key, headline, make_entry
 from sparsezip.bench.matrix import Case
 from sparsezip.data.prompts import build_prompt, dataset_question
 from sparsezip.eval.runner import PREDICTIONS_FILE, evaluate
 
 
-def _k_values(run_dir) -> list[int]:
-    """Dominant-token count K per evaluated sample, as the adapter reports it in ``extra["k"]``."""
+def _records(run_dir) -> list[dict]:
+    """The case's predictions records in dataset order."""
     with (run_dir / PREDICTIONS_FILE).open(encoding="utf-8") as fh:
-        records = [json.loads(line) for line in fh if line.strip()]
+        return sorted((json.loads(line) for line in fh if line.strip()), key=lambda r: r["index"])
+
+
+def _k_values(records: list[dict]) -> list[int]:
+    """Dominant-token count K per evaluated sample, as the adapter reports it in ``extra["k"]``."""
     return [int(r["extra"]["k"]) for r in records if "k" in (r.get("extra") or {})]
 
 
@@ -38,6 +43,9 @@ def _k_values(run_dir) -> list[int]:
 def test_case(case: Case, bench, bench_model, bench_samples, benchmark) -> None:
     samples = bench_samples(case.dataset)
     method, calibration = build_method(case, bench_model, samples)
+    reason = unreachable_reason(method, bench_model)
+    if reason is not None:
+        pytest.skip(reason)
     if bench.device.type == "cuda":
         import torch
 
@@ -59,9 +67,10 @@ def test_case(case: Case, bench, bench_model, bench_samples, benchmark) -> None:
         rounds=bench.rounds,
         warmup_rounds=1,
     )
-    k_values = _k_values(run_dir) if calibration is not None else None
+    records = _records(run_dir)
+    k_values = _k_values(records) if calibration is not None else None
     benchmark.extra_info.update(extra_info(case, method, summary, timed, num_patches=bench_model.nominal_visual_tokens,
-                                           calibration=calibration, k_values=k_values))
+                                           calibration=calibration, k_values=k_values, records=records))
     benchmark.extra_info["torch_threads"] = bench.torch_threads
 
     measured = headline(case.family, summary["metrics"])

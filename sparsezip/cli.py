@@ -41,15 +41,41 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse ``argv`` and run the chosen subcommand; returns the exit status.
 
-    A ``ValueError`` (bad input: a missing file, an unknown config key, ...) is printed as one clear line
-    and exits with status 2, instead of a traceback.
+    Bad input (a ``ValueError``: a missing file, an unknown config key, a refused checkpoint ...) and a failed
+    file operation (an ``OSError``: a full disk, a permission, a path that is a folder) are printed as one line
+    naming the thing, with exit status 2, instead of a traceback; what a run finished before stays on disk. An
+    interrupt (Ctrl-C) exits with 130. Anything else is a bug and keeps its traceback.
     """
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except ValueError as err:
-        print(f"sparsezip {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(err))
+    except OSError as err:
+        return _fail(args.command, describe_os_error(err))
+    except KeyboardInterrupt:
+        print(f"sparsezip {args.command}: interrupted; finished work is kept (an eval resumes when re-run)",
+              file=sys.stderr)
+        return 130
+
+
+def describe_os_error(err: OSError) -> str:
+    """``"<file>: <reason> (errno NAME)"``, e.g. ``runs/x/predictions.jsonl: No space left on device (ENOSPC)``."""
+    import errno
+
+    reason = err.strerror or str(err)
+    name = errno.errorcode.get(err.errno) if isinstance(err.errno, int) else None
+    text = f"{reason} ({name})" if name else reason
+    if err.filename is None:
+        return text
+    target = str(err.filename) if err.filename2 is None else f"{err.filename} -> {err.filename2}"
+    return f"{target}: {text}"
+
+
+def _fail(command: str, message: str) -> int:
+    # One line: a message spanning lines (a multi-line library error) is joined.
+    print(f"sparsezip {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

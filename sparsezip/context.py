@@ -8,6 +8,7 @@ ViT-L/14-336), C = vision hidden size (1024), Dk = head dim of the averaged keys
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -112,6 +113,40 @@ class VisionContext:
         if side * side != self.num_patches:
             raise ValueError(f"{self.num_patches} patches do not form a square grid")
         return side
+
+
+# The float tensors of a VisionContext a method reads; `sample_seeds` / `image_index` are integers.
+FLOAT_FIELDS = ("hidden", "keys", "cls_attn", "text_query")
+# Set to 0 to skip the finiteness check at the method boundary (one reduction per tensor + one host sync).
+CHECK_FINITE_ENV = "SPARSEZIP_CHECK_FINITE"
+
+
+def finite_check_enabled() -> bool:
+    """Whether methods check their inputs for NaN/inf: on unless ``$SPARSEZIP_CHECK_FINITE`` is ``0``/``false``/``off``."""
+    return os.environ.get(CHECK_FINITE_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def check_finite(ctx: VisionContext) -> None:
+    """Raise ``ValueError`` naming the tensor (and its rows) if ``hidden``, ``keys``, ``cls_attn`` or ``text_query``
+    holds a NaN or an infinity: NaN scores would otherwise sort as if they were real (raster order, short results).
+
+    One ``isfinite().all()`` reduction per tensor and a single host sync for all of them; the rows are located
+    only when something is wrong.
+    """
+    named = [(name, t) for name in FLOAT_FIELDS
+             if (t := getattr(ctx, name)) is not None and t.is_floating_point() and t.numel()]
+    if not named:
+        return
+    flags = torch.stack([torch.isfinite(t).all() for _, t in named]).tolist()
+    bad = [(name, t) for (name, t), ok in zip(named, flags, strict=True) if not ok]
+    if not bad:
+        return
+    problems = []
+    for name, t in bad:
+        rows = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(dim=1).nonzero().flatten().tolist()
+        shown = f"{rows[:8]}{' ...' if len(rows) > 8 else ''}"
+        problems.append(f"VisionContext.{name} {list(t.shape)} holds NaN/inf values in row(s) {shown}")
+    raise ValueError("; ".join(problems))
 
 
 def _check_image_index(image_index: torch.Tensor, batch: int) -> None:

@@ -19,14 +19,22 @@ _HASH_CHUNK = 1 << 20
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` for every non-blank line of a JSON-lines file (1-based numbers).
 
-    Raises ``ValueError`` naming the file and line for a line that is not JSON or not a JSON object.
+    Raises ``ValueError`` naming the file and line for a line that is not JSON or not a JSON object, or for a
+    file that is missing, a folder or not UTF-8. A byte-order mark at the start (Windows editors) is accepted.
     """
     path = Path(path)
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            yield lineno, _parse_line(path, lineno, line)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a JSON-lines file")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    with path.open(encoding="utf-8-sig") as fh:
+        lineno = 0
+        try:
+            for lineno, line in enumerate(fh, start=1):
+                if line.strip():
+                    yield lineno, _parse_line(path, lineno, line)
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not valid UTF-8 text (near line {lineno + 1})") from None
 
 
 def _parse_line(path: Path, lineno: int, line: str) -> dict:

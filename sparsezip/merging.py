@@ -9,6 +9,9 @@ Two contextual merges live here:
 
 * :func:`kmeans_assign` + :func:`weighted_merge`: SparseZip's (``specs/methods.md`` section 1, step 5);
 * :func:`visionzip_merge`: VisionZip's (section 2, step 3), including its ``target + mean(members)`` quirk.
+
+and SparseVLM's clustering of the tokens it recycles, :func:`density_peak_clusters` (section 3, step 3), whose
+groups :func:`weighted_merge` then averages.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import math
 import torch
 
 from sparsezip.scoring import l2_normalize
-from sparsezip.selection import mask_to_indices, topk_mask
+from sparsezip.selection import mask_to_indices, rank_order, topk_mask
 
 
 def _check_points(points: torch.Tensor, valid: torch.Tensor) -> None:
@@ -315,3 +318,48 @@ def visionzip_merge(
     tokens = torch.where(slot_valid[:, :, None], target_x + mean_members, 0.0)
     labels = torch.where(is_target, own_slot, members)
     return tokens, slot_valid, labels
+
+
+def density_peak_clusters(points: torch.Tensor, valid: torch.Tensor, num_clusters: torch.Tensor | int) -> torch.Tensor:
+    """Density-peak kNN clustering (DPC-kNN, as in TCFormer / SparseVLM) of each image's valid points.
+
+    points: ``[B, M, D]``; valid: ``[B, M]`` bool; num_clusters: int or ``[B]`` (each in ``[1, n_valid]``, or 0
+    for an image without valid points) -> labels ``[B, M]`` int64 in ``[0, num_clusters[b])``, ``-1`` for invalid
+    points. Per image: distance ``||x_i - x_j|| / sqrt(D)``; density ``exp(-mean squared distance to the
+    k = num_clusters nearest, self included)``; ``delta`` = distance to the nearest denser point (the densest
+    point: the largest distance); centres = top ``num_clusters`` by ``density * delta``, a centre's label is its
+    rank; every other point joins its nearest centre (ties: the better-ranked one). Ties in density and in
+    ``density * delta`` are broken by index (no random noise), so the result is deterministic.
+    """
+    _check_points(points, valid)
+    b, m, d = points.shape
+    device = points.device
+    k = torch.as_tensor(num_clusters, device=device).long().expand(b)
+    n_valid = valid.sum(dim=1)
+    if bool(((k > n_valid) | (k < (n_valid > 0).long())).any()):
+        raise ValueError(f"num_clusters {k.tolist()} must lie in [1, valid points {n_valid.tolist()}]")
+    k_max = int(k.max()) if b else 0
+    if k_max == 0:
+        return torch.full((b, m), -1, dtype=torch.long, device=device)
+    x = points.float()
+    dist = torch.cdist(x, x) / math.sqrt(d)  # [B, M, M]
+    nearest = torch.topk(dist.masked_fill(~valid[:, None, :], float("inf")), k=k_max, dim=2, largest=False).values
+    within = torch.arange(k_max, device=device)[None, None, :] < k[:, None, None]
+    density = torch.exp(-torch.where(within, nearest**2, 0.0).sum(dim=2) / k.clamp_min(1)[:, None].float())
+    index = torch.arange(m, device=device)
+    # j is denser than i: higher density, or equal density and a lower index (a strict total order).
+    denser = (density[:, None, :] > density[:, :, None]) | (
+        (density[:, None, :] == density[:, :, None]) & (index[None, None, :] < index[None, :, None])
+    )
+    denser &= valid[:, None, :]
+    largest = dist.masked_fill(~(valid[:, :, None] & valid[:, None, :]), float("-inf")).amax(dim=(1, 2))
+    delta = torch.where(denser, dist, largest[:, None, None]).min(dim=2).values
+    order = rank_order((density * delta).masked_fill(~valid, float("-inf")))  # valid points first
+    centres = order[:, :k_max]
+    centre_valid = torch.arange(k_max, device=device)[None, :] < k[:, None]
+    to_centres = dist.gather(2, centres[:, None, :].expand(b, m, k_max)).masked_fill(~centre_valid[:, None, :],
+                                                                                      float("inf"))
+    labels = to_centres.argmin(dim=2)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(m, device=device).expand(b, m))
+    labels = torch.where(rank < k[:, None], rank, labels)
+    return torch.where(valid, labels, -1)

@@ -25,17 +25,24 @@ def rank_order(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores.float(), dim=1, descending=True, stable=True).indices
 
 
-def topk_mask(scores: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+def topk_mask(scores: torch.Tensor, k: torch.Tensor | int, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean mask of each row's top-``k[b]`` entries (ties: lower index wins).
 
-    scores: ``[B, M]``; k: int or ``[B]`` int (per-image K, each in ``[0, M]``) -> ``[B, M]`` bool.
+    scores: ``[B, M]``; k: int or ``[B]`` int (per-image K, each in ``[0, M]``); valid: ``[B, M]`` bool or
+    ``None``: only valid entries compete (at most the row's valid count may be asked for) -> ``[B, M]`` bool.
     """
     _check_scores(scores)
     b, m = scores.shape
     k = torch.as_tensor(k, device=scores.device).long().expand(b)
-    if bool(((k < 0) | (k > m)).any()):
-        raise ValueError(f"k must lie in [0, M={m}], got {k.tolist()}")
+    available = torch.full_like(k, m) if valid is None else valid.sum(dim=1)
+    if valid is not None and (valid.dtype != torch.bool or valid.shape != scores.shape):
+        raise ValueError(f"valid must be a bool [B, M] = {tuple(scores.shape)} mask, got {valid.dtype} "
+                         f"{tuple(valid.shape)}")
+    if bool(((k < 0) | (k > available)).any()):
+        raise ValueError(f"k must lie in [0, valid entries per row = {available.tolist()}], got {k.tolist()}")
     order = rank_order(scores)
+    if valid is not None:  # valid entries first, each group still in rank order (a stable partition)
+        order = order.gather(1, torch.sort((~valid).gather(1, order).int(), dim=1, stable=True).indices)
     ranks = torch.empty_like(order).scatter_(1, order, torch.arange(m, device=scores.device).expand(b, m))
     return ranks < k[:, None]
 

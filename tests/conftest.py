@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sparsezip.embedded.models import TinyLlavaSpec, save_tiny_llava
+from sparsezip.hashcache import CACHE_ENV
 
 EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-llava"
 
@@ -14,10 +18,35 @@ EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-llava"
 ADAPTER_SPEC = TinyLlavaSpec(text_layers=4)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_hash_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Checkpoint hashes (run identities) are remembered in a session folder, not in the user's ~/.cache."""
+    before = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("hash-cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny LLaVA checkpoint on disk (safetensors, config, tokenizer, processor)."""
     return save_tiny_llava(tmp_path_factory.mktemp("tiny-llava"), ADAPTER_SPEC, seed=1)
+
+
+@pytest.fixture(scope="session")
+def perturbed_tiny_llava_dir(tiny_llava_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_llava_dir`` copied under the same folder name with a few bytes of its last tensor changed: the same
+    safetensors header and file size, different weights (what a header + size identity cannot tell apart)."""
+    dest = shutil.copytree(tiny_llava_dir, tmp_path_factory.mktemp("other") / tiny_llava_dir.name)
+    weights = dest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    for offset in range(len(data) - 64, len(data) - 32):
+        data[offset] ^= 0x5A
+    weights.write_bytes(bytes(data))
+    return dest
 
 
 @pytest.fixture(scope="session")

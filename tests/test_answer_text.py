@@ -15,7 +15,7 @@ from sparsezip.eval.compare import compare_records
 from sparsezip.eval.runner import evaluate
 from sparsezip.methods import get_method
 from sparsezip.testing.fake import FakeVisionLanguageModel
-from sparsezip.testing.trees import POPE_ROWS, write_tree
+from sparsezip.testing.trees import write_tree
 
 # Each raw text means "no" once stripped; the official POPE parser, splitting on spaces, reads it as yes.
 PADDED_NO = ["No\n", "\nNo", "\tNo", "No\r\n", "\n\nNo, there is not."]
@@ -39,9 +39,10 @@ def test_padded_no_is_a_no(raw: str) -> None:
 def test_runner_summary_scores_stripped_answers_and_keeps_the_raw_text(tmp_path: Path) -> None:
     samples = list(load_dataset("pope", write_tree("pope", "files", tmp_path / "data")))
 
-    def padded(image: object, question: str) -> str:  # right answer for every label, wrapped in whitespace
-        label = next(lab for _, _, obj, lab in POPE_ROWS["random"] + POPE_ROWS["adversarial"] if obj in question)
-        return "\nNo\n" if label == "no" else "Yes\n"
+    labels = {s.question: s.answers[0] for s in samples}  # the tree asks each question with one label
+
+    def padded(image: object, question: str) -> str:  # the right answer, wrapped in whitespace
+        return "\nNo\n" if labels[question] == "no" else "Yes\n"
 
     summary = evaluate(FakeVisionLanguageModel(answer=padded), get_method("none"), samples, tmp_path / "out",
                        dataset="pope", progress=False)

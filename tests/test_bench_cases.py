@@ -14,6 +14,7 @@ from sparsezip.bench.cases import (
     extra_info,
     k_distribution,
     run_fingerprint,
+    unreachable_reason,
 )
 from sparsezip.bench.matrix import build_matrix, checkpoint_num_patches, model_name
 from sparsezip.context import CompressionResult, VisionContext
@@ -156,3 +157,12 @@ def test_dynamic_k_row_is_calibrated_to_the_budget(tiny_vlm, tmp_path: Path) -> 
     plain, none_calibration = build_method(next(iter(build_matrix("tiny", 144, methods=["visionzip"]))),
                                            tiny_vlm, samples)
     assert none_calibration is None and plain.name == "visionzip"
+
+
+def test_in_llm_methods_run_batched_and_unreachable_budgets_are_named(tiny_vlm) -> None:
+    assert batch_size_for(get_method("sparsevlm")) == batch_size_for(get_method("none")) > 1
+    assert unreachable_reason(get_method("sparsevlm", budget=48), tiny_vlm) is None
+    assert unreachable_reason(get_method("visionzip", budget=16), tiny_vlm) is None
+    reason = unreachable_reason(get_method("sparsevlm", budget=16), tiny_vlm)  # 144 patches x 4 layers
+    assert reason is not None and "out of reach" in reason and "38.50 to 144.00" in reason
+    assert unreachable_reason(get_method("sparsevlm", budget=16), FakeVisionLanguageModel(grid=12)) is None

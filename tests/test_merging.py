@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from sparsezip.merging import (
     agglomerate,
+    density_peak_clusters,
     kmeans_assign,
     kmeans_plus_plus,
     lloyd,
@@ -203,3 +204,47 @@ def test_nothing_to_merge_gives_no_clusters() -> None:
                                                  torch.zeros(1, 4, dtype=torch.bool), 3)
     assert tokens.shape == (1, 3, 2) and not slot_valid.any() and bool((labels == -1).all())
     assert math.isfinite(float(weighted_merge(torch.randn(1, 2, 2), torch.full((1, 2), -1), 1).sum()))
+
+
+# ---------------------------------------------------------------------------------------------- density peaks
+def test_density_peak_clusters_recover_separated_blobs() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    sizes = [5, 7, 4]
+    x = torch.cat([c + 0.1 * torch.randn(n, 2, generator=g) for c, n in zip(centres, sizes, strict=True)])[None]
+    labels = density_peak_clusters(x, torch.ones(1, 16, dtype=torch.bool), 3)[0]
+    blobs = torch.split(labels, sizes)
+    assert all(len(set(b.tolist())) == 1 for b in blobs)
+    assert len({int(b[0]) for b in blobs}) == 3
+    assert torch.equal(density_peak_clusters(x, torch.ones(1, 16, dtype=torch.bool), 3)[0], labels)
+
+
+def test_density_peak_clusters_edge_cases() -> None:
+    one = torch.ones(1, 1, dtype=torch.bool)
+    assert density_peak_clusters(torch.ones(1, 1, 4), one, 1).tolist() == [[0]]
+    same = density_peak_clusters(torch.ones(1, 5, 4), torch.ones(1, 5, dtype=torch.bool), 2)[0]
+    assert same.tolist()[:2] == [0, 1] and set(same.tolist()) == {0, 1}  # identical points: ranks by index
+    nothing = density_peak_clusters(torch.ones(2, 3, 2), torch.zeros(2, 3, dtype=torch.bool), 0)
+    assert nothing.tolist() == [[-1] * 3] * 2
+    with pytest.raises(ValueError, match="num_clusters"):
+        density_peak_clusters(torch.ones(1, 3, 2), torch.ones(1, 3, dtype=torch.bool), 4)
+    with pytest.raises(ValueError, match="num_clusters"):
+        density_peak_clusters(torch.ones(1, 3, 2), torch.ones(1, 3, dtype=torch.bool), 0)
+
+
+@given(data=st.data())
+def test_density_peak_clusters_label_every_valid_point_and_ignore_padding(data: st.DataObject) -> None:
+    # <= 25 points: torch.cdist then computes distances directly (not via matmul) at every size, so padding
+    # cannot change a single bit
+    points, valid = data.draw(point_sets(max_points=25))
+    n_valid = valid.sum(1)
+    k = torch.tensor([data.draw(st.integers(min(1, int(n)), int(n)), label="k") for n in n_valid])
+    labels = density_peak_clusters(points, valid, k)
+    assert torch.equal(labels < 0, ~valid)
+    for row in range(points.shape[0]):
+        used = labels[row][valid[row]]
+        assert set(used.tolist()) == set(range(int(k[row])))  # every centre labels at least itself
+        # the same row alone, without its padding, gets the same labels (batch and padding independence)
+        alone = density_peak_clusters(points[row : row + 1, valid[row]], valid[row : row + 1, valid[row]],
+                                      int(k[row]))
+        assert torch.equal(alone[0], used)

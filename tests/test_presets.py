@@ -20,7 +20,7 @@ from sparsezip.methods.sparsezip.config import (
     parse_yaml,
     resolve_config,
 )
-from sparsezip.testing.fake import FakeVisionLanguageModel
+from sparsezip.testing.fake import FakeModelPlan, FakeVisionLanguageModel
 from sparsezip.testing.trees import write_tree
 
 # The seed's config/sparsezip_mme.yaml in miniature: cross_beta written twice, the later value is what ran.
@@ -113,7 +113,7 @@ def test_resolve_config_takes_a_path_or_a_preset_name(tmp_path: Path) -> None:
 
 def test_eval_takes_a_preset_by_name(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(eval_command, "load_model", lambda *a, **k: FakeVisionLanguageModel())
+    monkeypatch.setattr(eval_command, "model_plan", lambda args: FakeModelPlan(FakeVisionLanguageModel()))
     data = write_tree("mme", "files", tmp_path / "data")
     args = ["eval", "--dataset", "mme", "--data", str(data), "--model-path", "unused", "--method", "sparsezip",
             "--budget", "8", "--no-progress"]

@@ -143,7 +143,8 @@ def test_a_corrupt_image_stops_the_run_with_finished_batches_kept(pope: list, tm
 
 def test_a_different_run_in_the_same_folder_is_refused(pope: list, mme: list, tmp_path: Path) -> None:
     run(pope[:2], tmp_path / "out")
-    with pytest.raises(ValueError, match=r"different run \(method_config: \{'k': 4\} -> \{'k': 2\}\)"):
+    # the differing field is named by its dotted path, with both values (not the two whole dicts)
+    with pytest.raises(ValueError, match=r"different run \(method_config\.k: 4 -> 2\)"):
         run(pope[:2], tmp_path / "out", method=KeepFirst(2))
     with pytest.raises(ValueError, match="max_new_tokens: 16 -> 8"):
         run(pope[:2], tmp_path / "out", max_new_tokens=8)

@@ -11,7 +11,7 @@ import pytest
 from sparsezip import metrics
 from sparsezip.cli import main
 from sparsezip.commands import eval as eval_command
-from sparsezip.testing.fake import FakeVisionLanguageModel
+from sparsezip.testing.fake import FakeModelPlan, FakeVisionLanguageModel
 from sparsezip.testing.trees import write_tree
 
 POPE_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "reference" / "pope"
@@ -135,7 +135,7 @@ def test_eval_then_score_then_merge(tmp_path: Path, capsys: pytest.CaptureFixtur
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "data"
     write_tree("pope", "files", data)
-    monkeypatch.setattr(eval_command, "load_model", lambda *a, **k: FakeVisionLanguageModel())
+    monkeypatch.setattr(eval_command, "model_plan", lambda args: FakeModelPlan(FakeVisionLanguageModel()))
     base = ["eval", "--dataset", "pope-random", "--data", str(data), "--model-path", "unused", "--method", "none",
             "--no-progress"]
     assert main([*base, "--out", str(tmp_path / "all"), "--batch-size", "2"]) == 0

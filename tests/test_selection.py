@@ -85,6 +85,23 @@ def test_topk_mask_per_row_k_matches_topk_indices(data: st.DataObject) -> None:
         assert bool((indices[row, n:] == -1).all())
 
 
+@given(data=st.data())
+def test_topk_mask_with_valid_equals_topk_over_the_valid_entries(data: st.DataObject) -> None:
+    scores = data.draw(score_rows())
+    b, m = scores.shape
+    g = torch.Generator().manual_seed(data.draw(seeds))
+    valid = torch.rand(b, m, generator=g) < 0.6
+    k = torch.tensor([data.draw(st.integers(0, int(n)), label="k") for n in valid.sum(1)])
+    mask = topk_mask(scores, k, valid=valid)
+    assert not bool((mask & ~valid).any()) and mask.sum(1).tolist() == k.tolist()
+    for row in range(b):
+        columns = torch.nonzero(valid[row]).flatten()  # ascending, so ties still go to the lower index
+        picked = columns[topk_indices(scores[row : row + 1, columns], int(k[row]))[0]]
+        assert torch.equal(torch.nonzero(mask[row]).flatten(), picked)
+    with pytest.raises(ValueError, match="valid entries per row"):
+        topk_mask(scores, valid.sum(1) + 1, valid=valid)
+
+
 def test_all_equal_scores_pick_the_first_indices() -> None:
     assert topk_indices(torch.zeros(2, 7, dtype=torch.bfloat16), 3).tolist() == [[0, 1, 2], [0, 1, 2]]
 

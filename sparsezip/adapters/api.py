@@ -57,8 +57,31 @@ class GenerationOutput:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ModelGeometry:
+    """The numbers a compression method's configuration is checked against before a run starts (read from a
+    checkpoint's ``config.json`` before loading, or from a loaded model).
+
+    Attributes:
+        visual_tokens: uncompressed visual tokens of a nominal image (``nominal_visual_tokens``; 576 for LLaVA-1.5).
+        prefix: protected tokens in front of the patches in ``VisionContext.hidden`` (CLIP's CLS: 1; none: 0).
+        llm_layers: decoder layers of the language model (in-LLM methods schedule by them); ``None`` = unknown.
+    """
+
+    visual_tokens: int
+    prefix: int = 1
+    llm_layers: int | None = None
+
+
 class VisionLanguageModel(Protocol):
-    """A loaded model that can answer image questions under any registered compression method."""
+    """A loaded model that can answer image questions under any registered compression method.
+
+    Optional members the runner reads when present (``getattr``), so a run folder records what decides the
+    answers: ``checkpoint_path`` (the checkpoint folder whose weights it runs; their content identity goes into
+    ``run.json``), ``dtype``, ``prefix`` (protected tokens, default 1) and ``run_settings()`` (a JSON dict of
+    every adapter setting that changes answers: processor, padding, feature layer ...; a resumed run whose
+    settings differ is refused, so a new setting only has to be added there).
+    """
 
     name: str
     device: torch.device
@@ -87,3 +110,15 @@ class VisionLanguageModel(Protocol):
         bare question text used by text-aware methods (``None`` = no text awareness).
         """
         ...
+
+
+def model_geometry(model: VisionLanguageModel) -> ModelGeometry:
+    """A loaded model's :class:`ModelGeometry`: its ``nominal_visual_tokens``, its ``prefix`` (default 1) and, when
+    it exposes an HF-style ``config.text_config``, the LLM's ``num_hidden_layers``."""
+    text_config = getattr(getattr(model, "config", None), "text_config", None)
+    layers = getattr(text_config, "num_hidden_layers", None)
+    return ModelGeometry(
+        visual_tokens=int(model.nominal_visual_tokens),
+        prefix=int(getattr(model, "prefix", 1)),
+        llm_layers=layers if isinstance(layers, int) else None,
+    )

@@ -6,14 +6,25 @@ A Hugging Face checkpoint is usable when it has a ``config.json`` naming its ``m
 equivalents), a tokenizer vocabulary and an image-processor config. Safetensors files are checked by reading
 their header with the ``safetensors`` library (a few KB, memory-mapped): a truncated or corrupt file is refused
 here, with its name, instead of failing half-way through loading.
+
+:func:`checkpoint_identity` names a checkpoint's weights by their content (a full sha256 of every weight file,
+computed once per file version and cached, :mod:`sparsezip.hashcache`): what a run folder records so a resumed
+run cannot mix answers of two models, and what published expectations are matched to. A full hash rather than
+headers + sizes, because a fine-tuned or perturbed checkpoint has the same headers and sizes as its base; and
+per-file sha256s are what the Hugging Face Hub lists for every LFS file, so the identity can be checked
+against a hub snapshot without downloading it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from sparsezip.hashcache import cached_sha256
+from sparsezip.jsonio import sha256_file
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -23,6 +34,13 @@ TORCH_WEIGHTS_INDEX = "pytorch_model.bin.index.json"
 TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
 IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
 PROCESSOR_FILE = "processor_config.json"  # transformers >= 5 may nest the image processor here
+# The small files that, besides the weights, decide a checkpoint's answers: configuration, generation defaults,
+# tokenizer, processor and chat template (whichever exist).
+SETTINGS_FILES: tuple[str, ...] = (
+    "config.json", "generation_config.json", *TOKENIZER_FILES, "merges.txt", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", IMAGE_PROCESSOR_FILE, PROCESSOR_FILE, "chat_template.json",
+    "chat_template.jinja",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -136,3 +154,37 @@ def check_files(path: Path, config: Mapping | None = None) -> CheckpointFiles:
     check_processor_files(path)
     return CheckpointFiles(path=path, config=config, model_type=config["model_type"], weight_files=files,
                            tensors=tensors)
+
+
+def weight_index(path: Path) -> Path | None:
+    """The weight index file :func:`weight_files` follows (``None`` for a single-file checkpoint)."""
+    for single, index in ((SAFE_WEIGHTS, SAFE_WEIGHTS_INDEX), (TORCH_WEIGHTS, TORCH_WEIGHTS_INDEX)):
+        if (path / single).is_file():
+            return None
+        if (path / index).is_file():
+            return path / index
+    return None
+
+
+def weight_hashes(path: str | Path) -> dict[str, str]:
+    """``{file name: sha256}`` of the checkpoint's weight files (and the index that lists them), in name order.
+    A weight file's sha256 is what the Hugging Face Hub lists as its LFS ``oid``."""
+    path = Path(path)
+    files = [*weight_files(path), *filter(None, [weight_index(path)])]
+    return {f.name: cached_sha256(f) for f in sorted(files, key=lambda f: f.name)}
+
+
+def checkpoint_identity(path: str | Path) -> str:
+    """The content identity of the weights of the checkpoint folder ``path``: a hex sha256 over every weight
+    file's name and sha256 (:func:`weight_hashes`). Equal for byte-identical weights wherever they are stored;
+    different for any changed byte. Raises ``ValueError`` when the folder has no weight files."""
+    digest = hashlib.sha256()
+    for name, sha in weight_hashes(path).items():
+        digest.update(f"{name}\0{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def settings_hashes(path: str | Path) -> dict[str, str]:
+    """``{file name: sha256}`` of the checkpoint's :data:`SETTINGS_FILES` that exist (small; not cached)."""
+    path = Path(path)
+    return {name: sha256_file(path / name) for name in SETTINGS_FILES if (path / name).is_file()}

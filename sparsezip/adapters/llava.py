@@ -17,13 +17,15 @@ Pipeline of :meth:`LlavaVLM.generate` for a batch of single-image prompts (llava
 
 Scattering into ``inputs_embeds`` and passing ``mm_encoder_outputs`` were both checked to give the plain model's
 tokens and bit-identical logits when nothing is dropped (transformers 5.24); the adapter keeps the scatter, which
-does not depend on the newer ``mm_encoder_outputs`` API. In-LLM methods (``stage = "llm"``, SparseVLM) run one
-prompt at a time through their own greedy loop (:mod:`sparsezip.adapters.sparsevlm_llama`).
+does not depend on the newer ``mm_encoder_outputs`` API. In-LLM methods (``stage = "llm"``: a
+:class:`~sparsezip.methods.base.LayerPruner`, e.g. SparseVLM) run batched through the generic layer-wise greedy
+loop (:mod:`sparsezip.adapters.layerwise`) instead of ``generate``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,7 @@ from sparsezip.adapters.placeholders import shorten_image_runs
 from sparsezip.adapters.prompt_ids import encode_prompts
 from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.methods.base import CompressionMethod
+from sparsezip.methods.base import CompressionMethod, LayerPruner
 from sparsezip.profiling import FirstCallClock, StageTimer, decoder_prefill_flops
 
 # load_llava lives with LLaVA's registry entry; it is re-exported here, where users have always imported it.
@@ -131,6 +133,29 @@ class LlavaVLM:
     def dtype(self) -> torch.dtype:
         """The weights' dtype."""
         return self.model.dtype
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint folder the weights were loaded from (``from_pretrained`` records it as
+        ``name_or_path``); ``None`` for a model built in memory. Its weights' content identity goes into run.json."""
+        folder = Path(str(getattr(self.model, "name_or_path", "") or ""))
+        return folder if str(folder) not in ("", ".") and (folder / "config.json").is_file() else None
+
+    def run_settings(self) -> dict:
+        """Every adapter setting that changes the answers, as JSON (recorded in ``run.json``; a resumed run with
+        different settings is refused): the image processor's class (its backend) and settings, the feature
+        layer and selection, the protected prefix, the tokenizer's padding. A new setting belongs here."""
+        image_processor = self.processor.image_processor
+        config = self.model.config
+        return {
+            "image_processor_class": type(image_processor).__name__,
+            "image_processor": json.loads(json.dumps(image_processor.to_dict(), sort_keys=True, default=str)),
+            "vision_feature_layer": config.vision_feature_layer,
+            "vision_feature_select_strategy": config.vision_feature_select_strategy,
+            "prefix": self.prefix,
+            "padding_side": self.tokenizer.padding_side,
+            "pad_token_id": self.pad_token_id,
+        }
 
     def chat_prompt(self, question: str) -> str:
         """The checkpoint's chat template applied to one user turn (``<image>`` + ``question``), generation
@@ -301,14 +326,11 @@ class LlavaVLM:
 
         ``prompts[i]`` holds exactly one ``<image>`` for ``images[i]``; ``questions[i]`` is the bare question for
         text-aware methods (``None``: no text awareness). Every sample of a batch reports the batch's stage
-        times (``batch_size`` says how many shared them); in-LLM methods run one prompt at a time.
+        times (``batch_size`` says how many shared them).
         """
         self._validate(images, prompts, method, questions, max_new_tokens, num_beams)
         if method.stage == "llm":
-            return [
-                self._generate_in_llm(image, prompt, method, max_new_tokens)
-                for image, prompt in zip(images, prompts, strict=True)
-            ]
+            return self._generate_in_llm(images, prompts, method, max_new_tokens)
         prepared = self.prepare(images, prompts, method=method, questions=questions)
         first_token = FirstCallClock(self.device)
         with torch.inference_mode():
@@ -348,44 +370,46 @@ class LlavaVLM:
         return outputs
 
     def _generate_in_llm(
-        self, image: Image.Image, prompt: str, method: CompressionMethod, max_new_tokens: int
-    ) -> GenerationOutput:
-        from sparsezip.adapters.sparsevlm_llama import generate_sparsevlm
+        self, images: Sequence[Image.Image], prompts: Sequence[str], method: CompressionMethod, max_new_tokens: int
+    ) -> list[GenerationOutput]:
+        from sparsezip.adapters.layerwise import generate_layerwise
 
-        if method.name != "sparsevlm":
-            raise ValueError(f"no in-LLM implementation for method {method.name!r} (stage 'llm'); known: sparsevlm")
-        prepared = self.prepare([image], [prompt], method=method)
-        visual_positions = torch.nonzero(prepared.image_mask[0]).flatten()
-        start = int(visual_positions[0])
-        text_config = self.model.config.text_config
-        run = generate_sparsevlm(
-            self.model,
+        if not isinstance(method, LayerPruner):
+            raise ValueError(f"method {method.name!r} declares stage 'llm' but is not a LayerPruner, so it has no "
+                             "in-LLM implementation")
+        prepared = self.prepare(images, prompts, method=method)
+        run = generate_layerwise(
+            self.model.model.language_model,
+            self.model.lm_head,
             prepared.inputs_embeds,
-            start,
-            visual_positions.numel(),
-            method.plan(self.num_patches, text_config.num_hidden_layers),
+            prepared.attention_mask,
+            prepared.image_mask,
+            method,
+            num_patches=self.nominal_visual_tokens,
             max_new_tokens=max_new_tokens,
             eos_token_ids=self._eos_ids(),
             clock=prepared.timer.now,
         )
-        end = prepared.timer.now()
-        per_layer = run.visual_tokens_per_layer
-        tokens = self._trim(run.tokens)
-        return GenerationOutput(
-            text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-            new_tokens=len(tokens),
-            visual_tokens=sum(per_layer) / len(per_layer),
-            uncompressed_visual_tokens=int(prepared.uncompressed[0]),
-            prefill_tokens=int(prepared.attention_mask[0].sum()),
-            timings=self._timings(prepared, run.first_token_time, end),
-            visual_tokens_per_layer=per_layer,
-            batch_size=1,
-            extra={
-                "token_ids": tokens,
-                "counts_after_pruning": run.counts_after_pruning,
-                "prefill_flops": self._prefill_flops(run.prefill_tokens_per_layer),
-            },
-        )
+        timings = self._timings(prepared, run.first_token_time, prepared.timer.now())
+        outputs = []
+        for b, tokens in enumerate(run.tokens):
+            per_layer = run.visual_tokens_per_layer[b]
+            outputs.append(GenerationOutput(
+                text=self.tokenizer.decode(tokens, skip_special_tokens=True),
+                new_tokens=len(tokens),
+                visual_tokens=sum(per_layer) / len(per_layer),
+                uncompressed_visual_tokens=int(prepared.uncompressed[b]),
+                prefill_tokens=int(prepared.attention_mask[b].sum()),
+                timings=dict(timings),
+                visual_tokens_per_layer=per_layer,
+                batch_size=len(prompts),
+                extra={
+                    "token_ids": tokens,
+                    "counts_after_pruning": run.counts_after_pruning[b],
+                    "prefill_flops": self._prefill_flops(run.prefill_tokens_per_layer[b]),
+                },
+            ))
+        return outputs
 
     # ------------------------------------------------------------------------------------------ helpers
     def _eos_ids(self) -> set[int]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sparsezip.adapters.api import ModelGeometry
 from sparsezip.adapters.registry import (
     ModelAdapter,
     inspect_checkpoint,
@@ -76,10 +77,20 @@ def llava_visual_tokens(config: Mapping) -> int:
         raise ValueError(f"cannot read vision_config image_size/patch_size ({err!r})") from None
 
 
+def llava_geometry(config: Mapping) -> ModelGeometry:
+    """Visual tokens (:func:`llava_visual_tokens`), CLS prefix 1 (the "default" strategy drops it) and the LLM's
+    ``text_config.num_hidden_layers`` (transformers' Llama default, 32, when absent) of a LLaVA ``config.json``."""
+    layers = (config.get("text_config") or {}).get("num_hidden_layers", 32)
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise ValueError(f"text_config.num_hidden_layers must be a positive int, got {layers!r}")
+    return ModelGeometry(visual_tokens=llava_visual_tokens(config), prefix=1, llm_layers=layers)
+
+
 LLAVA_ADAPTER = register_adapter(ModelAdapter(
     model_type="llava",
     family="LLaVA-1.5 (LlavaForConditionalGeneration, CLIP tower)",
     load=_load_checkpoint,
     nominal_visual_tokens=llava_visual_tokens,
     check_config=check_llava_config,
+    geometry=llava_geometry,
 ))

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sparsezip.adapters.api import ModelGeometry
 from sparsezip.adapters.checkpoint import CheckpointFiles, check_files, read_config
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ class ModelAdapter:
             LLaVA-1.5), the scale relative budgets are mapped by; per-sample counts come from the model's outputs.
         check_config: ``config.json`` dict -> ``None``, raising ``ValueError`` for a configuration the adapter
             cannot run (so it is refused before the weights load); ``None`` = any.
+        geometry: ``config.json`` dict -> :class:`~sparsezip.adapters.api.ModelGeometry` (visual tokens, prefix,
+            LLM layers), what a method's configuration is checked against before loading; ``None`` = only the
+            nominal visual tokens are known (prefix 1, LLM layers unknown).
     """
 
     model_type: str
@@ -51,6 +55,7 @@ class ModelAdapter:
     load: Callable[[Checkpoint, torch.device, torch.dtype], VisionLanguageModel] = field(repr=False)
     nominal_visual_tokens: Callable[[Mapping], int] = field(repr=False)
     check_config: Callable[[Mapping], None] | None = field(default=None, repr=False)
+    geometry: Callable[[Mapping], ModelGeometry] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,14 @@ def nominal_visual_tokens(path_or_name: str | Path) -> int:
     path, _ = resolve_model(path_or_name)
     config, adapter = _config_and_adapter(path)
     return int(adapter.nominal_visual_tokens(config))
+
+
+def checkpoint_geometry(checkpoint: Checkpoint) -> ModelGeometry:
+    """The :class:`~sparsezip.adapters.api.ModelGeometry` of a checked checkpoint, from its ``config.json``."""
+    adapter, config = checkpoint.adapter, checkpoint.config
+    if adapter.geometry is not None:
+        return adapter.geometry(config)
+    return ModelGeometry(visual_tokens=int(adapter.nominal_visual_tokens(config)))
 
 
 def inspect_checkpoint(path_or_name: str | Path) -> Checkpoint:

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING
 
 from sparsezip.bench.expectations import headline
 from sparsezip.bench.matrix import Case, scale_budget
+from sparsezip.data.records import compact_records
 
 if TYPE_CHECKING:
     from sparsezip.adapters.api import GenerationOutput, VisionLanguageModel
     from sparsezip.data.sample import Sample
     from sparsezip.methods.base import CompressionMethod
 
-# Vision-stage methods are evaluated in batches (answers do not depend on the batch: the adapter's tests
-# check batched == per-sample); in-LLM methods (SparseVLM) support batch size 1 only.
+# Every method is evaluated in batches (answers do not depend on the batch: the adapter's tests check
+# batched == per-sample, in-LLM methods included).
 EVAL_BATCH_SIZE = 8
 # Images the dynamic-K calibration looks at: enough for a stable mean K, cheap next to the evaluation.
 DYNK_CALIBRATION_IMAGES = 16
@@ -31,8 +32,9 @@ DYNK_RANGE_LLAVA15 = (32, 64)
 
 
 def batch_size_for(method: CompressionMethod) -> int:
-    """Evaluation batch size: :data:`EVAL_BATCH_SIZE` for vision-stage methods, 1 for in-LLM ones."""
-    return 1 if method.stage == "llm" else EVAL_BATCH_SIZE
+    """Evaluation batch size of ``method``: :data:`EVAL_BATCH_SIZE` for every stage (the layer-wise loop of
+    in-LLM methods is batched too)."""
+    return EVAL_BATCH_SIZE
 
 
 def dataset_fingerprint(sources: dict[str, str]) -> str | None:
@@ -90,15 +92,33 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
     return method, dataclasses.asdict(calibration)
 
 
+def unreachable_reason(method: CompressionMethod, model: VisionLanguageModel) -> str | None:
+    """Why ``method`` cannot run on ``model`` as configured, or ``None``: an in-LLM method whose schedule does not
+    fit the model (e.g. a SparseVLM budget below what its first pruning layer allows). The benchmark skips such
+    cases with this reason instead of failing them; a model without ``config.text_config`` is not checked."""
+    from sparsezip.methods.base import LayerPruner
+
+    text_config = getattr(getattr(model, "config", None), "text_config", None)
+    if not isinstance(method, LayerPruner) or text_config is None:
+        return None
+    try:
+        method.pruning_layers(model.nominal_visual_tokens, text_config.num_hidden_layers)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def extra_info(case: Case, method: CompressionMethod, summary: dict, timed: GenerationOutput, *,
                num_patches: int, calibration: dict | None = None,
-               k_values: Sequence[int] | None = None) -> dict:
+               k_values: Sequence[int] | None = None, records: Sequence[dict] | None = None) -> dict:
     """What a case records in ``benchmark.extra_info`` (so a saved run holds quality and cost together).
 
     Args:
         summary: the runner's ``summary.json`` content.
         timed: the output of the timed generate call (one fixed sample, batch 1).
         calibration / k_values: dynamic-K rows: the calibration and K per evaluated sample.
+        records: the run's predictions records (dataset order); their scoring fields are kept column-wise
+            (``records``), so a saved run supports paired statistics (``sparsezip report``, ``compare``).
     """
     tokens = summary["tokens"]
     visual = tokens["visual"]
@@ -139,6 +159,8 @@ def extra_info(case: Case, method: CompressionMethod, summary: dict, timed: Gene
         stats["dynk_calibration"] = calibration
     if k_values:
         stats["k_distribution"] = k_distribution(k_values)
+    if records:
+        stats["records"] = compact_records(records)
     return json.loads(json.dumps(stats))  # plain JSON types only (no tensors, tuples or numpy scalars)
 
 

@@ -1,9 +1,9 @@
 """Quality expectations of the benchmark matrix: ``fixtures/expected/<model>.json``.
 
-Each benchmark case compares its dataset's headline metric (POPE: F1 of the case's label file; MME: total
-score = perception + cognition; DocVQA: ANLS) with the recorded value, one-sided: the case fails when quality
-drops more than the tolerance below the expectation; a rise beyond it is only reported (refresh with
-``--update-expected``).
+Each benchmark case compares its dataset's headline metric (its row's ``DatasetSpec.headline``; POPE: F1 of
+the case's label file; MME: total score = perception + cognition; DocVQA: ANLS) with the recorded value,
+one-sided: the case fails when quality drops more than the tolerance below the expectation; a rise beyond it
+is only reported (refresh with ``--update-expected``).
 
 Tolerance is a fraction of the metric's range (1 for F1 / ANLS, 200 per MME subtask present):
     - CPU: ``0.01``. CPU runs are deterministic on one machine; the slack covers a few answers flipping
@@ -24,9 +24,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sparsezip.data.registry import dataset_spec
+
 # Fraction of the metric's range a headline metric may fall below its expectation, per device type.
 TOLERANCE: dict[str, float] = {"cpu": 0.01, "cuda": 0.03}
-MME_SUBTASK_RANGE = 200.0  # acc + acc+ (both percentages) per subtask
 
 
 @dataclass(frozen=True)
@@ -38,27 +39,16 @@ class Headline:
     scale: float
 
 
-def headline(family: str, metrics: dict) -> Headline:
-    """The headline metric of a runner summary's ``metrics`` for dataset ``family`` (pope, mme, docvqa).
+def headline(dataset: str, metrics: dict) -> Headline:
+    """The headline metric of a runner summary's ``metrics`` for ``dataset`` (a family or benchmark name), as
+    its row in the dataset table defines it (``DatasetSpec.headline``).
 
     POPE: ``f1`` of the case's one label file; MME: ``perception + cognition`` over the subtasks present (a
-    group without subtasks counts 0); DocVQA: ``anls``.
+    group without subtasks counts 0), range 200 per subtask; DocVQA: ``anls``.
     """
-    try:
-        if family == "pope":
-            return Headline("f1", float(metrics["f1"]), 1.0)
-        if family == "mme":
-            subtasks = metrics["subtasks"]
-            # A group with none of its subtasks present is null (the synthetic MME has perception only).
-            groups = [metrics[g] for g in ("perception", "cognition") if metrics[g] is not None]
-            if not subtasks or not groups:
-                raise ValueError(f"mme metrics hold no subtask scores: {metrics}")
-            return Headline("total_score", float(sum(groups)), MME_SUBTASK_RANGE * len(subtasks))
-        if family == "docvqa":
-            return Headline("anls", float(metrics["anls"]), 1.0)
-    except KeyError as err:
-        raise ValueError(f"{family} metrics lack {err.args[0]!r}; got keys {sorted(metrics)}") from None
-    raise ValueError(f"no headline metric for dataset family {family!r}; known: pope, mme, docvqa")
+    spec = dataset_spec(dataset)
+    value, scale = spec.headline_of(metrics)
+    return Headline(spec.headline.name, value, scale)
 
 
 def tolerance(device_type: str, scale: float) -> float:

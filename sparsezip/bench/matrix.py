@@ -8,6 +8,10 @@ and mapped to the model's own patch count with :func:`scale_budget`, so a 144-pa
 tiny model, ``visionzip-k64`` on llava-1.5. A case id reads
 ``pope-adversarial[tiny-shapes]-sparsezip-k16`` so ``-k pope``, ``-k adversarial``, ``-k visionzip`` and
 ``-k k16`` select what they say.
+
+Nothing here names a dataset or a method: the datasets are the dataset table's benchmark names
+(``sparsezip.data.registry.benchmark_datasets``) and the rows come from the method registry, each method
+declaring its budgets and ablations (``CompressionMethod.benchmark``, ``sparsezip/methods/rows.py``).
 """
 
 from __future__ import annotations
@@ -16,11 +20,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LLAVA15_PATCHES = 576
-LLAVA15_BUDGETS: tuple[int, ...] = (64, 128, 192)
-# `none` feeds every patch; in the LLaVA-1.5 scale that is the full 576 (so `--budgets 576` selects it).
-FULL_BUDGET = LLAVA15_PATCHES
-DATASETS: tuple[str, ...] = ("pope-random", "pope-popular", "pope-adversarial", "mme", "docvqa")
+from sparsezip.data.registry import benchmark_datasets, dataset_spec
+from sparsezip.methods import list_methods, method_class
+from sparsezip.methods.rows import FULL_BUDGET, LLAVA15_BUDGETS, LLAVA15_PATCHES  # noqa: F401  (re-exported)
+
 DEFAULT_MODEL_NAME = "tiny-shapes"
 
 
@@ -44,23 +47,19 @@ class Row:
     calibrate_dynamic_k: bool = False
 
 
-# SparseZip rows start from the seed's preset for the dataset (its config/sparsezip_<dataset>.yaml as it ran:
-# cross_beta 0.1 on MME, otherwise the package defaults in effect), then apply the row's switches.
-SPARSEZIP_PRESETS: Mapping[str, str] = {"pope": "pope", "mme": "mme", "docvqa": "docvqa"}
-
-# The rows, in report order. Ablations run at the 64-equivalent budget, where compression hurts most.
-ROWS: tuple[Row, ...] = (
-    Row("none", "none", llava_budgets=(FULL_BUDGET,)),
-    Row("sparsezip", "sparsezip", llava_budgets=LLAVA15_BUDGETS),
-    Row("sparsezip-nohybrid", "sparsezip", {"skip_hybrid_attn": True}),
-    Row("sparsezip-notext", "sparsezip", {"cross_beta": 0.0}),
-    Row("sparsezip-dynk", "sparsezip", {"dynamic_k": True, "skip_dynamic_k": False}, calibrate_dynamic_k=True),
-    Row("sparsezip-nomerge", "sparsezip", {"skip_ctx_merge": True}),
-    Row("visionzip", "visionzip", llava_budgets=LLAVA15_BUDGETS),
-    Row("sparsevlm", "sparsevlm", llava_budgets=LLAVA15_BUDGETS),
-    Row("random", "random"),
-    Row("pool", "pool"),
-)
+def matrix_rows() -> tuple[Row, ...]:
+    """The rows, in report order, derived from the method registry: each method's plain row at its declared
+    budgets, then one row per declared ablation (``CompressionMethod.benchmark``); methods ordered by their
+    declared ``order``, ties by name (today: none, sparsezip + ablations, visionzip, sparsevlm, random, pool)."""
+    classes = sorted((method_class(name) for name in list_methods()), key=lambda c: (c.benchmark.order, c.name))
+    rows: list[Row] = []
+    for cls in classes:
+        declared = cls.benchmark
+        if declared.budgets:
+            rows.append(Row(cls.name, cls.name, llava_budgets=declared.budgets))
+        rows.extend(Row(f"{cls.name}-{a.name}", cls.name, dict(a.config), a.llava_budgets, a.calibrate_dynamic_k)
+                    for a in declared.ablations)
+    return tuple(rows)
 
 
 def scale_budget(llava_budget: int, num_patches: int) -> int:
@@ -86,7 +85,7 @@ class Case:
     """One benchmark case: evaluate ``row`` at ``budget`` tokens on ``dataset`` with ``model``.
 
     Attributes:
-        dataset: benchmark dataset name (``pope-random``, ``mme``, ...); family = part before the first '-'.
+        dataset: benchmark dataset name (``pope-random``, ``mme``, ...); ``family`` names its table row.
         model: the model's name in ids (``tiny-shapes``, or the checkpoint folder's name).
         row: the method row.
         llava_budget: the budget in the LLaVA-1.5 scale (``FULL_BUDGET`` for ``none``).
@@ -101,7 +100,7 @@ class Case:
 
     @property
     def family(self) -> str:
-        return self.dataset.split("-")[0]
+        return dataset_spec(self.dataset).family
 
     @property
     def id(self) -> str:
@@ -110,14 +109,12 @@ class Case:
         return f"{self.dataset}[{self.model}]-{self.row.name}{suffix}"
 
     def method_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for ``get_method(self.row.method, ...)``: for SparseZip rows the dataset's seed
-        preset (:data:`SPARSEZIP_PRESETS`), then the row's config, plus the budget in the model's own tokens
-        (for SparseVLM, the layer-averaged equivalent), when set."""
-        kwargs: dict[str, object] = {}
-        if self.row.method == "sparsezip" and self.family in SPARSEZIP_PRESETS:
-            from sparsezip.methods.sparsezip.config import load_preset
-
-            kwargs.update(load_preset(SPARSEZIP_PRESETS[self.family]))
+        """Keyword arguments for ``get_method(self.row.method, ...)``: the method's base config for this dataset
+        (``BenchmarkRows.dataset_config``; SparseZip: the seed's preset, so ``cross_beta`` 0.1 on MME), then the
+        row's config, plus the budget in the model's own tokens (for SparseVLM, the layer-averaged equivalent),
+        when set."""
+        base = method_class(self.row.method).benchmark.dataset_config
+        kwargs: dict[str, object] = dict(base(self.family)) if base is not None else {}
         kwargs.update(self.row.config)
         if self.budget is not None:
             kwargs["budget"] = self.budget
@@ -126,7 +123,7 @@ class Case:
 
 def row_names() -> list[str]:
     """Every row name, in report order."""
-    return [row.name for row in ROWS]
+    return [row.name for row in matrix_rows()]
 
 
 def _check_filter(kind: str, given: Iterable[object], allowed: Iterable[object]) -> None:
@@ -141,7 +138,7 @@ def build_matrix(
     model: str,
     num_patches: int,
     *,
-    datasets: Iterable[str] = DATASETS,
+    datasets: Iterable[str] | None = None,
     methods: Iterable[str] | None = None,
     llava_budgets: Iterable[int] | None = None,
 ) -> list[Case]:
@@ -150,26 +147,28 @@ def build_matrix(
     Args:
         model: name used in case ids.
         num_patches: the model's uncompressed visual tokens per image (576 for LLaVA-1.5, 144 for tiny-shapes).
-        datasets: benchmark dataset names, a subset of :data:`DATASETS`.
+        datasets: benchmark dataset names (default: all of ``benchmark_datasets()``, the dataset table's).
         methods: keep rows whose registry method *or* row name is listed (``sparsezip`` keeps every
             SparseZip row including the ablations; ``sparsezip-notext`` keeps just that one).
         llava_budgets: keep cases at these LLaVA-1.5-scale budgets (64 / 128 / 192; 576 = ``none``).
 
     Returns:
-        Cases ordered dataset-major, then rows in :data:`ROWS` order, then budget.
+        Cases ordered dataset-major, then rows in :func:`matrix_rows` order, then budget.
     """
-    datasets = list(datasets)
-    _check_filter("dataset", datasets, DATASETS)
+    known = benchmark_datasets()
+    datasets = known if datasets is None else list(datasets)
+    _check_filter("dataset", datasets, known)
+    rows = matrix_rows()
     methods = None if methods is None else list(methods)
     if methods is not None:
-        _check_filter("method", methods, dict.fromkeys([r.method for r in ROWS] + row_names()))
+        _check_filter("method", methods, dict.fromkeys([r.method for r in rows] + [r.name for r in rows]))
     budgets = None if llava_budgets is None else list(llava_budgets)
     if budgets is not None:
-        _check_filter("budget (LLaVA-1.5 scale)", budgets, (*LLAVA15_BUDGETS, FULL_BUDGET))
+        _check_filter("budget (LLaVA-1.5 scale)", budgets, sorted({b for r in rows for b in r.llava_budgets}))
 
     cases = []
     for dataset in datasets:
-        for row in ROWS:
+        for row in rows:
             if methods is not None and row.method not in methods and row.name not in methods:
                 continue
             for llava_budget in row.llava_budgets:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sparsezip.adapters.api import VisionLanguageModel
+    import torch
+
+    from sparsezip.adapters.api import ModelGeometry, VisionLanguageModel
+    from sparsezip.adapters.registry import Checkpoint
     from sparsezip.data.sample import Sample
 
 
@@ -32,8 +36,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_samples(args: argparse.Namespace) -> list[Sample]:
-    """The samples ``--dataset`` / ``--data`` / ``--image-root`` / ``--limit`` select, in dataset order."""
+    """The samples ``--dataset`` / ``--data`` / ``--image-root`` / ``--limit`` select, in dataset order. Only the
+    selected samples need their image files (``--limit 100`` runs without the rest of the images); every
+    question must be non-empty."""
     from sparsezip.data.registry import dataset_spec, load_dataset, resolve_dataset
+    from sparsezip.data.sample import check_image_files
     from sparsezip.data.subsets import limit_samples
 
     spec = dataset_spec(args.dataset)
@@ -44,7 +51,9 @@ def load_samples(args: argparse.Namespace) -> list[Sample]:
         path, options = data, {}
     if args.image_root:
         options["image_root"] = args.image_root
-    return limit_samples(list(load_dataset(args.dataset, path, **options)), args.limit)
+    samples = limit_samples(list(load_dataset(args.dataset, path, check_images=False, **options)), args.limit)
+    check_image_files(samples)
+    return samples
 
 
 CONFIG_HELP = ("a YAML file with a model.sparsezip block (the seed's layout; what `sparsezip calibrate` prints) "
@@ -62,12 +71,51 @@ def method_config(value: str | None) -> dict:
     return dict(resolve_config(value))
 
 
+@dataclass(frozen=True)
+class ModelPlan:
+    """A checkpoint that passed every check that needs no weights, and where and how it will run: what a command
+    knows about its model before paying for loading it."""
+
+    checkpoint: Checkpoint
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name
+
+    def geometry(self) -> ModelGeometry:
+        """Visual tokens, prefix and LLM layers from ``config.json``."""
+        from sparsezip.adapters.registry import checkpoint_geometry
+
+        return checkpoint_geometry(self.checkpoint)
+
+    def known_fields(self) -> dict:
+        """The part of the run identity (:func:`sparsezip.eval.runner.model_fields`) known before loading."""
+        from sparsezip.eval.runner import identity_fields
+
+        return identity_fields(self.name, self.geometry().visual_tokens, self.checkpoint.path, self.dtype,
+                               self.device)
+
+    def load(self) -> VisionLanguageModel:
+        """``from_pretrained`` through the checkpoint's adapter."""
+        return self.checkpoint.adapter.load(self.checkpoint, self.device, self.dtype)
+
+
+def model_plan(args: argparse.Namespace) -> ModelPlan:
+    """``--model-path`` / ``--device`` / ``--dtype`` checked without loading any weights: the device exists, the
+    dtype is a float type, the checkpoint's config has an adapter and its files are complete (the model registry's
+    checks). Default device: CUDA when available, else CPU."""
+    import torch
+
+    from sparsezip.adapters.registry import inspect_checkpoint, parse_device, resolve_dtype
+
+    device = parse_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = resolve_dtype(args.dtype, device)
+    return ModelPlan(inspect_checkpoint(args.model_path), device, dtype)
+
+
 def load_model(args: argparse.Namespace) -> VisionLanguageModel:
     """``--model-path`` through the model registry (its adapter picked by ``config.json``'s ``model_type``; bad
     checkpoints refused before any weights load) on ``--device`` (default: CUDA when available, else CPU)."""
-    import torch
-
-    from sparsezip.adapters.registry import load_model as load_checkpoint
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_checkpoint(args.model_path, device=device, dtype=args.dtype)
+    return model_plan(args).load()

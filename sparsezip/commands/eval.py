@@ -8,9 +8,9 @@ from sparsezip.commands._common import (
     CONFIG_HELP,
     add_dataset_arguments,
     add_model_arguments,
-    load_model,
     load_samples,
     method_config,
+    model_plan,
 )
 
 HELP = "evaluate a model + compression method on a dataset (resumable; writes predictions.jsonl + summary.json)"
@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, help="a registered method (see `sparsezip methods`)")
     parser.add_argument("--config", default=None, help=CONFIG_HELP)
     parser.add_argument("--budget", type=int, default=None, help="visual tokens per image")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="samples per generate call (default 1); answers do not depend on it, but it is part "
+                             "of the run's identity, so resume with the same value")
     parser.add_argument("--shard", default=None, help="i/n: evaluate the i-th of n contiguous slices")
     parser.add_argument("--prompt-style", default="llava_v1", choices=("llava_v1", "hf_chat"))
     parser.add_argument("--max-new-tokens", type=int, default=None,
@@ -32,21 +34,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Everything that can be checked without the model comes first (arguments, method, device, checkpoint files,
+    the method against the checkpoint's geometry, the dataset, the run folder's lock and earlier run); only then
+    does the model load."""
+    from sparsezip.data.registry import dataset_spec
     from sparsezip.data.subsets import parse_shard
-    from sparsezip.eval.runner import evaluate
+    from sparsezip.eval.rundir import check_same_run, locked, previous_run, run_folder
+    from sparsezip.eval.runner import check_questions, evaluate, run_config
     from sparsezip.methods import get_method
+    from sparsezip.methods.fit import check_method_fits
 
     shard = parse_shard(args.shard) if args.shard else None
-    samples = load_samples(args)
+    out = run_folder(args.out)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    spec = dataset_spec(args.dataset)
+    max_new_tokens = spec.max_new_tokens if args.max_new_tokens is None else args.max_new_tokens
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     config = method_config(args.config)
     if args.budget is not None:
         config["budget"] = args.budget
     method = get_method(args.method, **config)
-    model = load_model(args)
-    summary = evaluate(
-        model, method, samples, args.out, dataset=args.dataset, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, prompt_style=args.prompt_style, shard=shard,
-        progress=not args.no_progress,
-    )  # fmt: skip
+    plan = model_plan(args)
+    geometry = plan.geometry()
+    check_method_fits(method, geometry.visual_tokens, prefix=geometry.prefix, llm_layers=geometry.llm_layers,
+                      model_name=f"model {plan.name!r}")
+    samples = load_samples(args)
+    check_questions(samples, args.dataset)
+    known = run_config(args.dataset, samples, plan.known_fields(), method, prompt_style=args.prompt_style,
+                       max_new_tokens=max_new_tokens, batch_size=args.batch_size, shard=shard)
+    with locked(out):  # held from here to the end: a second eval on this folder is refused at once
+        check_same_run(out, previous_run(out), known, partial=True)
+        model = plan.load()
+        summary = evaluate(
+            model, method, samples, out, dataset=args.dataset, batch_size=args.batch_size,
+            max_new_tokens=max_new_tokens, prompt_style=args.prompt_style, shard=shard,
+            progress=not args.no_progress,
+        )  # fmt: skip
     print(f"{args.out}: {summary['n']}/{summary['expected']} samples; metrics {summary['metrics']}")
     return 0

@@ -1,4 +1,4 @@
-"""``sparsezip methods``: list the registered compression methods and what each needs."""
+"""``sparsezip methods``: list the registered compression methods, what each needs, and its benchmark rows."""
 
 from __future__ import annotations
 
@@ -12,21 +12,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
-def run(args: argparse.Namespace) -> int:
-    from sparsezip.methods import list_methods, method_class
+def _describe(name: str) -> dict:
+    from sparsezip.methods import method_class
 
-    rows = {
-        name: {
-            "stage": method_class(name).stage,
-            "needs_attention": method_class(name).needs_attention,
-            "needs_text": method_class(name).needs_text,
-        }
-        for name in list_methods()
+    cls = method_class(name)
+    return {
+        "stage": cls.stage,
+        "needs_attention": cls.needs_attention,
+        "needs_text": cls.needs_text,
+        # Row name -> budgets in the LLaVA-1.5 scale (576 = every patch), as the benchmark matrix runs them.
+        "benchmark": {
+            "budgets": list(cls.benchmark.budgets),
+            "ablations": {f"{name}-{a.name}": list(a.llava_budgets) for a in cls.benchmark.ablations},
+        },
     }
+
+
+def run(args: argparse.Namespace) -> int:
+    from sparsezip.methods import list_methods
+
+    methods = {name: _describe(name) for name in list_methods()}
     if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for name, row in rows.items():
-            needs = [k.removeprefix("needs_") for k in ("needs_attention", "needs_text") if row[k]]
-            print(f"{name:<12} stage={row['stage']:<6} needs={','.join(needs) or '-'}")
+        print(json.dumps(methods, indent=2))
+        return 0
+    for name, info in methods.items():
+        needs = [k.removeprefix("needs_") for k in ("needs_attention", "needs_text") if info[k]]
+        bench = info["benchmark"]
+        rows = {name: bench["budgets"]} if bench["budgets"] else {}
+        rows.update(bench["ablations"])
+        bench_text = " ".join(f"{row}@{'/'.join(map(str, budgets))}" for row, budgets in rows.items()) or "-"
+        print(f"{name:<12} stage={info['stage']:<6} needs={','.join(needs) or '-':<15} bench={bench_text}")
     return 0

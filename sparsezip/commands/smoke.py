@@ -63,18 +63,22 @@ def load_model(model_path: Path | None, device: str) -> tuple[VisionLanguageMode
 
 
 def run(args: argparse.Namespace) -> int:
-    from PIL import Image
-
+    from sparsezip.adapters.registry import parse_device
     from sparsezip.data.prompts import llava_v1_prompt
+    from sparsezip.data.sample import open_image
     from sparsezip.methods import get_method, list_methods
     from sparsezip.overlay import draw_token_overlay, tensor_to_image
 
-    if args.image is not None and not args.image.is_file():
+    if args.image is not None and not args.image.exists():
         raise ValueError(f"--image {args.image} does not exist")
-    image = Image.open(args.image).convert("RGB") if args.image is not None else demo_image()
+    image = open_image(args.image) if args.image is not None else demo_image()
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a file, not a folder")
     name = args.method or ("sparsezip" if "sparsezip" in list_methods() else "none")
     method = get_method(name) if args.budget is None else get_method(name, budget=args.budget)
-    vlm, model_note = load_model(args.model_path, args.device)
+    vlm, model_note = load_model(args.model_path, str(parse_device(args.device)))
     print(model_note)
     print(f"method: {method!r}")
     prompt = llava_v1_prompt(args.prompt)

@@ -9,7 +9,10 @@ HELP = "train the embedded tiny LLaVA (CPU, minutes, reproducible) and write it 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="fixtures/tiny-llava", help="output folder (default: fixtures/tiny-llava)")
+    parser.add_argument("--out", default=None,
+                        help="output folder; without it, --force writes the committed fixtures/tiny-llava")
+    parser.add_argument("--force", action="store_true",
+                        help="without --out: overwrite the committed fixtures/tiny-llava (retraining the default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training data and weights (default: 0)")
     parser.add_argument("--data-root", default="fixtures/data",
                         help="synthetic evaluation data (from make-fixtures) scored for the model card; "
@@ -19,9 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from sparsezip.commands.make_fixtures import committed_or_given
     from sparsezip.embedded.train import TrainRecipe, train_tiny
 
+    out = committed_or_given(args.out, args.force, "fixtures/tiny-llava", "train-tiny")
     recipe = dataclasses.replace(TrainRecipe(), seed=args.seed)
-    report = train_tiny(args.out, recipe, eval_root=args.data_root or None)
-    print(json.dumps({"out": args.out, "minutes": report["minutes"], "pope": report.get("pope")}))
+    report = train_tiny(out, recipe, eval_root=args.data_root or None)
+    print(json.dumps({"out": out, "minutes": report["minutes"], "pope": report.get("pope")}))
     return 0

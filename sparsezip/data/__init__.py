@@ -1,4 +1,4 @@
-"""Datasets: loaders for the on-disk layouts users have, prompts, and the synthetic-data generator.
+"""Datasets: the one table of them (``registry``), a loader module per dataset, prompts, records, subsets.
 
     from sparsezip.data import load_dataset, resolve_dataset
     family, path, options = resolve_dataset("/data", "pope-adversarial")
@@ -6,22 +6,28 @@
 """
 
 from sparsezip.data.registry import (
-    BENCHMARK_DATASETS,
     DATASETS,
-    DatasetSpec,
+    benchmark_datasets,
     dataset_spec,
     load_dataset,
+    register_dataset,
     resolve_dataset,
+    unregister_dataset,
 )
 from sparsezip.data.sample import ParquetImage, Sample
+from sparsezip.data.spec import DatasetSpec, HeadlineMetric, key_metric
 
 __all__ = [
-    "BENCHMARK_DATASETS",
     "DATASETS",
     "DatasetSpec",
+    "HeadlineMetric",
     "ParquetImage",
     "Sample",
+    "benchmark_datasets",
     "dataset_spec",
+    "key_metric",
     "load_dataset",
+    "register_dataset",
     "resolve_dataset",
+    "unregister_dataset",
 ]

@@ -7,9 +7,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from sparsezip import metrics
-from sparsezip.data.prompts import CAPTION_QUESTION
 from sparsezip.data.sample import Sample, require_file, resolve_inside
+from sparsezip.data.tiny import check_layout, coco_name, image_bytes
 from sparsezip.jsonio import sha256_file
+
+CAPTION_QUESTION = "Provide a one-sentence caption for the provided image."
 
 
 def annotation_file(path: Path) -> Path:
@@ -67,3 +69,22 @@ def score(records: Sequence[Mapping], parser: str | None = None) -> dict:
         {str(r["question_id"]): r["prediction"] for r in records},
         {str(r["question_id"]): list(r["answers"]) for r in records},
     )
+
+
+# The tiny fixture tree: (image_id, image number, reference captions).
+TREE_ROWS = [(42, 1, ["a dog on grass", "a brown dog"]), (43, 2, ["a red car"])]
+
+
+def write_tree(root: Path, layout: str) -> Path:
+    """Tiny COCO captions (2 images) under ``root/coco`` (files layout only); returns that folder."""
+    check_layout("coco_captions", layout, ("files",))
+    folder = root / "coco"
+    (folder / "val2014").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for image_id, number, captions in TREE_ROWS:
+        (folder / "val2014" / coco_name(number)).write_bytes(image_bytes(number))
+        images.append({"id": image_id, "file_name": coco_name(number)})
+        annotations.extend({"image_id": image_id, "id": len(annotations), "caption": c} for c in captions)
+    payload = {"images": images, "annotations": annotations}
+    (folder / "captions_val2014.json").write_text(json.dumps(payload), encoding="utf-8")
+    return folder

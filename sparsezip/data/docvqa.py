@@ -6,9 +6,13 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from sparsezip import metrics
 from sparsezip.data.parquet import find_parquet_files, iter_parquet_rows
-from sparsezip.data.sample import Sample, require_file, resolve_inside
+from sparsezip.data.sample import Sample, require_file, require_question, resolve_inside
+from sparsezip.data.tiny import check_layout, image_bytes, image_cell, write_parquet
+from sparsezip.data.units import Units
 from sparsezip.jsonio import sha256_file
 
 _FIELDS = ("questionId", "question", "image", "answers")
@@ -36,7 +40,8 @@ def load_files(path: Path, *, check_images: bool = True) -> Iterator[Sample]:
     try:
         payload = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{file}:{err.lineno}: malformed JSON ({err.msg})") from None
+        raise ValueError(f"{file}:{err.lineno}: malformed JSON ({err.msg}); expected the DocVQA annotation file "
+                         "(val_v1.0.json)") from None
     data = payload.get("data") if isinstance(payload, dict) else None
     if not isinstance(data, list):
         raise ValueError(f"{file}: expected a JSON object with a 'data' list (the DocVQA val_v1.0.json format)")
@@ -49,7 +54,8 @@ def load_files(path: Path, *, check_images: bool = True) -> Iterator[Sample]:
         image = resolve_inside(file.parent, str(entry["image"]), where)
         if check_images:
             require_file(image, where)
-        yield Sample(entry["questionId"], image, str(entry["question"]), _answers(entry["answers"], where), meta)
+        question = require_question(entry["question"], where)
+        yield Sample(entry["questionId"], image, question, _answers(entry["answers"], where), meta)
 
 
 def load_parquet(path: Path, *, check_images: bool = True) -> Iterator[Sample]:
@@ -59,7 +65,8 @@ def load_parquet(path: Path, *, check_images: bool = True) -> Iterator[Sample]:
     hashes = {f: sha256_file(f) for f in files}
     for row, image, where in iter_parquet_rows(files, _PARQUET_COLUMNS):
         meta = {"source": image.file.name, "source_sha256": hashes[image.file]}
-        yield Sample(row["questionId"], image, str(row["question"]), _answers(row["answers"], where), meta)
+        question = require_question(row["question"], where)
+        yield Sample(row["questionId"], image, question, _answers(row["answers"], where), meta)
 
 
 def _answers(value: object, where: str) -> tuple[str, ...]:
@@ -73,3 +80,43 @@ def score(records: Sequence[Mapping], parser: str | None = None) -> dict:
     if parser not in (None, "official"):
         raise ValueError(f"DocVQA has no parser choice (ANLS scores the raw text), got parser={parser!r}")
     return metrics.docvqa_metrics([r["prediction"] for r in records], [r["answers"] for r in records])
+
+
+def paired_units(records: Sequence[Mapping], parser: str | None = None) -> Units:
+    """DocVQA records (``prediction``, ``answers``) -> :class:`Units` (ANLS; correctness = exact match)."""
+    scores = np.array([metrics.anls(r["prediction"], r["answers"]) for r in records])
+    correct = np.array([metrics.exact_match(r["prediction"], r["answers"]) == 1.0 for r in records])
+    answers = [" ".join(r["prediction"].strip().lower().split()) for r in records]
+    stats = np.stack([scores, np.ones_like(scores)], axis=1)
+    return Units(stats, np.zeros(len(records)), lambda s: s[..., 0] / s[..., 1], "anls", answers, correct,
+                 [""] * len(records))
+
+
+# The tiny fixture tree: (questionId, document number, question, answers).
+TREE_ROWS = [
+    (101, 1, "What is the date?", ["May 5, 1990", "5 May 1990"]),
+    (102, 1, "Who signed?", ["J. Smith"]),
+    (103, 2, "What is the total?", ["$12.50"]),
+]
+
+
+def write_tree(root: Path, layout: str) -> Path:
+    """A tiny DocVQA (3 questions on 2 documents) under ``root/docvqa``; returns that folder."""
+    check_layout("docvqa", layout)
+    folder = root / "docvqa"
+    if layout == "files":
+        (folder / "documents").mkdir(parents=True, exist_ok=True)
+        data = []
+        for qid, doc, question, answers in TREE_ROWS:
+            image = f"documents/doc{doc}.png"
+            (folder / image).write_bytes(image_bytes(doc))
+            data.append({"questionId": qid, "question": question, "image": image, "docId": doc,
+                         "answers": answers, "data_split": "val"})
+        payload = {"dataset_name": "docvqa", "dataset_split": "val", "data": data}
+        (folder / "val_v1.0.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        return folder
+    rows = [{"questionId": str(q), "question": question, "question_types": ["form"],
+             "image": image_cell(doc, f"doc{doc}.png"), "docId": doc, "answers": answers}
+            for q, doc, question, answers in TREE_ROWS]
+    write_parquet(folder / "data" / "validation-00000-of-00001.parquet", rows)
+    return folder

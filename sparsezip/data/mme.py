@@ -12,12 +12,18 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from sparsezip import metrics
 from sparsezip.data.parquet import find_parquet_files, iter_parquet_rows
-from sparsezip.data.sample import Sample
+from sparsezip.data.sample import Sample, require_question
+from sparsezip.data.tiny import check_layout, image_bytes, image_cell, write_parquet
+from sparsezip.data.units import Units
 from sparsezip.jsonio import sha256_file, sha256_files
 
 SUBTASKS = metrics.MME_SUBTASKS
+QUESTION_SUFFIX = " Please answer yes or no."  # every MME question ends with it; prompts strip it
+SUBTASK_RANGE = 200.0  # acc + acc+ (both percentages) per subtask
 NESTED = ("artwork", "celebrity", "landmark", "posters", "scene")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 _PARQUET_COLUMNS = ("question_id", "question", "answer", "category")
@@ -37,6 +43,9 @@ def image_group(qid: str) -> str:
 def find_benchmark_root(path: Path) -> Path:
     """The folder whose children are the subtask folders: ``path`` itself, or the first folder up to three
     levels below it that has any (``MME_Benchmark_release_version/MME_Benchmark`` and deeper extractions)."""
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a folder: MME annotations are the release tree (MME_Benchmark_release_version/"
+                         ") or HF parquet files")
     frontier = [path]
     for _ in range(_SEARCH_DEPTH + 1):
         for folder in frontier:
@@ -76,7 +85,7 @@ def _read_questions(txt: Path) -> list[tuple[str, str]]:
         fields = line.rstrip("\r\n").split("\t")
         if len(fields) != 2:
             raise ValueError(f"{txt}:{lineno}: expected 'question<TAB>Yes|No', got {len(fields)} field(s)")
-        rows.append((fields[0], _label(fields[1], f"{txt}:{lineno}")))
+        rows.append((require_question(fields[0], f"{txt}:{lineno}"), _label(fields[1], f"{txt}:{lineno}")))
     if len(rows) != 2:
         raise ValueError(f"{txt}: MME has exactly 2 questions per image, found {len(rows)}")
     return rows
@@ -121,7 +130,7 @@ def load_parquet(
         seen[group] = index + 1
         qid = question_id(subtask, PurePosixPath(group).name, index)
         meta = {"category": subtask, "group": group, "source": image.file.name, "source_sha256": hashes[image.file]}
-        yield Sample(qid, image, str(row["question"]), (_label(row["answer"], where),), meta)
+        yield Sample(qid, image, require_question(row["question"], where), (_label(row["answer"], where),), meta)
 
 
 def _label(value: object, where: str) -> str:
@@ -138,3 +147,85 @@ def score(records: Sequence[Mapping], parser: str | None = None) -> dict:
         group = image_group(str(record["question_id"]))
         items.append((group.split("/", 1)[0], group, record["prediction"], record["answers"][0]))
     return metrics.mme_metrics(items, parser=parser or "official")
+
+
+def total_score(report: Mapping) -> float:
+    """The headline: perception + cognition over the subtasks present (a group without any counts 0)."""
+    # A group with none of its subtasks present is null (the synthetic MME has perception only).
+    groups = [report[g] for g in ("perception", "cognition") if report[g] is not None]
+    if not report["subtasks"] or not groups:
+        raise ValueError(f"mme metrics hold no subtask scores: {dict(report)}")
+    return float(sum(groups))
+
+
+def score_range(report: Mapping) -> float:
+    """The total score's range: 200 per subtask present."""
+    return SUBTASK_RANGE * len(report["subtasks"])
+
+
+def paired_units(records: Sequence[Mapping], parser: str = "official") -> Units:
+    """MME records (``question_id`` = ``subtask/image#k``, ``prediction``, ``answers``) -> :class:`Units`."""
+    groups = [image_group(str(r["question_id"])) for r in records]
+    subtasks = [g.split("/", 1)[0] for g in groups]
+    names = sorted(set(subtasks))
+    answers = [metrics.parse_mme_answer(r["prediction"], parser) for r in records]
+    correct = np.array([a == r["answers"][0].lower() for a, r in zip(answers, records, strict=True)])
+    images = list(dict.fromkeys(groups))
+    row = {g: i for i, g in enumerate(images)}
+    stats = np.zeros((len(images), 4 * len(names)))
+    all_right = np.ones(len(images), dtype=bool)
+    for group, subtask, ok in zip(groups, subtasks, correct, strict=True):
+        base = 4 * names.index(subtask)
+        stats[row[group], base] += ok
+        stats[row[group], base + 1] += 1
+        stats[row[group], base + 3] = 1
+        all_right[row[group]] &= bool(ok)
+    for i, group in enumerate(images):
+        stats[i, 4 * names.index(group.split("/", 1)[0]) + 2] = all_right[i]
+
+    def metric(sums: np.ndarray) -> np.ndarray:
+        blocks = sums.reshape(*sums.shape[:-1], len(names), 4)
+        return (100 * blocks[..., 0] / blocks[..., 1] + 100 * blocks[..., 2] / blocks[..., 3]).sum(axis=-1)
+
+    strata = np.asarray([g.split("/", 1)[0] for g in images])
+    return Units(stats, strata, metric, "total_score", answers, correct, subtasks)
+
+
+# The tiny fixture tree: subtask -> [(image stem, [(question, answer), (question, answer)])]; artwork is nested.
+TREE_ITEMS = {
+    "count": [("000000000001", [("Are there two dogs?", "Yes"), ("Are there three dogs?", "No")]),
+              ("000000000002", [("Is there one cat?", "Yes"), ("Are there two cats?", "No")])],
+    "color": [("000000000003", [("Is the car red?", "No"), ("Is the car blue?", "Yes")])],
+    "artwork": [("10002", [("Is this by Monet?", "Yes"), ("Is this by Picasso?", "No")])],
+}  # fmt: skip
+
+
+def write_tree(root: Path, layout: str) -> Path:
+    """A tiny MME (3 subtasks, 4 images, 8 questions) under ``root``; returns the dataset path."""
+    check_layout("mme", layout)
+    if layout == "files":
+        bench = root / "MME_Benchmark_release_version" / "MME_Benchmark"
+        number = 0
+        for subtask, items in TREE_ITEMS.items():
+            nested = subtask in NESTED
+            image_dir = bench / subtask / ("images" if nested else "")
+            txt_dir = bench / subtask / ("questions_answers_YN" if nested else "")
+            image_dir.mkdir(parents=True, exist_ok=True)
+            txt_dir.mkdir(parents=True, exist_ok=True)
+            for stem, qas in items:
+                number += 1
+                (image_dir / f"{stem}.jpg").write_bytes(image_bytes(number))
+                text = "".join(f"{q}{QUESTION_SUFFIX}\t{a}\n" for q, a in qas)
+                (txt_dir / f"{stem}.txt").write_text(text, encoding="utf-8")
+        return root / "MME_Benchmark_release_version"
+    rows = []
+    number = 0
+    for subtask, items in TREE_ITEMS.items():
+        for stem, qas in items:
+            number += 1
+            rel = f"{subtask}/{'images/' if subtask in NESTED else ''}{stem}.jpg"
+            for q, a in qas:
+                rows.append({"question_id": rel, "image": image_cell(number, rel), "question": q + QUESTION_SUFFIX,
+                             "answer": a, "category": subtask})
+    write_parquet(root / "mme" / "data" / "test-00000-of-00001.parquet", rows, row_group_size=3)
+    return root / "mme"

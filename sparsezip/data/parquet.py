@@ -31,17 +31,38 @@ def iter_parquet_rows(
     Only ``columns`` are read here; the image column is read lazily, one row group at a time, when an image
     is decoded. Raises ``ValueError`` naming the file and the missing columns.
     """
-    import pyarrow.parquet as pq
-
     for file in files:
-        parquet = pq.ParquetFile(file)
+        parquet = open_parquet(file)
         names = set(parquet.schema_arrow.names)
         missing = [c for c in (*columns, image_column) if c not in names]
         if missing:
             raise ValueError(f"{file}: missing parquet column(s) {missing}; has {sorted(names)}")
         row_number = 0
         for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group, columns=list(columns))
+            table = read_row_group(parquet, file, group, list(columns))
             for row, values in enumerate(table.to_pylist()):
                 yield values, ParquetImage(file, group, row, image_column), f"{file}#row={row_number}"
                 row_number += 1
+
+
+def open_parquet(file: Path) -> object:
+    """``pyarrow.parquet.ParquetFile(file)``; a corrupt or unreadable file is a ``ValueError`` naming it (pyarrow's
+    own message, e.g. "Parquet magic bytes not found", does not)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(file)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{file}: not a readable parquet file ({err})") from None
+
+
+def read_row_group(parquet: object, file: Path, group: int, columns: Sequence[str]) -> object:
+    """Row group ``group`` of the open ``parquet`` (columns ``columns``); damage inside the file is a
+    ``ValueError`` naming the file and row group."""
+    import pyarrow as pa
+
+    try:
+        return parquet.read_row_group(group, columns=list(columns))
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{file}: row group {group} is unreadable, the parquet file is corrupt ({err})") from None

@@ -8,25 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from sparsezip.data.coco import CAPTION_QUESTION  # noqa: F401  (re-exported: the captions row's question)
+from sparsezip.data.registry import dataset_spec
+
 IMAGE_PLACEHOLDER = "<image>"
 LLAVA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
-MME_SUFFIX = " Please answer yes or no."
-CAPTION_QUESTION = "Provide a one-sentence caption for the provided image."
 PROMPT_STYLES = ("llava_v1", "hf_chat")
-# Datasets whose answers are short; the caption task asks for a sentence and gets no suffix.
-_SHORT_ANSWER_DATASETS = ("pope", "mme", "docvqa")
 
 
 def dataset_question(dataset: str, question: str) -> str:
-    """The question text as the model sees it: MME's own yes/no instruction is stripped (the short-answer
-    suffix replaces it), every other dataset's question is used bare."""
-    if dataset == "mme" and question.endswith(MME_SUFFIX):
-        return question[: -len(MME_SUFFIX)]
-    return question
+    """The question text as the model sees it: the dataset row's own instruction suffix stripped (MME's
+    " Please answer yes or no.": the short-answer suffix replaces it); other questions are used bare."""
+    return dataset_spec(dataset).question(question)
 
 
 def llava_v1_prompt(question: str, short_answer: bool = True) -> str:
@@ -41,14 +38,16 @@ def build_prompt(
     style: str = "llava_v1",
     chat_prompt: Callable[[str], str] | None = None,
 ) -> str:
-    """The full prompt for one sample of ``dataset`` (family name: pope, mme, docvqa, coco_captions).
+    """The full prompt for one sample of ``dataset`` (a family or benchmark name: pope, mme-..., docvqa).
 
-    ``style="hf_chat"`` needs ``chat_prompt`` (e.g. ``VisionLanguageModel.chat_prompt``), which applies the
-    checkpoint's own chat template to the (suffixed) question.
+    The row decides: its question suffix is stripped, and short-answer datasets get the single-word
+    suffix (captions do not). ``style="hf_chat"`` needs ``chat_prompt`` (e.g.
+    ``VisionLanguageModel.chat_prompt``), which applies the checkpoint's own chat template to the
+    (suffixed) question.
     """
-    family = dataset.split("-")[0]
-    short = family in _SHORT_ANSWER_DATASETS
-    text = dataset_question(family, question)
+    spec = dataset_spec(dataset)
+    short = spec.short_answer
+    text = spec.question(question)
     if style == "llava_v1":
         return llava_v1_prompt(text, short_answer=short)
     if style == "hf_chat":

@@ -60,6 +60,10 @@ def read_predictions(path: str | Path) -> list[tuple[str, dict]]:
         where = f"{path}:{lineno}"
         if "question_id" not in obj:
             raise ValueError(f"{where}: prediction line lacks 'question_id'")
+        qid = obj["question_id"]
+        if isinstance(qid, bool) or not isinstance(qid, int | str) or (isinstance(qid, str) and not qid.strip()):
+            shown = "null" if qid is None else repr(qid)
+            raise ValueError(f"{where}: question_id must be a non-empty string or an integer, got {shown}")
         if not any(isinstance(obj.get(f), str) for f in PREDICTION_FIELDS):
             raise ValueError(f"{where}: prediction line lacks a string 'prediction'")
         rows.append((where, obj))
@@ -120,3 +124,26 @@ def score_records(family: str, records: Sequence[Mapping], parser: str | None = 
     if not records:
         raise ValueError(f"{family}: nothing to score (0 records)")
     return spec.score(scored_records(records), parser)
+
+
+# What a scoring record needs, and what the benchmark matrix keeps of every question (``compact_records``).
+SCORING_FIELDS = ("question_id", "category", "answers", "prediction")
+
+
+def compact_records(records: Sequence[Mapping]) -> dict[str, list]:
+    """Column-wise ``{field: [value per record]}`` of the scoring fields (absent fields are left out), small
+    enough to keep every question of a benchmark case in its ``extra_info`` (for paired statistics later)."""
+    return {f: [r[f] for r in records] for f in SCORING_FIELDS if records and all(f in r for r in records)}
+
+
+def expand_records(columns: Mapping[str, Sequence]) -> list[dict]:
+    """The inverse of :func:`compact_records`: one scoring record per question. ``ValueError`` if the columns
+    disagree in length or lack ``question_id`` / ``answers`` / ``prediction``."""
+    missing = [f for f in ("question_id", "answers", "prediction") if f not in columns]
+    if missing:
+        raise ValueError(f"per-question records lack column(s) {missing}")
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"per-question record columns differ in length: {sorted(lengths)}")
+    names = list(columns)
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns.values(), strict=True)]

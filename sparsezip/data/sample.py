@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -46,9 +46,9 @@ class ParquetImage:
 # reads into one read per row group, with memory bounded to two row groups.
 @lru_cache(maxsize=2)
 def _row_group_images(file: Path, stamp: int, row_group: int, column: str) -> list:
-    import pyarrow.parquet as pq
+    from sparsezip.data.parquet import open_parquet, read_row_group
 
-    table = pq.ParquetFile(file).read_row_group(row_group, columns=[column])
+    table = read_row_group(open_parquet(file), file, row_group, [column])
     return table.column(column).to_pylist()
 
 
@@ -101,6 +101,46 @@ def resolve_inside(root: Path, relative: str, where: str) -> Path:
     if os.path.commonpath([base, joined]) != base or joined == base:
         raise ValueError(f"{where}: image path {relative!r} escapes the dataset root {root}")
     return Path(joined)
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Decode the image file ``path`` as RGB; a missing, empty, truncated or non-image file is a ``ValueError``
+    naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"image {path} is a folder, not an image file")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise ValueError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        empty = " (the file is empty)" if path.is_file() and path.stat().st_size == 0 else ""
+        raise ValueError(f"corrupt or unreadable image: {path}{empty}: {err}") from None
+
+
+def require_question(text: object, where: str) -> str:
+    """``text`` as the question, or ``ValueError`` naming ``where`` (file and line) when it is empty: an empty
+    question is a dataset error for every method."""
+    question = "" if text is None else str(text)
+    if not question.strip():
+        raise ValueError(f"{where}: empty question ({text!r})")
+    return question
+
+
+def check_image_files(samples: Sequence[Sample]) -> None:
+    """Refuse ``samples`` whose image file is missing, naming the first one, its annotation file and how many
+    more (parquet images live in their rows and are not looked for). Used after ``--limit``, so only the
+    samples that will run need their images."""
+    missing = [s for s in samples if isinstance(s.image_ref, Path) and not s.image_ref.is_file()]
+    if not missing:
+        return
+    first = missing[0]
+    source = f" of {first.meta['source']}" if "source" in first.meta else ""
+    folder = first.image_ref.parent
+    hint = "" if folder.is_dir() else f"; the folder {folder} does not exist (pass --image-root?)"
+    raise ValueError(f"image file not found: {first.image_ref} (sample {first.id!r}{source}){hint}; "
+                     f"{len(missing)} of the {len(samples)} selected samples lack their image")
 
 
 def require_file(path: Path, where: str) -> Path:

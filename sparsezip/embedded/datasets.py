@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsezip.data.mme import QUESTION_SUFFIX as MME_SUFFIX
 from sparsezip.embedded.documents import render_document, sample_document
 from sparsezip.embedded.scenes import (
     JPEG_OPTIONS,
@@ -42,7 +43,6 @@ from sparsezip.embedded.scenes import (
 # Generator streams (spawn keys) per split: fixed forever, so a seed always means the same data.
 POPE_STREAM, MME_STREAM, DOCVQA_STREAM, TRAIN_STREAM = 1, 2, 3, 100
 MME_SUBTASKS: tuple[str, ...] = ("existence", "count", "position", "color")
-MME_SUFFIX = " Please answer yes or no."
 POPE_IMAGE_ID0 = 900_001  # synthetic COCO ids: above every real val2014 id, so never mistaken for COCO
 PNG_OPTIONS: dict[str, object] = {"optimize": False, "compress_level": 9}
 

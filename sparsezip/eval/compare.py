@@ -1,7 +1,8 @@
 """Compare two evaluation runs on the same questions (``sparsezip compare RUN_A RUN_B``).
 
-For each dataset family the headline metric is written as a function of per-unit sufficient statistics, so
-the paired bootstrap (:mod:`sparsezip.eval.stats`) recomputes the real metric on every resample:
+For each dataset the headline metric is written as a function of per-unit sufficient statistics (its row's
+``DatasetSpec.paired_units``, built in its loader module), so the paired bootstrap
+(:mod:`sparsezip.eval.stats`) recomputes the real metric on every resample:
 
 - POPE: units = questions, statistics ``[tp, fp, fn, tn]`` per category, strata = categories; metric = F1
   (the mean of the per-category F1s when a run spans several label files, as LLaVA reports POPE).
@@ -18,108 +19,21 @@ normalised text). Predictions are parsed as scoring parses them: stripped first
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from sparsezip import metrics
-from sparsezip.data.mme import image_group
+from sparsezip.data.docvqa import paired_units as docvqa_units
+from sparsezip.data.mme import paired_units as mme_units
+from sparsezip.data.pope import paired_units as pope_units
 from sparsezip.data.records import record_key, scored_records
-from sparsezip.data.registry import dataset_spec
+from sparsezip.data.registry import DATASETS, dataset_spec
+from sparsezip.data.units import Units
 from sparsezip.eval.rundir import PREDICTIONS_FILE, RUN_FILE
 from sparsezip.eval.stats import loyalty, mcnemar_exact, paired_bootstrap
 from sparsezip.jsonio import iter_jsonl
 
-
-@dataclass(frozen=True)
-class Units:
-    """One run's records as the statistics see them.
-
-    Attributes:
-        stats: ``[U, k]`` per-unit sufficient statistics; strata: ``[U]``; metric: summed ``[..., k]`` ->
-            metric ``[...]``; metric_name: its name.
-        answers: ``[Q]`` parsed answers per question; correct: ``[Q]`` bool; categories: ``[Q]`` (POPE
-            category, MME subtask, or ``""``).
-    """
-
-    stats: np.ndarray
-    strata: np.ndarray
-    metric: Callable[[np.ndarray], np.ndarray]
-    metric_name: str
-    answers: list[str]
-    correct: np.ndarray
-    categories: list[str]
-
-
-def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    """F1 as ``sparsezip.metrics.pope_metrics`` computes it (precision and recall first, 0 where undefined)."""
-    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp, dtype=np.float64), where=(tp + fp) > 0)
-    recall = np.divide(tp, tp + fn, out=np.zeros_like(tp, dtype=np.float64), where=(tp + fn) > 0)
-    total = precision + recall
-    return np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
-
-
-def pope_units(records: Sequence[Mapping], parser: str = "official") -> Units:
-    """POPE records (``prediction``, ``answers``, ``category``) -> :class:`Units`."""
-    categories = [str(r.get("category", "")) for r in records]
-    names = sorted(set(categories))
-    answers = [metrics.parse_pope_answer(r["prediction"], parser) for r in records]
-    labels = [r["answers"][0] for r in records]
-    stats = np.zeros((len(records), 4 * len(names)))
-    for i, (cat, pred, label) in enumerate(zip(categories, answers, labels, strict=True)):
-        cell = {("yes", "yes"): 0, ("yes", "no"): 1, ("no", "yes"): 2, ("no", "no"): 3}.get((pred, label))
-        if cell is not None:  # the lmms-eval parser's "other" is neither a positive nor a negative prediction
-            stats[i, 4 * names.index(cat) + cell] = 1
-
-    def metric(sums: np.ndarray) -> np.ndarray:
-        blocks = sums.reshape(*sums.shape[:-1], len(names), 4)
-        return _f1(blocks[..., 0], blocks[..., 1], blocks[..., 2]).mean(axis=-1)
-
-    return Units(stats, np.asarray(categories), metric, "f1" if len(names) == 1 else "mean_f1", answers,
-                 np.array([p == g for p, g in zip(answers, labels, strict=True)]), categories)
-
-
-def mme_units(records: Sequence[Mapping], parser: str = "official") -> Units:
-    """MME records (``question_id`` = ``subtask/image#k``, ``prediction``, ``answers``) -> :class:`Units`."""
-    groups = [image_group(str(r["question_id"])) for r in records]
-    subtasks = [g.split("/", 1)[0] for g in groups]
-    names = sorted(set(subtasks))
-    answers = [metrics.parse_mme_answer(r["prediction"], parser) for r in records]
-    correct = np.array([a == r["answers"][0].lower() for a, r in zip(answers, records, strict=True)])
-    images = list(dict.fromkeys(groups))
-    row = {g: i for i, g in enumerate(images)}
-    stats = np.zeros((len(images), 4 * len(names)))
-    all_right = np.ones(len(images), dtype=bool)
-    for group, subtask, ok in zip(groups, subtasks, correct, strict=True):
-        base = 4 * names.index(subtask)
-        stats[row[group], base] += ok
-        stats[row[group], base + 1] += 1
-        stats[row[group], base + 3] = 1
-        all_right[row[group]] &= bool(ok)
-    for i, group in enumerate(images):
-        stats[i, 4 * names.index(group.split("/", 1)[0]) + 2] = all_right[i]
-
-    def metric(sums: np.ndarray) -> np.ndarray:
-        blocks = sums.reshape(*sums.shape[:-1], len(names), 4)
-        return (100 * blocks[..., 0] / blocks[..., 1] + 100 * blocks[..., 2] / blocks[..., 3]).sum(axis=-1)
-
-    strata = np.asarray([g.split("/", 1)[0] for g in images])
-    return Units(stats, strata, metric, "total_score", answers, correct, subtasks)
-
-
-def docvqa_units(records: Sequence[Mapping], parser: str | None = None) -> Units:
-    """DocVQA records (``prediction``, ``answers``) -> :class:`Units` (ANLS; correctness = exact match)."""
-    scores = np.array([metrics.anls(r["prediction"], r["answers"]) for r in records])
-    correct = np.array([metrics.exact_match(r["prediction"], r["answers"]) == 1.0 for r in records])
-    answers = [" ".join(r["prediction"].strip().lower().split()) for r in records]
-    stats = np.stack([scores, np.ones_like(scores)], axis=1)
-    return Units(stats, np.zeros(len(records)), lambda s: s[..., 0] / s[..., 1], "anls", answers, correct,
-                 [""] * len(records))
-
-
-UNIT_BUILDERS: dict[str, Callable[..., Units]] = {"pope": pope_units, "mme": mme_units, "docvqa": docvqa_units}
+# The per-dataset builders live next to their loaders; re-exported under their earlier names.
+__all__ = ["Units", "compare_records", "compare_runs", "docvqa_units", "mme_units", "pope_units", "read_run"]
 
 
 def compare_records(
@@ -132,20 +46,23 @@ def compare_records(
     n_resamples, seed}`` plus, for POPE runs over several label files, ``categories`` with the same keys per
     category. ``n`` counts questions; the bootstrap resamples the family's units (MME: images).
     """
-    if family not in UNIT_BUILDERS:
-        raise ValueError(f"no paired comparison for dataset family {family!r}; known: {', '.join(UNIT_BUILDERS)}")
+    spec = dataset_spec(family)
+    if spec.paired_units is None:
+        known = [f for f, s in DATASETS.items() if s.paired_units is not None]
+        raise ValueError(f"no paired comparison for dataset family {family!r}; known: {', '.join(known)}")
     keys_a = [record_key(family, r) for r in records_a]
     keys_b = [record_key(family, r) for r in records_b]
     if keys_a != keys_b:
         only_a, only_b = sorted(set(keys_a) - set(keys_b)), sorted(set(keys_b) - set(keys_a))
         detail = f"only in A: {only_a[:3]}, only in B: {only_b[:3]}" if only_a or only_b else "same questions, other order"
         raise ValueError(f"the runs answered different question sets ({detail})")
-    build = UNIT_BUILDERS[family]
+    build = spec.paired_units
     records_a, records_b = scored_records(records_a), scored_records(records_b)  # parsed as scoring parses
     kwargs = {} if parser is None else {"parser": parser}
     units_a, units_b = build(records_a, **kwargs), build(records_b, **kwargs)
     result = _paired(units_a, units_b, n_resamples, seed)
-    if family == "pope" and len(set(units_a.categories)) > 1:
+    # Datasets whose ids are scoped by a field (POPE's label files) are also compared per scope.
+    if spec.id_scope is not None and len(set(units_a.categories)) > 1:
         result["categories"] = {}
         for category in sorted(set(units_a.categories)):
             pick = [i for i, c in enumerate(units_a.categories) if c == category]

@@ -68,19 +68,9 @@ def paired_bootstrap(
     n, k = a.shape
     if n == 0:
         raise ValueError("paired_bootstrap needs at least one unit, got 0")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    labels = np.zeros(n, dtype=np.int64) if strata is None else np.unique(np.asarray(strata), return_inverse=True)[1]
-    if labels.shape != (n,):
-        raise ValueError(f"strata must be [n={n}], got shape {np.shape(strata)}")
+    _check_settings(n_resamples, confidence)
     both = np.concatenate([a, b], axis=1)  # [n, 2k]: one draw serves both runs
-    rng = np.random.default_rng(seed)
-    sums = np.zeros((n_resamples, 2 * k))
-    for stratum in range(int(labels.max()) + 1):
-        rows = both[labels == stratum]
-        sums += _resampled_sums(rows, n_resamples, rng)
+    sums = _stratified_sums(both, _strata_labels(strata, n), n_resamples, seed)
     resampled = metric(sums[:, k:]) - metric(sums[:, :k])
     total = both.sum(axis=0)
     value_a, value_b = float(metric(total[:k])), float(metric(total[k:]))
@@ -88,6 +78,54 @@ def paired_bootstrap(
     low, high = np.quantile(resampled, [tail, 1 - tail])
     return BootstrapResult(value_a, value_b, value_b - value_a, float(low), float(high), n_resamples, seed,
                            confidence)
+
+
+def bootstrap_ci(
+    stats: np.ndarray,
+    metric: Callable[[np.ndarray], np.ndarray],
+    *,
+    strata: np.ndarray | None = None,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> tuple[float, float, float]:
+    """``(value, ci_low, ci_high)``: one run's metric and its percentile bootstrap interval.
+
+    stats: ``[n, k]`` per-unit statistics; metric and strata as in :func:`paired_bootstrap`.
+    """
+    values = np.asarray(stats, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] == 0:
+        raise ValueError(f"stats must be [n, k] with n >= 1, got shape {values.shape}")
+    _check_settings(n_resamples, confidence)
+    sums = _stratified_sums(values, _strata_labels(strata, values.shape[0]), n_resamples, seed)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(metric(sums), [tail, 1 - tail])
+    return float(metric(values.sum(axis=0))), float(low), float(high)
+
+
+def _check_settings(n_resamples: int, confidence: float) -> None:
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+def _strata_labels(strata: np.ndarray | None, n: int) -> np.ndarray:
+    """Stratum number ``[n]`` (0..S-1) of every unit; one stratum when ``strata`` is None."""
+    if strata is None:
+        return np.zeros(n, dtype=np.int64)
+    if np.shape(strata) != (n,):
+        raise ValueError(f"strata must be [n={n}], got shape {np.shape(strata)}")
+    return np.unique(np.asarray(strata), return_inverse=True)[1].reshape(n)
+
+
+def _stratified_sums(values: np.ndarray, labels: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """``[n_resamples, k]`` sums of ``values [n, k]`` over units resampled with replacement within each stratum."""
+    rng = np.random.default_rng(seed)
+    sums = np.zeros((n_resamples, values.shape[1]))
+    for stratum in range(int(labels.max()) + 1):
+        sums += _resampled_sums(values[labels == stratum], n_resamples, rng)
+    return sums
 
 
 def _resampled_sums(rows: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:

@@ -88,19 +88,24 @@ def environment(model: VisionLanguageModel) -> dict:
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = platform.processor() or platform.machine() or "cpu"
-    try:
-        transformers_version = importlib.metadata.version("transformers")
-    except importlib.metadata.PackageNotFoundError:
-        transformers_version = None
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers_version,
+        **library_versions(),
         "sparsezip": importlib.metadata.version("sparsezip") if _installed("sparsezip") else None,
         "platform": platform.platform(),
         "device": str(device),
         "device_name": device_name,
     }
+
+
+def library_versions() -> dict:
+    """The torch and transformers versions (transformers read from package metadata, not imported): part of a
+    run's identity, since either can change the answers."""
+    try:
+        transformers_version = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        transformers_version = None
+    return {"torch": torch.__version__, "transformers": transformers_version}
 
 
 def _installed(package: str) -> bool:

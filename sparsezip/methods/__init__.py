@@ -14,6 +14,17 @@ from sparsezip.methods.base import (
     list_methods,
     method_class,
     register_method,
+    unregister_method,
 )
+from sparsezip.methods.rows import Ablation, BenchmarkRows
 
-__all__ = ["CompressionMethod", "get_method", "list_methods", "method_class", "register_method"]
+__all__ = [
+    "Ablation",
+    "BenchmarkRows",
+    "CompressionMethod",
+    "get_method",
+    "list_methods",
+    "method_class",
+    "register_method",
+    "unregister_method",
+]

@@ -1,17 +1,25 @@
-"""The method interface and the registry (timm-style): the only way the suite finds methods.
+"""The method interfaces and the registry (timm-style): the only way the suite finds methods.
 
-A new method subclasses :class:`CompressionMethod`, decorates itself with :func:`register_method` and is
-imported in ``sparsezip/methods/__init__.py``; it then gets every contract test and benchmark row for free.
+A new method subclasses :class:`CompressionMethod` (vision side: ``compress``) or :class:`LayerPruner` (inside
+the language model: ``pruning_layers`` + ``prune``), decorates itself with :func:`register_method` and is
+imported in ``sparsezip/methods/__init__.py``; it then gets every contract test and its benchmark rows
+(declared in its ``benchmark`` attribute) for free.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from sparsezip.context import CompressionResult, VisionContext
+import torch
+
+from sparsezip.context import CompressionResult, VisionContext, check_finite, finite_check_enabled
+from sparsezip.methods.rows import BenchmarkRows
 
 Stage = Literal["vision", "llm"]
+PositionPolicy = Literal["renumber", "original"]
 
 _REGISTRY: dict[str, type[CompressionMethod]] = {}
 
@@ -24,7 +32,10 @@ class CompressionMethod(abc.ABC):
         needs_attention: reads ``VisionContext.cls_attn``.
         needs_text: can use ``VisionContext.text_query`` (it still works without one).
         stage: ``"vision"`` compresses between the vision tower and the projector; ``"llm"`` prunes inside
-            the language model (its ``compress`` then only does the vision-side part, usually nothing).
+            the language model: such a method is a :class:`LayerPruner` (its ``compress`` only does the
+            vision-side part, usually nothing) and adapters run it through their layer-wise decoder loop.
+        benchmark: the method's rows in the benchmark matrix (budgets, ablations, report order; see
+            ``sparsezip/methods/rows.py``); by default one row at the 64-token budget.
 
     Every method accepts ``budget``: the number of visual tokens fed to the LLM per image (for ``"llm"``
     methods, the layer-averaged equivalent). ``None`` means the method's own default configuration.
@@ -34,9 +45,14 @@ class CompressionMethod(abc.ABC):
     needs_attention: ClassVar[bool] = False
     needs_text: ClassVar[bool] = False
     stage: ClassVar[Stage] = "vision"
+    benchmark: ClassVar[BenchmarkRows] = BenchmarkRows()
 
-    def __call__(self, ctx: VisionContext) -> CompressionResult:
-        """Validate ``ctx`` against the declared needs, then :meth:`compress` it."""
+    def __call__(self, ctx: VisionContext, *, check_finite_inputs: bool | None = None) -> CompressionResult:
+        """Validate ``ctx`` against the declared needs, then :meth:`compress` it.
+
+        ``check_finite_inputs`` (default: on unless ``$SPARSEZIP_CHECK_FINITE=0``) refuses a context whose float
+        tensors hold NaN/inf, naming the tensor (:func:`sparsezip.context.check_finite`; one reduction per tensor).
+        """
         if not isinstance(ctx, VisionContext):
             raise ValueError(f"{self.name}: expected a VisionContext, got {type(ctx).__name__}")
         if self.needs_attention and ctx.cls_attn is None:
@@ -44,6 +60,11 @@ class CompressionMethod(abc.ABC):
                 f"method {self.name!r} needs the CLS attention row (VisionContext.cls_attn), "
                 "but the caller did not provide it"
             )
+        if finite_check_enabled() if check_finite_inputs is None else check_finite_inputs:
+            try:
+                check_finite(ctx)
+            except ValueError as err:
+                raise ValueError(f"method {self.name!r}: {err}") from None
         return self.compress(ctx)
 
     @abc.abstractmethod
@@ -59,6 +80,115 @@ class CompressionMethod(abc.ABC):
         return f"{type(self).__name__}({args})"
 
 
+@dataclass(frozen=True)
+class LayerState:
+    """What an in-LLM method sees at one decoder layer during prefill (built by ``sparsezip.adapters.layerwise``).
+
+    Rows are left-padded: ``real`` marks each row's tokens, padding sits on the left. Every layer may hold a
+    different sequence length ``S``; all positions below index that layer's sequence axis.
+
+    Attributes:
+        layer_index: the decoder layer that just ran on ``layer_input`` (``-1`` in :meth:`LayerPruner.begin`,
+            before layer 0: then ``hidden`` = ``layer_input`` = the input embeddings and ``keys``, ``values``,
+            ``attention`` and ``next_attention`` are ``None``).
+        num_layers: decoder layers of the model.
+        num_patches: visual tokens per image before any pruning (the model's patch count, 576 for LLaVA-1.5).
+        hidden: ``[B, S, D]`` the layer's output: what pruning acts on (it becomes the next layer's input).
+        layer_input: ``[B, S, D]`` the layer's input.
+        keys, values: ``[B, Hkv, S, Dh]`` the layer's own KV cache (keys rotated); it keeps the full sequence.
+        real: ``[B, S]`` bool, True at real (non-padding) tokens.
+        positions: ``[B, S]`` int64 position ids the layer used.
+        visual_index: ``[B, V]`` int64 sequence indices of each row's current visual tokens, ascending,
+            ``-1`` padded (rows may hold different counts after earlier pruning).
+        text_index: ``[B, T]`` int64 sequence indices of each row's text after the image, ascending, ``-1`` padded.
+        attention: ``rows [B, R] -> [B, H, R, S]`` float32: softmax attention probabilities of the query rows
+            at sequence indices ``rows`` over all keys of this layer (causal, padding masked), recomputed for
+            those rows only from the cached keys, so the layer itself keeps its fast kernel (SDPA). ``-1`` rows
+            give unspecified values: mask them.
+        next_attention: the same for the *next* layer's attention projections applied to ``hidden`` at the
+            same positions (what the next layer would compute if nothing were pruned; ``None`` after the last
+            layer). PyramidDrop ranks this way.
+        memo: what :meth:`LayerPruner.begin` returned for this batch.
+    """
+
+    layer_index: int
+    num_layers: int
+    num_patches: int
+    hidden: torch.Tensor
+    layer_input: torch.Tensor
+    keys: torch.Tensor | None
+    values: torch.Tensor | None
+    real: torch.Tensor
+    positions: torch.Tensor
+    visual_index: torch.Tensor
+    text_index: torch.Tensor
+    attention: Callable[[torch.Tensor], torch.Tensor] | None
+    next_attention: Callable[[torch.Tensor], torch.Tensor] | None
+    memo: object = None
+
+    @property
+    def visual_valid(self) -> torch.Tensor:
+        """``[B, V]`` bool: which columns of ``visual_index`` are real visual tokens."""
+        return self.visual_index >= 0
+
+    @property
+    def visual_count(self) -> torch.Tensor:
+        """``[B]`` int64 visual tokens per row."""
+        return self.visual_valid.sum(dim=1)
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    """Which visual tokens survive a layer: the output of :meth:`LayerPruner.prune`.
+
+    Attributes:
+        keep: ``[B, V]`` bool over ``LayerState.visual_index`` (False at its ``-1`` padding): the surviving
+            visual tokens, in their order. Rows may keep different numbers of tokens.
+        merged: ``[B, G, D]`` hidden states inserted right after each row's kept visual tokens (they count as
+            visual tokens from then on), or ``None``.
+        merged_count: ``[B]`` int64, how many of ``merged``'s slots are real per row (``None``: all ``G``).
+    """
+
+    keep: torch.Tensor
+    merged: torch.Tensor | None = None
+    merged_count: torch.Tensor | None = None
+
+
+class LayerPruner(CompressionMethod):
+    """An in-LLM method: prunes visual tokens between decoder layers during prefill.
+
+    The adapter's layer-wise loop (``sparsezip.adapters.layerwise``) runs the model's own decoder layers with a
+    per-layer KV cache. After each layer in :meth:`pruning_layers` ran on *all* its input tokens (its own cache
+    keeps them), it calls :meth:`prune`; the decision shapes the sequence entering the next layer and every
+    layer after it. Decoding then attends to each layer's own cache.
+
+    Declarations (class attributes):
+        position_policy: position ids after a prune. ``"renumber"``: each row's surviving sequence is numbered
+            contiguously from 0 and a decoded token's position in layer ``l`` is the number of tokens in layer
+            ``l``'s cache for that row (SparseVLM v1.5, PyramidDrop). ``"original"``: survivors keep their
+            original position ids and decoded tokens continue the unpruned numbering in every layer (FastV,
+            DART); merged tokens have no original position, so this policy refuses them.
+    """
+
+    stage: ClassVar[Stage] = "llm"
+    position_policy: ClassVar[PositionPolicy] = "renumber"
+
+    @abc.abstractmethod
+    def pruning_layers(self, num_patches: int, num_layers: int) -> tuple[int, ...]:
+        """0-based decoder layers after which :meth:`prune` is called, strictly increasing, on a model with
+        ``num_patches`` visual tokens per image and ``num_layers`` decoder layers. Raises ``ValueError`` when the
+        method's configuration cannot run on such a model (e.g. a budget out of reach)."""
+
+    def begin(self, state: LayerState) -> object:
+        """Called once per batch before layer 0 (``state.layer_index == -1``, ``hidden`` = input embeddings);
+        the return value reaches every :meth:`prune` call of the batch as ``state.memo``. Default: ``None``."""
+        return None
+
+    @abc.abstractmethod
+    def prune(self, layer_index: int, state: LayerState) -> LayerDecision:
+        """Which visual tokens of ``state`` survive layer ``layer_index`` (one of :meth:`pruning_layers`)."""
+
+
 def register_method(cls: type[CompressionMethod]) -> type[CompressionMethod]:
     """Class decorator: add ``cls`` to the registry under ``cls.name``."""
     name = getattr(cls, "name", None)
@@ -68,6 +198,13 @@ def register_method(cls: type[CompressionMethod]) -> type[CompressionMethod]:
         raise ValueError(f"method name {name!r} is already registered by {_REGISTRY[name].__name__}")
     _REGISTRY[name] = cls
     return cls
+
+
+def unregister_method(name: str) -> None:
+    """Remove ``name`` from the registry (a test's throwaway method); ``ValueError`` if it is not there."""
+    if name not in _REGISTRY:
+        raise ValueError(f"method {name!r} is not registered")
+    del _REGISTRY[name]
 
 
 def get_method(name: str, **config: object) -> CompressionMethod:

@@ -7,6 +7,7 @@ import torch
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.layout import with_prefix
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import FULL_BUDGET, BenchmarkRows
 
 
 @register_method
@@ -14,6 +15,7 @@ class NoCompression(CompressionMethod):
     """Feed all ``N - prefix`` patch tokens in raster order, exactly what LLaVA-1.5 does (576 tokens)."""
 
     name = "none"
+    benchmark = BenchmarkRows(budgets=(FULL_BUDGET,), order=0)  # the reference row: every patch
 
     def __init__(self, budget: int | None = None) -> None:
         # `budget` is accepted so the benchmark matrix can pass it uniformly; it must be None or the full count.

@@ -19,6 +19,7 @@ from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.layout import assemble, with_prefix
 from sparsezip.merging import weighted_merge
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import BenchmarkRows
 
 DEFAULT_BUDGET = 64
 
@@ -44,6 +45,7 @@ class GridPool(CompressionMethod):
     """Average-pool the patch grid to ``budget`` (default 64) tokens, row-major cell order."""
 
     name = "pool"
+    benchmark = BenchmarkRows(budgets=(64,), order=50)  # a control: one budget is enough
 
     def __init__(self, budget: int | None = None) -> None:
         self.budget = budget

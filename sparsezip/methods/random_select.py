@@ -13,6 +13,7 @@ from sparsezip.budget import check_budget_fits, check_budget_positive
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.layout import assemble, with_prefix
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import BenchmarkRows
 from sparsezip.selection import topk_mask
 
 DEFAULT_BUDGET = 64
@@ -30,6 +31,7 @@ class RandomSelection(CompressionMethod):
     """
 
     name = "random"
+    benchmark = BenchmarkRows(budgets=(64,), order=40)  # a control: one budget is enough
 
     def __init__(self, budget: int | None = None, seed: int = 0) -> None:
         if budget is not None:

@@ -18,6 +18,7 @@ from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.layout import assemble, with_prefix
 from sparsezip.merging import visionzip_merge
 from sparsezip.methods.base import CompressionMethod, register_method
+from sparsezip.methods.rows import LLAVA15_BUDGETS, BenchmarkRows
 from sparsezip.selection import topk_mask
 
 # The paper's LLaVA-1.5 settings 64 = 54+10, 128 = 108+20, 192 = 162+30 all use this split.
@@ -34,6 +35,7 @@ class VisionZip(CompressionMethod):
 
     name = "visionzip"
     needs_attention = True
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=20)
 
     def __init__(self, dominant: int | None = None, contextual: int | None = None, budget: int | None = None):
         if budget is not None:

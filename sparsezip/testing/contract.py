@@ -8,7 +8,8 @@ contexts with and without a protected prefix (``VisionContext.prefix``: CLIP's C
 kept verbatim or dropped but never merged.
 
 For ``stage == "llm"`` methods (pruning inside the LLM) the vision-side ``compress`` may be the identity,
-like ``none``; the same result invariants still apply to whatever it returns.
+like ``none``; the same result invariants still apply to whatever it returns, and the method must be a
+:class:`~sparsezip.methods.base.LayerPruner` with a known position policy.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import json
 import torch
 
 from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.methods.base import CompressionMethod, list_methods
+from sparsezip.methods.base import CompressionMethod, LayerPruner, list_methods
 
 
 class ContractError(AssertionError):
@@ -38,6 +39,10 @@ def check_declarations(method: CompressionMethod) -> None:
     _require(type(method).stage in ("vision", "llm"), f"{name}: stage {type(method).stage!r} is not vision/llm")
     for attr in ("needs_attention", "needs_text"):
         _require(isinstance(getattr(type(method), attr), bool), f"{name}: {attr} must be a bool")
+    if type(method).stage == "llm":  # adapters run such methods through the layer-wise loop
+        _require(isinstance(method, LayerPruner), f"{name}: stage 'llm' but not a LayerPruner")
+        _require(type(method).position_policy in ("renumber", "original"),
+                 f"{name}: position_policy {type(method).position_policy!r} is not renumber/original")
     try:
         json.dumps(method.config())
     except TypeError as err:

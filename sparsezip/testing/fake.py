@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 from PIL import Image
 
-from sparsezip.adapters.api import GenerationOutput
+from sparsezip.adapters.api import GenerationOutput, ModelGeometry, model_geometry
 from sparsezip.context import VisionContext
 from sparsezip.methods.base import CompressionMethod
 
@@ -38,6 +39,8 @@ class FakeVisionLanguageModel:
         answer: ``(image, question) -> text``; defaults to :func:`default_answer`.
         fail_after: raise ``RuntimeError`` instead of answering once this many samples have been
             generated in total (simulates a run killed part-way).
+        checkpoint_path: a checkpoint folder the fake claims to run (its weights' identity then goes into
+            ``run.json``, as for a real model); ``None`` = none.
     """
 
     name = "fake-vlm"
@@ -48,6 +51,7 @@ class FakeVisionLanguageModel:
         answer: Callable[[Image.Image, str], str] | None = None,
         fail_after: int | None = None,
         prefix: int = 1,
+        checkpoint_path: Path | None = None,
     ) -> None:
         if grid < 1:
             raise ValueError(f"grid must be >= 1, got {grid}")
@@ -62,8 +66,13 @@ class FakeVisionLanguageModel:
         self.config = SimpleNamespace(text_config=SimpleNamespace(num_hidden_layers=32, hidden_size=4096))
         self.answer = answer or default_answer
         self.fail_after = fail_after
+        self.checkpoint_path = checkpoint_path
         self.generated = 0
         self.calls: list[list[str]] = []  # the prompts of every generate() call, for tests
+
+    def run_settings(self) -> dict:
+        """The fake's settings that change its answers (``run.json`` records them)."""
+        return {"grid": self.grid, "prefix": self.prefix}
 
     def chat_prompt(self, question: str) -> str:
         """A minimal chat template: ``USER: <image>\\n{question} ASSISTANT:``."""
@@ -108,3 +117,24 @@ class FakeVisionLanguageModel:
             ))  # fmt: skip
         self.generated += len(images)
         return outputs
+
+
+class FakeModelPlan:
+    """What ``sparsezip.commands._common.model_plan`` returns, for a :class:`FakeVisionLanguageModel`: lets the
+    ``eval`` command run end to end on the fake (monkeypatch ``sparsezip.commands.eval.model_plan``)."""
+
+    def __init__(self, model: FakeVisionLanguageModel) -> None:
+        self.model = model
+        self.name = model.name
+
+    def geometry(self) -> ModelGeometry:
+        return model_geometry(self.model)
+
+    def known_fields(self) -> dict:
+        from sparsezip.eval.runner import identity_fields
+
+        m = self.model
+        return identity_fields(m.name, m.nominal_visual_tokens, m.checkpoint_path, m.dtype, m.device)
+
+    def load(self) -> FakeVisionLanguageModel:
+        return self.model

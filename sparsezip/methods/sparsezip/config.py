@@ -35,6 +35,8 @@ import yaml
 
 ROOT_PATH = "model.sparsezip"
 PRESET_SUFFIX = ".yaml"
+# The datasets the seed shipped a config for (config/sparsezip_<name>.yaml); each is the preset of that name.
+SEED_DATASET_PRESETS: tuple[str, ...] = ("pope", "mme", "docvqa")
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,12 @@ def load_preset(name: str) -> dict[str, Any]:
         raise ValueError(f"unknown SparseZip preset {name!r}; presets: {', '.join(list_presets())}")
     file = resources.files(__package__) / "presets" / f"{name}{PRESET_SUFFIX}"
     return parse_yaml(file.read_text(encoding="utf-8"), f"preset {name!r}")
+
+
+def seed_dataset_config(family: str) -> dict[str, Any]:
+    """The seed's preset for dataset ``family`` (``pope``, ``mme``, ``docvqa``), ``{}`` for any other: what the
+    benchmark matrix starts every SparseZip row from (``BenchmarkRows.dataset_config``)."""
+    return load_preset(family) if family in SEED_DATASET_PRESETS else {}
 
 
 def resolve_config(value: str | Path) -> dict[str, Any]:

@@ -30,7 +30,8 @@ from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.layout import assemble, with_prefix
 from sparsezip.merging import kmeans_assign, visionzip_merge, weighted_merge
 from sparsezip.methods.base import CompressionMethod, register_method
-from sparsezip.methods.sparsezip.config import SparseZipConfig
+from sparsezip.methods.rows import LLAVA15_BUDGETS, Ablation, BenchmarkRows
+from sparsezip.methods.sparsezip.config import SparseZipConfig, seed_dataset_config
 from sparsezip.methods.sparsezip.dynamic_k import (
     DynamicKCalibration,
     calibrate_dynamic_k,
@@ -51,6 +52,14 @@ class SparseZip(CompressionMethod):
     name = "sparsezip"
     needs_attention = True
     needs_text = True
+    # One ablation row per switch, at the 64-equivalent budget where compression hurts most; every row starts
+    # from the seed's preset for the dataset (cross_beta 0.1 on MME).
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=10, dataset_config=seed_dataset_config, ablations=(
+        Ablation("nohybrid", {"skip_hybrid_attn": True}),
+        Ablation("notext", {"cross_beta": 0.0}),
+        Ablation("dynk", {"dynamic_k": True, "skip_dynamic_k": False}, calibrate_dynamic_k=True),
+        Ablation("nomerge", {"skip_ctx_merge": True}),
+    ))
 
     def __init__(self, budget: int | None = None, **cfg: Any) -> None:
         config = SparseZipConfig.from_dict(cfg)
