@@ -15,6 +15,8 @@ from sparsezip.bench.matrix import (
     scale_budget,
 )
 from sparsezip.data.registry import benchmark_datasets
+from sparsezip.methods import get_method
+from sparsezip.methods.sparsezip.config import load_preset
 
 
 def _ids(cases) -> list[str]:
@@ -113,13 +115,25 @@ def test_unknown_filters_are_errors_listing_the_choices(kwargs: dict, match: str
 
 def test_method_kwargs_carry_budget_and_ablation_switch() -> None:
     case = next(c for c in build_matrix("m", 144, methods=["sparsezip-nomerge"]))
-    assert case.method_kwargs() == {"skip_ctx_merge": True, "budget": 16}
+    assert case.method_kwargs() == {**load_preset("pope"), "skip_ctx_merge": True, "budget": 16}
     none = next(c for c in build_matrix("m", 144, methods=["none"]))
     assert none.method_kwargs() == {} and none.budget is None
     # SparseVLM's budget is in the model's tokens too (its layer-averaged equivalent).
     vlm = build_matrix("m", 144, datasets=["mme"], methods=["sparsevlm"])
     assert [(c.id.split("-")[-1], c.method_kwargs()["budget"]) for c in vlm] == [
         ("k16", 16), ("k32", 32), ("k48", 48)]
+
+
+def test_sparsezip_rows_start_from_the_datasets_seed_preset() -> None:
+    cases = {c.id: c for c in build_matrix("m", 144, methods=["sparsezip"])}
+    mme = cases["mme[m]-sparsezip-k16"].method_kwargs()
+    assert mme["cross_beta"] == 0.1 and get_method("sparsezip", **mme).cfg.cross_beta == 0.1
+    assert cases["mme[m]-sparsezip-notext-k16"].method_kwargs()["cross_beta"] == 0.0  # the switch wins
+    pope = get_method("sparsezip", **cases["pope-random[m]-sparsezip-k16"].method_kwargs()).cfg
+    assert pope == get_method("sparsezip", budget=16).cfg.replace(dynamic_k=True, skip_dynamic_k=True,
+                                                                   dynk=pope.dynk)  # the default, in effect
+    dynk = get_method("sparsezip", **{**cases["docvqa[m]-sparsezip-dynk-k16"].method_kwargs(), "k_min": 8, "k_max": 16})
+    assert dynk._dynamic(dynk.cfg)  # the row turns dynamic K on against the preset's skip_dynamic_k
 
 
 def test_row_names_are_id_safe() -> None:

@@ -94,7 +94,9 @@ def test_the_built_in_rows_keep_their_report_order() -> None:
         "visionzip", "sparsevlm", "random", "pool",
         "tome", "divprune", "prumerge_plus", "vispruner", "cdpruner", "cdpruner-pluscos"]
     dynk = next(r for r in matrix_rows() if r.name == "sparsezip-dynk")
-    assert dynk.calibrate_dynamic_k and dict(dynk.config) == {"dynamic_k": True} and dynk.llava_budgets == (64,)
+    # skip_dynamic_k: False as well, since every row starts from the seed's preset, which sets it (K fixed)
+    assert dynk.calibrate_dynamic_k and dict(dynk.config) == {"dynamic_k": True, "skip_dynamic_k": False}
+    assert dynk.llava_budgets == (64,)
 
 
 def test_unregistering_removes_the_rows(registered: type[CompressionMethod]) -> None:
