@@ -225,7 +225,7 @@ def summary_lines(payloads: Sequence[Mapping]) -> list[str]:
         lines.append(("FAILED " if result.failed else "") + result.message)
     counts = {s: sum(r.status == s for r in results) for s in order}
     lines.append(f"{counts['reproduces']} reproduce, {counts['does_not_reproduce']} do not "
-                 f"({sum(r.failed for r in results)} of them from the method's own paper: failures), "
+                 f"({sum(r.failed for r in results)} of them check: fail entries, i.e. failures), "
                  f"{counts['not_comparable']} not comparable, {counts['incomplete']} incomplete POPE means")
     return lines
 
