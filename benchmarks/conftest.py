@@ -63,6 +63,13 @@ def _model_identity(model_path: str | None) -> tuple[Path, str, int]:
         raise pytest.UsageError(f"benchmark model{hint}: {err}") from None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from sparsezip.bench.published import PublishedSession
+
+    # Published POPE means are checked once the session's cases ran; the plugin sums up (xdist: on the controller).
+    config.pluginmanager.register(PublishedSession(), "sparsezip-published")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``case`` with the matrix for the chosen model, narrowed by ``--methods`` / ``--budgets``."""
     if "case" not in metafunc.fixturenames:
@@ -142,6 +149,22 @@ def bench(request: pytest.FixtureRequest, device: torch.device):
     torch.set_num_threads(threads)
     yield settings
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def bench_published(bench: BenchSettings):
+    """Whether the session's checkpoint is one whose published results are on file (``fixtures/expected/
+    published/``), matched by its weights' content identity (hashed once, cached): a
+    :class:`~sparsezip.eval.published.Recognition`; a real checkpoint that is not recognised warns once."""
+    import warnings
+
+    from sparsezip.adapters.registry import list_embedded_models
+    from sparsezip.eval.published import recognise
+
+    recognition = recognise(bench.model_path, bench.model, embedded=bench.model in list_embedded_models())
+    if recognition.status == "not_recognised":
+        warnings.warn(recognition.message, stacklevel=1)
+    return recognition
 
 
 @pytest.fixture(scope="session")
