@@ -34,6 +34,7 @@ from sparsezip.adapters.api import GenerationOutput
 from sparsezip.adapters.placeholders import shorten_image_runs
 from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.imageprep import PROCESSOR_BACKEND, aspect_mode, prepare_images
 from sparsezip.methods.base import CompressionMethod
 from sparsezip.profiling import FirstCallClock, StageTimer, decoder_prefill_flops
 
@@ -76,10 +77,20 @@ class LlavaVLM:
     ``vision_feature_select_strategy == "default"`` (CLS at index 0, dropped by LLaVA), as in LLaVA-1.5. If the
     feature layer's attention module cannot be read (no ``q_proj``/``k_proj``), methods that need attention are
     refused with a ``ValueError`` and the others get ``VisionContext.keys`` as an empty ``[B, N, 0]`` tensor.
+
+    ``pad`` (default on, as LLaVA-1.5 evaluates): every image is padded to a square of the processor's mean
+    colour before the processor (:func:`sparsezip.imageprep.prepare_images`), in generation and in
+    :meth:`vision_context` alike; ``pad=False`` leaves the processor's center crop. ``image_aspect_ratio``
+    records which (``"pad"`` / ``"crop"``).
     """
 
     def __init__(
-        self, model: LlavaForConditionalGeneration, processor: ProcessorMixin, *, name: str | None = None
+        self,
+        model: LlavaForConditionalGeneration,
+        processor: ProcessorMixin,
+        *,
+        name: str | None = None,
+        pad: bool = True,
     ) -> None:
         inner = getattr(model, "model", None)
         if not all(hasattr(inner, a) for a in ("vision_tower", "multi_modal_projector", "language_model")):
@@ -99,9 +110,11 @@ class LlavaVLM:
         vision = config.vision_config
         self.num_patches = (vision.image_size // vision.patch_size) ** 2
         self.name = name or Path(str(getattr(model, "name_or_path", "") or "llava")).name or "llava"
+        self.pad = bool(pad)
+        self.image_aspect_ratio = aspect_mode(self.pad)
         # Re-packed batches pad with this id (masked out, so any id works); without a pad token, EOS.
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = int(pad if pad is not None else min(self._eos_ids()))
+        pad_id = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad_id if pad_id is not None else min(self._eos_ids()))
 
     @property
     def device(self) -> torch.device:
@@ -217,7 +230,8 @@ class LlavaVLM:
         to calibrate SparseZip's dynamic K on real images."""
         if questions is not None and len(questions) != len(images):
             raise ValueError(f"got {len(questions)} questions for {len(images)} images")
-        pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        prepared = prepare_images(images, self.processor.image_processor, self.pad)
+        pixel_values = self.processor.image_processor(prepared, return_tensors="pt")["pixel_values"]
         return self._context(images, self.tap(pixel_values.to(self.device, self.model.dtype)), questions)
 
     @torch.inference_mode()
@@ -237,7 +251,8 @@ class LlavaVLM:
             batched = len(prompts) > 1
             if batched and self.tokenizer.pad_token_id is None:
                 raise ValueError(f"model {self.name!r}: its tokenizer has no pad token, so batches need size 1")
-            inputs = self.processor(images=list(images), text=list(prompts), return_tensors="pt", padding=batched)
+            prepared_images = prepare_images(images, self.processor.image_processor, self.pad)
+            inputs = self.processor(images=prepared_images, text=list(prompts), return_tensors="pt", padding=batched)
             pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
             features = self.tap(pixel_values)
         with timer.stage("compress_ms"):
@@ -398,11 +413,16 @@ class LlavaVLM:
 
 
 def load_llava(
-    model_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    model_path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
+    pad: bool = True,
 ) -> LlavaVLM:
     """Load a local LLaVA checkpoint (llava-hf layout) with ``from_pretrained``: offline
     (``local_files_only=True``), no remote code. ``dtype`` (a ``torch.dtype`` or its name, e.g. ``"bfloat16"``)
-    defaults to float32 on CPU and float16 on CUDA."""
+    defaults to float32 on CPU and float16 on CUDA. The image processor is loaded with the PIL backend
+    (``sparsezip.imageprep.PROCESSOR_BACKEND``) whatever is installed; ``pad`` as in :class:`LlavaVLM`."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     path = Path(model_path)
@@ -417,8 +437,8 @@ def load_llava(
     if dtype is None:
         dtype = torch.float16 if device.type == "cuda" else torch.float32
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    return LlavaVLM(model.to(device), processor, name=path.name)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True, backend=PROCESSOR_BACKEND)
+    return LlavaVLM(model.to(device), processor, name=path.name, pad=pad)
 
 
 def image_seed(image: Image.Image) -> int:

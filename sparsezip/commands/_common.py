@@ -27,6 +27,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", required=True, help="a LLaVA checkpoint folder (HF format)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float16, bfloat16, float32 (default: the adapter's)")
+    add_pad_argument(parser)
+
+
+def add_pad_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-pad``: the processor's center crop instead of LLaVA-1.5's pad-to-square (recorded in run.json)."""
+    parser.add_argument("--no-pad", action="store_true",
+                        help="center-crop images as the HF processor does, instead of padding them to a square "
+                             "of the mean colour first (LLaVA-1.5's image_aspect_ratio=pad, the default)")
 
 
 def load_samples(args: argparse.Namespace) -> list[Sample]:
@@ -62,4 +70,4 @@ def load_model(args: argparse.Namespace) -> LlavaVLM:
     from sparsezip.adapters.llava import load_llava
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_llava(args.model_path, device=device, dtype=args.dtype)
+    return load_llava(args.model_path, device=device, dtype=args.dtype, pad=not args.no_pad)

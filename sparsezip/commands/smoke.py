@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sparsezip.commands._common import add_pad_argument
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -28,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default 16)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", type=Path, default=Path("smoke-out"), help="folder for the PNG (default smoke-out)")
+    add_pad_argument(parser)
 
 
 def demo_image(size: int = 336) -> Image.Image:
@@ -41,26 +44,27 @@ def demo_image(size: int = 336) -> Image.Image:
     return image
 
 
-def load_model(model_path: Path | None, device: str) -> tuple[LlavaVLM, str]:
+def load_model(model_path: Path | None, device: str, pad: bool = True) -> tuple[LlavaVLM, str]:
     """The model to use and a line saying which one it is."""
     from sparsezip.adapters.llava import LlavaVLM, load_llava
 
     if model_path is not None:
-        return load_llava(model_path, device=device), f"model: {model_path}"
+        return load_llava(model_path, device=device, pad=pad), f"model: {model_path}"
     if (EMBEDDED_MODEL / "config.json").is_file():
-        return load_llava(EMBEDDED_MODEL, device=device), f"model: embedded default {EMBEDDED_MODEL}"
+        return load_llava(EMBEDDED_MODEL, device=device, pad=pad), f"model: embedded default {EMBEDDED_MODEL}"
     from sparsezip.embedded.models import TinyLlavaSpec, build_tiny_llava
 
     model, processor = build_tiny_llava(TinyLlavaSpec(text_layers=4), seed=0)
     note = (f"model: a tiny RANDOM LLaVA ({EMBEDDED_MODEL} not found; build it with `sparsezip train-tiny`): "
             "the pipeline runs, the answer is noise")
-    return LlavaVLM(model.to(device), processor, name="tiny-random"), note
+    return LlavaVLM(model.to(device), processor, name="tiny-random", pad=pad), note
 
 
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from sparsezip.data.prompts import llava_v1_prompt
+    from sparsezip.imageprep import prepare_images
     from sparsezip.methods import get_method, list_methods
     from sparsezip.overlay import draw_token_overlay, tensor_to_image
 
@@ -69,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     image = Image.open(args.image).convert("RGB") if args.image is not None else demo_image()
     name = args.method or ("sparsezip" if "sparsezip" in list_methods() else "none")
     method = get_method(name) if args.budget is None else get_method(name, budget=args.budget)
-    vlm, model_note = load_model(args.model_path, args.device)
-    print(model_note)
+    vlm, model_note = load_model(args.model_path, args.device, pad=not args.no_pad)
+    print(model_note + f" (images: {vlm.image_aspect_ratio})")
     print(f"method: {method!r}")
     prompt = llava_v1_prompt(args.prompt)
 
@@ -89,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         print("stage times (ms): " + " | ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in prepared.timer.ms.items()))
 
     image_processor = vlm.processor.image_processor
-    pixels = image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+    seen_image = prepare_images([image], image_processor, vlm.pad)
+    pixels = image_processor(images=seen_image, return_tensors="pt")["pixel_values"][0]
     seen = tensor_to_image(pixels, list(image_processor.image_mean), list(image_processor.image_std))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"smoke-{name}.png"

@@ -27,7 +27,7 @@ from sparsezip.data.registry import dataset_spec
 from sparsezip.data.sample import Sample
 from sparsezip.data.subsets import shard_bounds
 from sparsezip.eval.rundir import PREDICTIONS_FILE, RUN_FILE, SUMMARY_FILE, claim_out_dir, load_done
-from sparsezip.eval.summary import environment, kv_bytes_per_token, summarize
+from sparsezip.eval.summary import environment, image_processor_backend, kv_bytes_per_token, summarize
 from sparsezip.jsonio import append_jsonl, atomic_write_json
 from sparsezip.memory import peak_memory
 from sparsezip.methods.base import CompressionMethod
@@ -72,6 +72,10 @@ def evaluate(
         "method": method.name,
         "method_config": method.config(),
         "prompt_style": prompt_style,
+        # How images reach the processor (LLaVA's image_aspect_ratio: "pad" or "crop") and which backend
+        # resizes them; None for a model that does not say.
+        "image_aspect_ratio": getattr(model, "image_aspect_ratio", None),
+        "image_processor_backend": image_processor_backend(model),
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
         # A shard is only meaningful for one selection, so its size is part of its identity.
