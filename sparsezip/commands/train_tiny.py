@@ -23,5 +23,5 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = dataclasses.replace(TrainRecipe(), seed=args.seed)
     report = train_tiny(args.out, recipe, eval_root=args.data_root or None)
-    print(json.dumps({"out": args.out, "minutes": report["minutes"], "pope": report.get("pope")}))
+    print(json.dumps({"out": args.out, "minutes": report["minutes"], "tasks": report.get("tasks")}))
     return 0
