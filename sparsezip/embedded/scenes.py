@@ -1,5 +1,7 @@
 """The synthetic shapes world: scenes of coloured shapes on cluttered noisy backgrounds, and yes/no questions
-about them (existence with POPE's three negative-sampling settings, colour, count, position).
+about them (existence with POPE's three negative-sampling settings, colour of a shape or of one quadrant,
+count, position of one object or of two relative to each other). The quadrant and relative-position
+questions refer to one region of the image, so keeping the tokens the question points at matters.
 
 Everything is a pure function of an explicit ``numpy.random.Generator`` (or of a seed stored in the scene):
 the same seed gives the same scenes, pixels and questions, and no global RNG state is read or written.
