@@ -68,11 +68,28 @@ def batched_run(tiny_vlm: LlavaVLM):
     return run
 
 
-def plain_generate(plain, images, prompts, **kwargs) -> list[list[int]]:
+def llava_padded(image: Image.Image, image_mean) -> Image.Image:
+    """LLaVA-1.5's ``expand2square`` written out from its definition: the image centred on a square of
+    ``int(255 * mean)`` per channel (offset ``(side - w) // 2``, ``(side - h) // 2``)."""
+    pixels = np.asarray(image.convert("RGB"))
+    h, w, _ = pixels.shape
+    side = max(h, w)
+    square = np.empty((side, side, 3), dtype=np.uint8)
+    square[:] = [int(x * 255) for x in image_mean]
+    top, left = (side - h) // 2, (side - w) // 2
+    square[top:top + h, left:left + w] = pixels
+    return Image.fromarray(square)
+
+
+def plain_generate(plain, images, prompts, *, pad: bool = True, **kwargs) -> list[list[int]]:
+    """HF generate on the images as LLaVA-1.5 evaluates them (padded to squares), or as given (``pad=False``:
+    the processor center-crops)."""
     model, processor = plain
+    if pad:
+        images = [llava_padded(im, processor.image_processor.image_mean) for im in images]
     inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
     with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False, **kwargs)
+        out = model.generate(**inputs, **{"max_new_tokens": MAX_NEW, "do_sample": False, **kwargs})
     return [trim_at_eos(row, model.generation_config.eos_token_id) for row in out[:, inputs["input_ids"].shape[1]:].tolist()]
 
 
@@ -89,7 +106,8 @@ def test_none_reproduces_the_plain_model(vlm: LlavaVLM, plain, batched_run, batc
     assert [o.extra["token_ids"] for o in outputs] == plain_generate(plain, images, prompts)
 
     model, processor = plain
-    inputs = processor(images=images, text=prompts, return_tensors="pt", padding=True)
+    padded = [llava_padded(im, processor.image_processor.image_mean) for im in images]
+    inputs = processor(images=padded, text=prompts, return_tensors="pt", padding=True)
     prepared = vlm.prepare(images, prompts, method=get_method("none"))
     assert torch.equal(prepared.attention_mask, inputs["attention_mask"])
     with torch.inference_mode():
@@ -97,6 +115,29 @@ def test_none_reproduces_the_plain_model(vlm: LlavaVLM, plain, batched_run, batc
         adapted = vlm.model(inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask).logits
     real = inputs["attention_mask"].bool()
     torch.testing.assert_close(adapted[real], reference[real], rtol=1e-5, atol=1e-5)
+
+
+def test_pad_to_square_is_llava_15s_protocol_and_crop_stays_available(tiny_llava_dir: Path, vlm: LlavaVLM,
+                                                                       plain) -> None:
+    """Issue 10: on non-square images ``none`` through the adapter gives exactly plain HF generate's tokens on
+    the expand2square-padded images (default), and ``pad=False`` those on the images as given (center crop);
+    on this checkpoint the two protocols give different tokens, so the test can tell them apart."""
+    images, prompts = [IMAGES[0], IMAGES[2]], [PROMPTS[0], PROMPTS[2]]
+    assert all(im.width != im.height for im in images)
+    assert vlm.image_aspect_ratio == "pad" and vlm.processor.image_processor.backend == "pil"
+    padded = [o.extra["token_ids"] for o in vlm.generate(images, prompts, method=get_method("none"),
+                                                          max_new_tokens=8)]
+    crop_vlm = load_llava(tiny_llava_dir, pad=False)
+    cropped = [o.extra["token_ids"] for o in crop_vlm.generate(images, prompts, method=get_method("none"),
+                                                                max_new_tokens=8)]
+    assert crop_vlm.image_aspect_ratio == "crop"
+    assert padded == plain_generate(plain, images, prompts, max_new_tokens=8)
+    assert cropped == plain_generate(plain, images, prompts, pad=False, max_new_tokens=8)
+    assert padded != cropped
+    # calibration sees the same pixels as generation: the padded image's features
+    padded_ctx = vlm.vision_context(images[:1])
+    reference = crop_vlm.vision_context([llava_padded(images[0], vlm.processor.image_processor.image_mean)])
+    torch.testing.assert_close(padded_ctx.hidden, reference.hidden, rtol=0, atol=0)
 
 
 def test_scatter_agrees_with_hf_mm_encoder_outputs(vlm: LlavaVLM, batched_run) -> None:

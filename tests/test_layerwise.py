@@ -14,6 +14,7 @@ from sparsezip.adapters.layerwise import repack_index, segments
 from sparsezip.adapters.llava import LlavaVLM
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.data.prompts import llava_v1_prompt
+from sparsezip.imageprep import prepare_images
 from sparsezip.methods import get_method, list_methods, method_class, register_method
 from sparsezip.methods.base import LayerDecision, LayerPruner, LayerState, unregister_method
 from sparsezip.methods.none import NoCompression
@@ -130,7 +131,9 @@ def test_keeping_everything_at_every_layer_is_the_plain_model(tiny_vlm: LlavaVLM
     monkeypatch.setattr(KeepAll, "seen", [])
     model, processor = tiny_plain
     images = _images()
-    inputs = processor(images=images, text=PROMPTS, return_tensors="pt", padding=True)
+    # The adapter pads images to squares (LLaVA-1.5's protocol): the reference gets the same pixels.
+    padded = prepare_images(images, processor.image_processor, True)
+    inputs = processor(images=padded, text=PROMPTS, return_tensors="pt", padding=True)
     with torch.inference_mode():
         ref = model.generate(**inputs, max_new_tokens=6, do_sample=False)[:, inputs["input_ids"].shape[1]:]
     eos = model.generation_config.eos_token_id

@@ -16,6 +16,7 @@ from sparsezip.adapters.layerwise import generate_layerwise
 from sparsezip.adapters.llava import LlavaVLM
 from sparsezip.data.prompts import llava_v1_prompt
 from sparsezip.embedded.models import TinyLlavaSpec, build_tiny_llava
+from sparsezip.imageprep import expand2square, mean_fill
 from sparsezip.methods import get_method
 from sparsezip.methods.sparsevlm import (
     PruningPlan,
@@ -298,7 +299,8 @@ def test_keeping_everything_reproduces_the_plain_model(tiny_vlm: LlavaVLM, tiny_
     images, prompts = [_image(2), _image(3)], [PROMPT, llava_v1_prompt("What is the total amount?")]
     outputs = vlm.generate(images, prompts, method=keep_all, max_new_tokens=8)
     for image, prompt, out in zip(images, prompts, outputs, strict=True):
-        inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+        padded = expand2square(image, mean_fill(processor.image_processor.image_mean))  # as the adapter does
+        inputs = processor(images=[padded], text=[prompt], return_tensors="pt")
         ref = model.generate(**inputs, max_new_tokens=8, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
         eos = model.generation_config.eos_token_id
         assert out.extra["token_ids"] == (ref[: ref.index(eos) + 1] if eos in ref else ref)

@@ -19,11 +19,13 @@ from sparsezip.embedded.datasets import (
     stream_rng,
     write_synthetic_sets,
 )
+from sparsezip.embedded.documents import WORDS, render_document, sample_document, word_class
 from sparsezip.embedded.scenes import (
     COLOURS,
     NUM_CLASSES,
     OBJECT_NAMES,
     POPE_SETTINGS,
+    REGIONS,
     SHAPES,
     colour_pair,
     count_pair,
@@ -34,6 +36,9 @@ from sparsezip.embedded.scenes import (
     pope_negatives,
     popularity_order,
     position_pair,
+    region_colour_pair,
+    region_of,
+    relative_position_pair,
     render_scene,
     sample_scene,
     shares_attribute,
@@ -149,9 +154,45 @@ def test_mme_pairs_are_one_yes_one_no_and_true(subtask: str) -> None:
             assert yes.question[11:-14] in names and no.question[11:-14] not in names
         if subtask == "count":
             assert yes.question == count_question(len(scene.objects))
-        if subtask == "color":
+        if subtask == "color" and not yes.question.startswith("Is the shape in the "):
             shape, colour = yes.question.split()[2], yes.question.split()[-1][:-1]
             assert f"{colour} {shape}" in names and f"{no.question.split()[-1][:-1]} {shape}" not in names
+        if subtask == "color" and yes.question.startswith("Is the shape in the "):
+            region = yes.question.removeprefix("Is the shape in the ").split(" of the image")[0]
+            inside = [o for o in scene.objects if region_of(o, scene.size) == REGIONS.index(region)]
+            assert len(inside) == 1 and yes.question.endswith(f" {inside[0].colour}?")
+            assert not no.question.endswith(f" {inside[0].colour}?")
+        if subtask == "position":
+            assert position_is_true(yes.question, scene) and not position_is_true(no.question, scene)
+
+
+def position_is_true(question: str, scene) -> bool:
+    """Whether an MME position question holds on ``scene`` (both forms), read from the scene's geometry."""
+    by_name = {o.name: o for o in scene.objects}
+    body = question.removeprefix("Is the ").removesuffix("?")
+    if body.endswith(" side of the image"):
+        name, side = body.removesuffix(" side of the image").split(" on the ")
+        return (by_name[name].cx < scene.size / 2) == (side == "left")
+    first, second = body.split(" on the left of the ")
+    return by_name[first].cx < by_name[second].cx
+
+
+def test_region_questions_need_exactly_one_object_in_the_region() -> None:
+    rng = np.random.default_rng(1)
+    asked = 0
+    for _ in range(200):
+        scene = sample_scene(rng)
+        pair = region_colour_pair(scene, rng)
+        quadrants = [2 * (o.cy > scene.size / 2) + (o.cx > scene.size / 2) for o in scene.objects]
+        if pair is None:
+            assert not any(region_of(o, scene.size) is not None and quadrants.count(q) == 1
+                           for o, q in zip(scene.objects, quadrants, strict=True))
+            continue
+        asked += 1
+        rel = relative_position_pair(scene, rng)
+        if rel is not None:
+            assert position_is_true(rel[0].question, scene) and not position_is_true(rel[1].question, scene)
+    assert asked > 50
 
 
 def test_question_makers_on_a_known_scene() -> None:
@@ -162,9 +203,7 @@ def test_question_makers_on_a_known_scene() -> None:
         "Is there one shape in the image?", "Are there three shapes in the image?")
     pair = position_pair(scene, rng)
     if pair is not None:
-        name = pair[0].question.split(" on the ")[0].removeprefix("Is the ")
-        obj = next(o for o in scene.objects if o.name == name)
-        assert ("left" in pair[0].question) == (obj.cx < scene.size / 2)
+        assert position_is_true(pair[0].question, scene) and not position_is_true(pair[1].question, scene)
     pair = colour_pair(scene, rng)
     assert pair is None or pair[0].question.split()[2] in SHAPES
 
@@ -204,3 +243,22 @@ def test_writer_is_byte_identical_and_in_format(tmp_path: Path) -> None:
     for item in doc["data"]:
         assert {"questionId", "question", "image", "answers", "docId"} <= set(item)
         assert (root / "docvqa" / item["image"]).read_bytes()[:4] == b"\x89PNG"
+        assert item["answers"][0] in WORDS
+
+
+def test_documents_hold_their_words_where_the_labels_say() -> None:
+    """Every field's words are drawn inside their labelled boxes, large enough to read at 96 px: a capital
+    spans about two 8 px patches once the page is padded to a square and shrunk (here: >= 10 px tall)."""
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        doc = sample_document(rng)
+        assert [f.label for f in doc.fields][:2] == ["", "NO"] and doc.fields[2].label in ("TO", "BY")
+        page, labels = render_document(doc)
+        ink = np.asarray(page.convert("L")) < 200
+        assert not (ink & (labels == 0)).any()  # no ink outside a word box
+        scale = 96 / max(page.size)
+        for f in doc.fields:
+            rows = np.nonzero((labels == word_class(f.value)).any(axis=1))[0]
+            assert (rows.max() - rows.min() + 1) * scale >= 10
+            assert ink[labels == word_class(f.value)].any()
+        assert doc.fields[1].question.endswith(f"{doc.title.lower()} number?")

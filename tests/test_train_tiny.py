@@ -11,38 +11,46 @@ from PIL import Image
 
 from sparsezip.adapters.vision_tower import FeatureLayerTap
 from sparsezip.data.prompts import build_prompt
-from sparsezip.embedded.datasets import SetSizes, mme_items, pope_scenes
+from sparsezip.embedded.datasets import SetSizes, docvqa_documents, mme_items, pope_scenes
+from sparsezip.embedded.documents import Document, render_document, word_class
+from sparsezip.embedded.language_stage import question_batch, shared_prefix_hidden
 from sparsezip.embedded.models import TinyLlavaSpec
 from sparsezip.embedded.probe import answer_yes, keep_indices
-from sparsezip.embedded.scenes import COLOURS, SHAPES, existence_question
-from sparsezip.embedded.tokens import ANSWER_TEXT, PromptTokens
-from sparsezip.embedded.train import (
+from sparsezip.embedded.scenes import COLOURS, SHAPES, Scene, existence_question
+from sparsezip.embedded.tokens import PromptTokens
+from sparsezip.embedded.tower_stage import feature_layer_patches
+from sparsezip.embedded.train import TrainRecipe, build_untrained, train_tiny
+from sparsezip.embedded.training_data import (
+    NUM_CLASSES,
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
-    TrainRecipe,
     aux_targets,
-    build_untrained,
-    layer_m2_features,
-    question_batch,
-    render_scenes,
-    shared_prefix_hidden,
-    train_tiny,
+    document_pixels,
+    render_training_images,
     training_questions,
 )
+from sparsezip.imageprep import prepare_images
 from sparsezip.metrics import parse_pope_answer
 
 MICRO = TrainRecipe(
     spec=TinyLlavaSpec(vision_hidden=32, vision_intermediate=64, vision_layers=2, vision_heads=2,
-                       text_hidden=32, text_intermediate=64, text_layers=2, text_heads=2),
+                       text_hidden=32, text_intermediate=64, text_layers=2, text_heads=2, vocab_size=640),
     threads=1, images=8, tower_steps=2, tower_batch=4, lm_steps=2, lm_batch_images=2, questions_per_image=2,
-    warmup=1,
+    warmup=1, document_share=0.5,
 )
+
+
+def _images(n: int, processor, share: float = 0.5):
+    spec = MICRO.spec
+    return render_training_images(0, TRAIN_SPLIT, n, spec.image_size, spec.patch_size, processor.image_processor,
+                                  share)
 
 
 @pytest.fixture(scope="module")
 def micro() -> tuple:
     model, processor = build_untrained(MICRO)
-    data = render_scenes(0, TRAIN_SPLIT, 4, MICRO.spec.patch_size)
+    data = _images(6, processor)
+    assert {type(item) for item in data.items} == {Scene, Document}
     return model, processor, data
 
 
@@ -64,19 +72,39 @@ def test_shared_prefix_equals_full_prompts(micro) -> None:
     model, processor, data = micro
     prompts = PromptTokens.build(processor)
     rng = np.random.default_rng(0)
-    items = [(qa.question, qa.answer) for i in range(2) for qa in training_questions(data.scenes[i], rng, 3)]
+    docs = [i for i, item in enumerate(data.items) if isinstance(item, Document)][:1]
+    scenes = [i for i, item in enumerate(data.items) if isinstance(item, Scene)][:1]
+    chosen = scenes + docs
+    items = [(tq.question, tq.answer) for i in chosen for tq in training_questions(data.items[i], rng, 3)]
     batch = question_batch(prompts, items, processor.tokenizer.pad_token_id)
     with torch.no_grad():
-        features = layer_m2_features(model, processor, data.pixels[:2])
+        features = feature_layer_patches(model, processor, data.pixels[chosen])
         logits = model.lm_head(shared_prefix_hidden(model, prompts, features, batch, questions_per_image=3))
         for j, (question, answer) in enumerate(items):
-            text = build_prompt("pope", question) + ANSWER_TEXT[answer] + "</s>"
-            inputs = processor(images=[Image.fromarray(data.pixels[j // 3])], text=[text], return_tensors="pt")
+            text = build_prompt("pope", question) + answer + "</s>"
+            image = Image.fromarray(data.pixels[chosen[j // 3]])
+            inputs = processor(images=[image], text=[text], return_tensors="pt")
             n = int((batch.targets[j] != -100).sum())
             assert inputs["input_ids"][0, -n:].tolist() == batch.targets[j, :n].tolist()
             reference = model(**inputs).logits[0, -1 - n:-1]
             torch.testing.assert_close(logits[j, :n], reference, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(logits[0], logits[3])  # different images give different answers
+
+
+def test_document_pixels_are_what_the_adapter_feeds_the_processor(micro) -> None:
+    """Training stores each padded, resized page; the processor on it equals the processor on the page as the
+    adapter prepares it (pad to a square, then the processor's own resize)."""
+    _, processor, _ = micro
+    doc = docvqa_documents(0, 1)[0]
+
+    page, _ = render_document(doc)
+    pixels, labels = document_pixels(doc, processor.image_processor, 96, 8)
+    direct = processor.image_processor(prepare_images([page], processor.image_processor, pad=True),
+                                       return_tensors="pt")["pixel_values"]
+    stored = processor.image_processor([pixels], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(stored, direct, rtol=0, atol=0)
+    number = labels.reshape(12, 12) == NUM_CLASSES + word_class(doc.fields[1].value)
+    assert number.sum() >= 4 and not number[:1].any()  # the number row, below the title, several patches
 
 
 def test_probe_matches_the_plain_model(micro) -> None:
@@ -111,37 +139,56 @@ def test_keep_indices() -> None:
         keep_indices("cls_topk", 5, attn)
 
 
-def test_training_questions_are_true_and_balanced() -> None:
-    data = render_scenes(0, TRAIN_SPLIT, 50, 8)
+def test_training_questions_are_true_and_balanced(micro) -> None:
+    _, processor, _ = micro
+    data = _images(60, processor, share=0.2)
     rng = np.random.default_rng(0)
     answers = []
-    for scene in data.scenes:
-        for qa in training_questions(scene, rng, 8):
-            answers.append(qa.answer)
-            if qa.question.startswith("Is there a ") and qa.question.endswith(" in the image?"):
-                name = qa.question[len("Is there a "):-len(" in the image?")]
-                assert qa.answer == (name in {o.name for o in scene.objects})
+    for item in data.items:
+        for tq in training_questions(item, rng, 8):
+            if isinstance(item, Document):
+                field = next(f for f in item.fields if f.question == tq.question)
+                assert tq.answer == f" {field.value}"
+                continue
+            answers.append(tq.answer == " Yes")
+            if tq.question.startswith("Is there a ") and tq.question.endswith(" in the image?"):
+                name = tq.question[len("Is there a "):-len(" in the image?")]
+                assert (tq.answer == " Yes") == (name in {o.name for o in item.objects})
     assert 0.4 < np.mean(answers) < 0.6
 
 
-def test_training_scenes_are_disjoint_from_the_evaluation_sets() -> None:
-    train = {s.objects for s in render_scenes(0, TRAIN_SPLIT, 300, 8).scenes}
-    val = {s.objects for s in render_scenes(0, VALIDATION_SPLIT, 100, 8).scenes}
+def test_training_images_are_disjoint_from_the_evaluation_sets(micro) -> None:
+    _, processor, _ = micro
+    spec = MICRO.spec
+
+    def keys(split: int, n: int) -> set:
+        data = render_training_images(0, split, n, spec.image_size, spec.patch_size, processor.image_processor, 0.2)
+        return {item.objects if isinstance(item, Scene) else item for item in data.items}
+
+    train, val = keys(TRAIN_SPLIT, 300), keys(VALIDATION_SPLIT, 100)
     sizes = SetSizes()
     evaluation = {s.objects for s in pope_scenes(0, sizes.pope_images)}
     evaluation |= {scene.objects for t in ("existence", "count") for scene, _ in mme_items(0, t, 30)}
+    evaluation |= set(docvqa_documents(0, sizes.docvqa_documents))
     assert not train & evaluation and not val & evaluation and not train & val
 
 
-def test_aux_targets_read_the_question_and_the_scene() -> None:
-    scene = render_scenes(0, TRAIN_SPLIT, 1, 8).scenes[0]
+def test_aux_targets_read_the_question_and_the_scene(micro) -> None:
+    _, processor, _ = micro
+    data = _images(8, processor, share=0.3)
+    scene = next(item for item in data.items if isinstance(item, Scene))
     obj = scene.objects[0]
-    third = 2 + min(2, int(3 * obj.cx / scene.size))
+    half = 2 + int(obj.cx >= scene.size / 2)
     n = len(scene.objects)
     colour, shape = 1 + list(COLOURS).index(obj.colour), 1 + SHAPES.index(obj.shape)
-    assert aux_targets(existence_question(obj.cls), scene) == (n, colour, shape, 0, 0, third)
+    none = (0, 0, 0, 0)
+    assert aux_targets(existence_question(obj.cls), scene) == (n, colour, shape, 0, 0, half, 0, *none)
     absent = next(c for c in range(12) if c not in scene.classes)
     assert aux_targets(existence_question(absent), scene)[5] == 1
-    assert aux_targets("Are there three shapes in the image?", scene) == (n, 0, 0, 3, 0, 0)
-    assert aux_targets(f"Is the {obj.name} on the right side of the image?", scene)[4:] == (2, third)
-    assert aux_targets("Is the square in the image blue?", scene) == (n, 3, 2, 0, 0, 0)
+    assert aux_targets("Are there three shapes in the image?", scene) == (n, 0, 0, 3, 0, 0, 0, *none)
+    assert aux_targets(f"Is the {obj.name} on the right side of the image?", scene)[4:7] == (2, half, 0)
+    assert aux_targets("Is the square in the image blue?", scene) == (n, 3, 2, 0, 0, 0, 0, *none)
+    region = aux_targets("Is the shape in the bottom right of the image red?", scene)
+    assert region[7] == 4 and region[1] == 1
+    doc = next(item for item in data.items if isinstance(item, Document))
+    assert aux_targets(doc.fields[1].question, doc)[-2:] == (2, word_class(doc.fields[1].value))

@@ -39,6 +39,7 @@ from sparsezip.adapters.placeholders import shorten_image_runs
 from sparsezip.adapters.prompt_ids import encode_prompts
 from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.imageprep import aspect_mode, prepare_images
 from sparsezip.methods.base import CompressionMethod, LayerPruner
 from sparsezip.profiling import FirstCallClock, StageTimer, decoder_prefill_flops
 
@@ -87,10 +88,20 @@ class LlavaVLM:
     ``vision_feature_select_strategy == "default"`` (CLS at index 0, dropped by LLaVA), as in LLaVA-1.5. If the
     feature layer's attention module cannot be read (no ``q_proj``/``k_proj``), methods that need attention are
     refused with a ``ValueError`` and the others get ``VisionContext.keys`` as an empty ``[B, N, 0]`` tensor.
+
+    ``pad`` (default on, as LLaVA-1.5 evaluates): every image is padded to a square of the processor's mean
+    colour before the processor (:func:`sparsezip.imageprep.prepare_images`), in generation and in
+    :meth:`vision_context` alike; ``pad=False`` leaves the processor's center crop. ``image_aspect_ratio``
+    records which (``"pad"`` / ``"crop"``).
     """
 
     def __init__(
-        self, model: LlavaForConditionalGeneration, processor: ProcessorMixin, *, name: str | None = None
+        self,
+        model: LlavaForConditionalGeneration,
+        processor: ProcessorMixin,
+        *,
+        name: str | None = None,
+        pad: bool = True,
     ) -> None:
         inner = getattr(model, "model", None)
         if not all(hasattr(inner, a) for a in ("vision_tower", "multi_modal_projector", "language_model")):
@@ -110,9 +121,11 @@ class LlavaVLM:
         self.nominal_visual_tokens = llava_visual_tokens(config.to_dict())
         self.prefix = 1  # CLIP's CLS, dropped by the "default" feature selection
         self.name = name or Path(str(getattr(model, "name_or_path", "") or "llava")).name or "llava"
+        self.pad = bool(pad)
+        self.image_aspect_ratio = aspect_mode(self.pad)
         # Re-packed batches pad with this id (masked out, so any id works); without a pad token, EOS.
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = int(pad if pad is not None else min(self._eos_ids()))
+        pad_id = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad_id if pad_id is not None else min(self._eos_ids()))
 
     @property
     def num_patches(self) -> int:
@@ -153,6 +166,8 @@ class LlavaVLM:
             "vision_feature_layer": config.vision_feature_layer,
             "vision_feature_select_strategy": config.vision_feature_select_strategy,
             "prefix": self.prefix,
+            # How images reach the processor: LLaVA's image_aspect_ratio, "pad" (default) or "crop".
+            "image_aspect_ratio": self.image_aspect_ratio,
             "padding_side": self.tokenizer.padding_side,
             "pad_token_id": self.pad_token_id,
         }
@@ -262,7 +277,8 @@ class LlavaVLM:
         to calibrate SparseZip's dynamic K on real images."""
         if questions is not None and len(questions) != len(images):
             raise ValueError(f"got {len(questions)} questions for {len(images)} images")
-        pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+        prepared = prepare_images(images, self.processor.image_processor, self.pad)
+        pixel_values = self.processor.image_processor(prepared, return_tensors="pt")["pixel_values"]
         return self._context(images, self.tap(pixel_values.to(self.device, self.model.dtype)), questions)
 
     @torch.inference_mode()
@@ -282,7 +298,8 @@ class LlavaVLM:
             batched = len(prompts) > 1
             if batched and self.tokenizer.pad_token_id is None:
                 raise ValueError(f"model {self.name!r}: its tokenizer has no pad token, so batches need size 1")
-            pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+            prepared_images = prepare_images(images, self.processor.image_processor, self.pad)
+            pixel_values = self.processor.image_processor(prepared_images, return_tensors="pt")["pixel_values"]
             # LLaVA's tokenization (text on each side of <image> on its own), not the processor's: see prompt_ids.
             input_ids, attention_mask = encode_prompts(
                 self.tokenizer, prompts, image_token=self.image_token, image_token_id=self.image_token_id,

@@ -25,29 +25,34 @@ if TYPE_CHECKING:
 
 
 def load_llava(
-    model_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    model_path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+    pad: bool = True,
 ) -> LlavaVLM:
     """Load a local LLaVA checkpoint (llava-hf layout) or a registered embedded model's name: the checks and
     loading of :func:`sparsezip.adapters.registry.load_model`, for ``model_type == "llava"`` only. ``dtype`` (a
-    ``torch.dtype`` or its name, e.g. ``"bfloat16"``) defaults to float32 on CPU and float16 on CUDA."""
+    ``torch.dtype`` or its name, e.g. ``"bfloat16"``) defaults to float32 on CPU and float16 on CUDA; ``pad``:
+    LLaVA-1.5's pad-to-square (default) or, ``False``, the processor's center crop."""
     device = parse_device(device)
     dtype = resolve_dtype(dtype, device)
     checkpoint = inspect_checkpoint(model_path)
     if checkpoint.adapter is not LLAVA_ADAPTER:
         raise ValueError(f"{checkpoint.path}: model_type {checkpoint.files.model_type!r} is not a LLaVA-1.5 "
                          "checkpoint; use sparsezip.adapters.registry.load_model")
-    return _load_checkpoint(checkpoint, device, dtype)
+    return _load_checkpoint(checkpoint, device, dtype, pad=pad)
 
 
-def _load_checkpoint(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> LlavaVLM:
-    """``from_pretrained`` on a checked checkpoint: offline (``local_files_only=True``), no remote code."""
+def _load_checkpoint(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype, *, pad: bool = True) -> LlavaVLM:
+    """``from_pretrained`` on a checked checkpoint: offline (``local_files_only=True``), no remote code, the image
+    processor on the PIL backend (``sparsezip.imageprep.PROCESSOR_BACKEND``) whatever is installed; ``pad`` =
+    LLaVA-1.5's pad-to-square (see :class:`~sparsezip.adapters.llava.LlavaVLM`)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     from sparsezip.adapters.llava import LlavaVLM
+    from sparsezip.imageprep import PROCESSOR_BACKEND
 
     model = LlavaForConditionalGeneration.from_pretrained(checkpoint.path, dtype=dtype, local_files_only=True)
-    processor = AutoProcessor.from_pretrained(checkpoint.path, local_files_only=True)
-    return LlavaVLM(model.to(device), processor, name=checkpoint.name)
+    processor = AutoProcessor.from_pretrained(checkpoint.path, local_files_only=True, backend=PROCESSOR_BACKEND)
+    return LlavaVLM(model.to(device), processor, name=checkpoint.name, pad=pad)
 
 
 def check_llava_config(config: Mapping) -> None:

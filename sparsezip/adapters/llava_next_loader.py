@@ -24,9 +24,10 @@ def _load_checkpoint(checkpoint: Checkpoint, device: torch.device, dtype: torch.
     from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
     from sparsezip.adapters.llava_next import LlavaNextVLM
+    from sparsezip.imageprep import PROCESSOR_BACKEND
 
     model = LlavaNextForConditionalGeneration.from_pretrained(checkpoint.path, dtype=dtype, local_files_only=True)
-    processor = AutoProcessor.from_pretrained(checkpoint.path, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(checkpoint.path, local_files_only=True, backend=PROCESSOR_BACKEND)
     return LlavaNextVLM(model.to(device), processor, name=checkpoint.name)
 
 

@@ -32,7 +32,10 @@ def _load_checkpoint(checkpoint: Checkpoint, device: torch.device, dtype: torch.
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(checkpoint.path, dtype=dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, local_files_only=True, padding_side="left")
-    image_processor = AutoImageProcessor.from_pretrained(checkpoint.path, local_files_only=True)
+    from sparsezip.imageprep import PROCESSOR_BACKEND
+
+    image_processor = AutoImageProcessor.from_pretrained(checkpoint.path, local_files_only=True,
+                                                         backend=PROCESSOR_BACKEND)
     return QwenVLM(model.to(device), tokenizer, image_processor, chat_template=read_chat_template(checkpoint.path),
                    name=checkpoint.name)
 

@@ -249,16 +249,32 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
 
 
 def load_model(
-    path_or_name: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    path_or_name: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+    **options: object,
 ) -> VisionLanguageModel:
     """Load a local checkpoint folder (or a registered embedded model's name, e.g. ``"tiny-shapes"``) with the
     adapter its ``config.json`` ``model_type`` names: offline, no remote code. ``dtype`` (a ``torch.dtype`` or
-    its name) defaults to float16 on CUDA and float32 on CPU. Everything :func:`inspect_checkpoint` checks is
+    its name) defaults to float16 on CUDA and float32 on CPU. ``options`` are the adapter's own (LLaVA-1.5:
+    ``pad``); one the adapter does not take is a ``ValueError``. Everything :func:`inspect_checkpoint` checks is
     refused before any weights load."""
     device = parse_device(device)
     dtype = resolve_dtype(dtype, device)
     checkpoint = inspect_checkpoint(path_or_name)
-    return checkpoint.adapter.load(checkpoint, device, dtype)
+    return load_checked(checkpoint, device, dtype, **options)
+
+
+def load_checked(checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype, **options: object
+                 ) -> VisionLanguageModel:
+    """``checkpoint.adapter.load`` with the adapter's own ``options``, refusing options it does not take."""
+    import inspect
+
+    accepted = [name for name, p in inspect.signature(checkpoint.adapter.load).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"model {checkpoint.name!r} ({checkpoint.adapter.family}) takes no option(s) {unknown}"
+                         f"{'; it takes ' + ', '.join(accepted) if accepted else ''}")
+    return checkpoint.adapter.load(checkpoint, device, dtype, **options)
 
 
 register_embedded_model(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "or an embedded model's name (tiny-shapes)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     parser.add_argument("--dtype", default=None, help="float16, bfloat16, float32 (default: the adapter's)")
+    add_pad_argument(parser)
+
+
+def add_pad_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-pad``: the processor's center crop instead of LLaVA-1.5's pad-to-square (recorded in run.json)."""
+    parser.add_argument("--no-pad", action="store_true",
+                        help="center-crop images as the HF processor does, instead of padding them to a square "
+                             "of the mean colour first (LLaVA-1.5's image_aspect_ratio=pad, the default)")
 
 
 def load_samples(args: argparse.Namespace) -> list[Sample]:
@@ -79,6 +87,7 @@ class ModelPlan:
     checkpoint: Checkpoint
     device: torch.device
     dtype: torch.dtype
+    options: dict = field(default_factory=dict)  # the adapter's own load options (LLaVA-1.5: pad)
 
     @property
     def name(self) -> str:
@@ -99,7 +108,9 @@ class ModelPlan:
 
     def load(self) -> VisionLanguageModel:
         """``from_pretrained`` through the checkpoint's adapter."""
-        return self.checkpoint.adapter.load(self.checkpoint, self.device, self.dtype)
+        from sparsezip.adapters.registry import load_checked
+
+        return load_checked(self.checkpoint, self.device, self.dtype, **self.options)
 
 
 def model_plan(args: argparse.Namespace) -> ModelPlan:
@@ -112,7 +123,8 @@ def model_plan(args: argparse.Namespace) -> ModelPlan:
 
     device = parse_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(args.dtype, device)
-    return ModelPlan(inspect_checkpoint(args.model_path), device, dtype)
+    options = {"pad": False} if getattr(args, "no_pad", False) else {}
+    return ModelPlan(inspect_checkpoint(args.model_path), device, dtype, options)
 
 
 def load_model(args: argparse.Namespace) -> VisionLanguageModel:

@@ -7,6 +7,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sparsezip.commands._common import add_pad_argument
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -29,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default 16)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", type=Path, default=Path("smoke-out"), help="folder for the PNG (default smoke-out)")
+    add_pad_argument(parser)
 
 
 def demo_image(size: int = 336) -> Image.Image:
@@ -42,30 +45,32 @@ def demo_image(size: int = 336) -> Image.Image:
     return image
 
 
-def load_model(model_path: Path | None, device: str) -> tuple[VisionLanguageModel, str]:
+def load_model(model_path: Path | None, device: str, pad: bool = True) -> tuple[VisionLanguageModel, str]:
     """The model to use and a line saying which one it is."""
     from sparsezip.adapters.llava import LlavaVLM
     from sparsezip.adapters.registry import embedded_model
     from sparsezip.adapters.registry import load_model as load_checkpoint
 
+    options = {} if pad else {"pad": False}  # LLaVA-1.5's option; other families refuse it by name
     if model_path is not None:
-        return load_checkpoint(model_path, device=device), f"model: {model_path}"
+        return load_checkpoint(model_path, device=device, **options), f"model: {model_path}"
     embedded = embedded_model(EMBEDDED_MODEL_NAME).path
     if (embedded / "config.json").is_file():
-        return (load_checkpoint(EMBEDDED_MODEL_NAME, device=device),
+        return (load_checkpoint(EMBEDDED_MODEL_NAME, device=device, **options),
                 f"model: embedded default {EMBEDDED_MODEL_NAME} ({embedded})")
     from sparsezip.embedded.models import TinyLlavaSpec, build_tiny_llava
 
     model, processor = build_tiny_llava(TinyLlavaSpec(text_layers=4), seed=0)
     note = (f"model: a tiny RANDOM LLaVA ({embedded} not found; build it with `sparsezip train-tiny`): "
             "the pipeline runs, the answer is noise")
-    return LlavaVLM(model.to(device), processor, name="tiny-random"), note
+    return LlavaVLM(model.to(device), processor, name="tiny-random", pad=pad), note
 
 
 def run(args: argparse.Namespace) -> int:
     from sparsezip.adapters.registry import parse_device
     from sparsezip.data.prompts import llava_v1_prompt
     from sparsezip.data.sample import open_image
+    from sparsezip.imageprep import prepare_images
     from sparsezip.methods import get_method, list_methods
     from sparsezip.overlay import draw_token_overlay, tensor_to_image
 
@@ -78,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out} is a file, not a folder")
     name = args.method or ("sparsezip" if "sparsezip" in list_methods() else "none")
     method = get_method(name) if args.budget is None else get_method(name, budget=args.budget)
-    vlm, model_note = load_model(args.model_path, str(parse_device(args.device)))
-    print(model_note)
+    vlm, model_note = load_model(args.model_path, str(parse_device(args.device)), pad=not args.no_pad)
+    print(model_note + f" (images: {getattr(vlm, 'image_aspect_ratio', 'processor default')})")
     print(f"method: {method!r}")
     prompt = llava_v1_prompt(args.prompt)
 
@@ -104,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"overlay: not drawn for {type(vlm).__name__} (drawn for one CLIP view per image, as LLaVA-1.5)")
         return 0
     image_processor = vlm.processor.image_processor
-    pixels = image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+    seen_image = prepare_images([image], image_processor, vlm.pad)
+    pixels = image_processor(images=seen_image, return_tensors="pt")["pixel_values"][0]
     seen = tensor_to_image(pixels, list(image_processor.image_mean), list(image_processor.image_std))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"smoke-{name}.png"

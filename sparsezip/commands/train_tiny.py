@@ -28,5 +28,5 @@ def run(args: argparse.Namespace) -> int:
     out = committed_or_given(args.out, args.force, "fixtures/tiny-llava", "train-tiny")
     recipe = dataclasses.replace(TrainRecipe(), seed=args.seed)
     report = train_tiny(out, recipe, eval_root=args.data_root or None)
-    print(json.dumps({"out": out, "minutes": report["minutes"], "pope": report.get("pope")}))
+    print(json.dumps({"out": out, "minutes": report["minutes"], "tasks": report.get("tasks")}))
     return 0

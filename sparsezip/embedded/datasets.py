@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from sparsezip.data.mme import QUESTION_SUFFIX as MME_SUFFIX
-from sparsezip.embedded.documents import render_document, sample_document
+from sparsezip.embedded.documents import Document, render_document, sample_document
 from sparsezip.embedded.scenes import (
     JPEG_OPTIONS,
     POPE_SETTINGS,
     QA,
     Scene,
-    colour_pair,
+    colour_question_pair,
     count_pair,
     existence_pair,
     existence_question,
@@ -53,7 +53,7 @@ class SetSizes:
 
     pope_images: int = 100  # x 6 questions (3 yes, 3 no) per POPE setting, as POPE does
     mme_images: int = 30  # per subtask, x 2 questions (yes, no)
-    docvqa_documents: int = 15  # x 2 questions
+    docvqa_documents: int = 30  # x 2 questions
 
 
 def stream_rng(seed: int, stream: int, *index: int) -> np.random.Generator:
@@ -92,7 +92,7 @@ MME_PAIR_MAKERS: dict[str, MmePairMaker] = {
     "existence": existence_pair,
     "count": count_pair,
     "position": position_pair,
-    "color": colour_pair,
+    "color": colour_question_pair,
 }
 
 
@@ -146,6 +146,11 @@ def write_mme(root: Path, seed: int, n_images: int) -> int:
     return total
 
 
+def docvqa_documents(seed: int, n: int) -> list[Document]:
+    """The DocVQA set's documents (their generators also pick the two questions each, see :func:`write_docvqa`)."""
+    return [sample_document(stream_rng(seed, DOCVQA_STREAM, i)) for i in range(n)]
+
+
 def write_docvqa(root: Path, seed: int, n_documents: int) -> int:
     """Write ``root/docvqa/val_v1.0.json`` and its documents (2 questions each); returns the question count."""
     folder = root / "docvqa" / "documents"
@@ -155,7 +160,8 @@ def write_docvqa(root: Path, seed: int, n_documents: int) -> int:
         rng = stream_rng(seed, DOCVQA_STREAM, i)
         doc, doc_id = sample_document(rng), 90_001 + i
         image = f"documents/synth{doc_id:06d}_1.png"
-        render_document(doc, rng).save(root / "docvqa" / image, format="PNG", **PNG_OPTIONS)
+        page, _ = render_document(doc)
+        page.save(root / "docvqa" / image, format="PNG", **PNG_OPTIONS)
         for j in sorted(rng.choice(len(doc.fields), size=2, replace=False).tolist()):
             field = doc.fields[j]
             data.append({
@@ -172,9 +178,11 @@ def write_docvqa(root: Path, seed: int, n_documents: int) -> int:
 README = """\
 # Synthetic evaluation data (generated, do not edit)
 
-Written by `sparsezip make-fixtures --seed {seed}` (`sparsezip/data/synthetic_sets.py`): scenes of coloured
-shapes and small forms, in the real on-disk formats of POPE, MME (4 flat subtasks) and DocVQA, so the real
-loaders read them. Questions: POPE {pope} per setting, MME {mme} in all, DocVQA {docvqa}.
+Written by `sparsezip make-fixtures --seed {seed}` (`sparsezip/embedded/datasets.py`): scenes of coloured
+shapes and large-print forms, in the real on-disk formats of POPE, MME (4 flat subtasks) and DocVQA, so the
+real loaders read them. Questions: POPE {pope} per setting, MME {mme} in all, DocVQA {docvqa}. MME position
+asks about one object (left/right side of the image) or two (left of another object); MME color about a
+shape or about one quadrant of the image ("Is the shape in the top left of the image red?").
 The tiny model in `fixtures/tiny-llava` never saw these images (its training scenes come from other seeds).
 """
 

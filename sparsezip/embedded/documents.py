@@ -1,9 +1,15 @@
-"""Synthetic DocVQA-style documents: a small form (title plus a few labelled fields of short words and
-numbers) drawn with Pillow's built-in default font (``ImageFont.load_default``; no font files, nothing
-downloaded), and questions asking for one field. Deterministic in an explicit ``numpy.random.Generator``.
+"""Synthetic DocVQA-style documents the tiny model can learn to read: large-print forms with labelled fields.
 
-The tiny model is not trained to read (at 96 px the text is illegible anyway): this set exercises the DocVQA
-pipeline and ANLS honestly, it does not measure reading.
+A document is a landscape page (``PAGE_SIZE``, 4:3 like a scanned form) with three rows: a title (the kind of
+document), ``NO <number>`` and either ``TO <city>`` or ``BY <name>``. Every word comes from a closed vocabulary
+(``WORDS``), drawn with Pillow's built-in default font (``ImageFont.load_default``; nothing downloaded) at a
+size chosen for the tiny model: LLaVA-1.5's pad-to-square makes the page 384 x 384, the processor shrinks it
+4x to 96 px, where a capital is ~12 px tall and ~10 px wide, about 2 of the 8 px patches (at the old 320 x 240
+page with 16 px text a character was under half a patch). Questions ask for one field ("What is the invoice
+number?"), so the answer sits in one row of the page.
+
+Deterministic in an explicit ``numpy.random.Generator``. :func:`render_document` also returns a label map
+(each word's box filled with its class id, :func:`word_class`) for the training recipe's per-patch targets.
 """
 
 from __future__ import annotations
@@ -13,16 +19,25 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-TITLES: tuple[str, ...] = ("INVOICE", "RECEIPT", "ORDER FORM", "STATEMENT", "MEMO")
-NAMES: tuple[str, ...] = ("SMITH", "JONES", "GARCIA", "MILLER", "DAVIS", "LOPEZ", "WILSON", "MOORE", "CLARK")
-CITIES: tuple[str, ...] = ("BOSTON", "DENVER", "AUSTIN", "TOLEDO", "FRESNO", "TAMPA", "OMAHA", "RENO")
-PAGE_SIZE = (320, 240)
-FONT_SIZE = 16
+TITLES: tuple[str, ...] = ("INVOICE", "RECEIPT", "ORDER", "MEMO", "BILL")
+NUMBERS: tuple[str, ...] = (
+    "1024", "1530", "2210", "2977", "3187", "3604", "4168", "4821",
+    "5093", "5741", "6285", "6412", "7019", "7350", "8846", "9432",
+)  # fmt: skip
+CITIES: tuple[str, ...] = ("RENO", "OMAHA", "TAMPA", "MIAMI", "BOISE", "WACO", "TULSA", "ERIE")
+NAMES: tuple[str, ...] = ("SMITH", "JONES", "DAVIS", "LOPEZ", "MOORE", "CLARK", "BAKER", "YOUNG")
+FIELD_LABELS: tuple[str, ...] = ("NO", "TO", "BY")
+# The closed vocabulary: every word a document can hold. Class id of a word = 1 + its index here.
+WORDS: tuple[str, ...] = (*TITLES, *NUMBERS, *CITIES, *NAMES, *FIELD_LABELS)
+PAGE_SIZE = (384, 288)
+FONT_SIZE = 68
+ROW_TOPS = (8, 104, 200)  # page pixels; rows 96 px apart (24 px once the padded page is at 96 px)
+PAPER = (250, 250, 247)
 
 
 @dataclass(frozen=True)
 class DocField:
-    """One labelled field of a document: the printed label, its value, and the question asking for it."""
+    """One field of a document: its printed label ('' for the title), value, question and gold answers."""
 
     label: str
     value: str
@@ -32,43 +47,63 @@ class DocField:
 
 @dataclass(frozen=True)
 class Document:
-    """A synthetic document: its title and fields, top to bottom."""
+    """A synthetic document: its title and fields (title row first), plus the layout's random offsets."""
 
     title: str
     fields: tuple[DocField, ...]
+    x0: int
+    y_jitter: tuple[int, ...]
+    ink: int
+
+
+def word_class(word: str) -> int:
+    """Class id (1-based) of a vocabulary word; ``ValueError`` for a word outside ``WORDS``."""
+    if word not in WORDS:
+        raise ValueError(f"{word!r} is not in the documents' closed vocabulary")
+    return 1 + WORDS.index(word)
 
 
 def sample_document(rng: np.random.Generator) -> Document:
-    """A form with a title and four fields (number, date, total, name or city) with random values."""
+    """A form: title row, ``NO`` + number, and ``TO`` + city or ``BY`` + name, with random layout offsets."""
     title = TITLES[int(rng.integers(len(TITLES)))]
-    number = str(int(rng.integers(1000, 100000)))
-    day, month, year = int(rng.integers(1, 29)), int(rng.integers(1, 13)), int(rng.integers(1990, 2024))
-    date = f"{day:02d}/{month:02d}/{year}"
-    total = f"{int(rng.integers(1, 1000))}.{int(rng.integers(100)):02d}"
-    name = NAMES[int(rng.integers(len(NAMES)))]
-    city = CITIES[int(rng.integers(len(CITIES)))]
-    fields = (
-        DocField("No.", number, f"What is the {title.lower()} number?", (number,)),
-        DocField("Date:", date, "What is the date on the document?", (date,)),
-        DocField("Total:", f"${total}", "What is the total amount?", (f"${total}", total)),
-        DocField("Name:", name, "What is the name on the document?", (name, name.title()))
-        if rng.random() < 0.5
-        else DocField("City:", city, "Which city is written on the document?", (city, city.title())),
-    )
-    return Document(title, fields)
+    kind = title.lower()
+    number = NUMBERS[int(rng.integers(len(NUMBERS)))]
+    fields = [
+        DocField("", title, "What kind of document is this?", (title, title.title())),
+        DocField("NO", number, f"What is the {kind} number?", (number,)),
+    ]
+    if rng.random() < 0.5:
+        city = CITIES[int(rng.integers(len(CITIES)))]
+        fields.append(DocField("TO", city, f"Which city is the {kind} sent to?", (city, city.title())))
+    else:
+        name = NAMES[int(rng.integers(len(NAMES)))]
+        fields.append(DocField("BY", name, f"Who wrote the {kind}?", (name, name.title())))
+    x0 = 8 + int(rng.integers(0, 25))
+    jitter = tuple(int(v) for v in rng.integers(0, 13, size=len(fields)))
+    return Document(title, tuple(fields), x0, jitter, int(rng.integers(0, 60)))
 
 
-def render_document(doc: Document, rng: np.random.Generator) -> Image.Image:
-    """Draw ``doc`` as a greyscale-on-white RGB page of ``PAGE_SIZE`` with slight random offsets."""
+def render_document(doc: Document) -> tuple[Image.Image, np.ndarray]:
+    """Draw ``doc`` on a ``PAGE_SIZE`` RGB page; returns the page and ``labels: [H, W]`` uint8 (0 = paper,
+    else the :func:`word_class` of the word whose box covers the pixel)."""
     font = ImageFont.load_default(size=FONT_SIZE)
-    page = Image.new("RGB", PAGE_SIZE, (250, 250, 247))
-    draw = ImageDraw.Draw(page)
-    x0, y = 16 + int(rng.integers(0, 24)), 14 + int(rng.integers(0, 12))
-    draw.text((x0, y), doc.title, fill=(20, 20, 20), font=ImageFont.load_default(size=FONT_SIZE + 6))
-    y += 36
-    draw.line((x0, y - 8, PAGE_SIZE[0] - 16, y - 8), fill=(90, 90, 90), width=1)
-    for field in doc.fields:
-        draw.text((x0, y), field.label, fill=(60, 60, 60), font=font)
-        draw.text((x0 + 70, y), field.value, fill=(10, 10, 10), font=font)
-        y += 26 + int(rng.integers(0, 8))
-    return page
+    page = Image.new("RGB", PAGE_SIZE, PAPER)
+    labels = Image.new("L", PAGE_SIZE, 0)
+    draw, label_draw = ImageDraw.Draw(page), ImageDraw.Draw(labels)
+    ink = (doc.ink, doc.ink, doc.ink)
+    gap = int(font.getlength(" "))
+    for field, top, dy in zip(doc.fields, ROW_TOPS, doc.y_jitter, strict=True):
+        x, y = doc.x0, top + dy
+        for word in (field.label, field.value):
+            if not word:
+                continue
+            draw.text((x, y), word, fill=ink, font=font)
+            label_draw.rectangle(_box(font, word, x, y), fill=word_class(word))
+            x += int(font.getlength(word)) + gap
+    return page, np.asarray(labels)
+
+
+def _box(font: ImageFont.FreeTypeFont, word: str, x: int, y: int) -> tuple[int, int, int, int]:
+    """Inked bounding box of ``word`` drawn at ``(x, y)`` (inclusive corners, page pixels)."""
+    left, top, right, bottom = font.getbbox(word)
+    return x + left, y + top, x + right - 1, y + bottom - 1

@@ -21,7 +21,8 @@ from PIL import Image
 
 from sparsezip.adapters.vision_tower import FeatureLayerTap
 from sparsezip.data.registry import load_dataset
-from sparsezip.embedded.tokens import PromptTokens, pixel_values
+from sparsezip.embedded.tokens import PromptTokens
+from sparsezip.imageprep import prepare_images
 from sparsezip.metrics import parse_pope_answer, pope_metrics
 
 if TYPE_CHECKING:
@@ -63,7 +64,8 @@ def answer_yes(
     """``[B]`` bool: whether the greedy first answer token reads as "yes" under POPE's rule."""
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images but {len(questions)} questions")
-    pixels = pixel_values(processor, np.stack([np.asarray(im.convert("RGB")) for im in images]))
+    prepared = prepare_images(images, processor.image_processor, pad=True)  # as the adapter (LLaVA-1.5 protocol)
+    pixels = processor.image_processor(prepared, return_tensors="pt")["pixel_values"]
     features = FeatureLayerTap(model.model.vision_tower, model.config.vision_feature_layer)(pixels)
     hidden, attn = features.hidden, features.cls_attn.mean(1)[:, 1:]
     keep = keep_indices(selection, k or attn.shape[1], attn, generator)

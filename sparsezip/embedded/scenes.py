@@ -1,5 +1,7 @@
 """The synthetic shapes world: scenes of coloured shapes on cluttered noisy backgrounds, and yes/no questions
-about them (existence with POPE's three negative-sampling settings, colour, count, position).
+about them (existence with POPE's three negative-sampling settings, colour of a shape or of one quadrant,
+count, position of one object or of two relative to each other). The quadrant and relative-position
+questions refer to one region of the image, so keeping the tokens the question points at matters.
 
 Everything is a pure function of an explicit ``numpy.random.Generator`` (or of a seed stored in the scene):
 the same seed gives the same scenes, pixels and questions, and no global RNG state is read or written.
@@ -279,9 +281,19 @@ def count_pair(scene: Scene, rng: np.random.Generator) -> tuple[QA, QA]:
 
 
 def position_pair(scene: Scene, rng: np.random.Generator, margin: float = 0.1) -> tuple[QA, QA] | None:
-    """MME position: ``Is the red circle on the left side of the image?`` for an object whose centre is at
-    least ``margin`` of the width away from the middle (yes for its side, no for the other). ``None`` if no
-    object is clearly on one side."""
+    """MME position, as the real subtask asks it, about one object or two: half the time absolute (``Is the
+    red circle on the left side of the image?``, an object at least ``margin`` of the width from the middle),
+    else relative (``Is the red circle on the left of the blue square?``, centres at least ``2 * margin`` of
+    the width apart); yes for the true side, no for the other. Falls back to the other form when the drawn one
+    cannot be asked; ``None`` if neither can."""
+    makers = (absolute_position_pair, relative_position_pair)
+    first = int(rng.random() < 0.5)
+    return makers[first](scene, rng, margin) or makers[1 - first](scene, rng, margin)
+
+
+def absolute_position_pair(scene: Scene, rng: np.random.Generator, margin: float = 0.1) -> tuple[QA, QA] | None:
+    """``Is the red circle on the left side of the image?`` (yes) and the other side (no), for an object whose
+    centre is at least ``margin`` of the width away from the middle; ``None`` if there is none."""
     sided = [o for o in scene.objects if abs(o.cx / scene.size - 0.5) >= margin]
     if not sided:
         return None
@@ -289,6 +301,57 @@ def position_pair(scene: Scene, rng: np.random.Generator, margin: float = 0.1) -
     side, other = ("left", "right") if obj.cx < scene.size / 2 else ("right", "left")
     template = "Is the {} on the {} side of the image?"
     return QA(template.format(obj.name, side), True), QA(template.format(obj.name, other), False)
+
+
+def relative_position_pair(scene: Scene, rng: np.random.Generator, margin: float = 0.1) -> tuple[QA, QA] | None:
+    """``Is the red circle on the left of the blue square?`` (yes: it is) and the swapped question (no), for two
+    objects whose centres are at least ``2 * margin`` of the width apart; ``None`` if no pair is."""
+    pairs = [(a, b) for a in scene.objects for b in scene.objects if b.cx - a.cx >= 2 * margin * scene.size]
+    if not pairs:
+        return None
+    left, right = pairs[int(rng.integers(len(pairs)))]
+    template = "Is the {} on the left of the {}?"
+    return QA(template.format(left.name, right.name), True), QA(template.format(right.name, left.name), False)
+
+
+REGIONS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right")
+
+
+def region_of(obj: SceneObject, size: int, margin: float = 0.1) -> int | None:
+    """Index into ``REGIONS`` of the quadrant holding ``obj``'s centre, if it is at least ``margin`` of the
+    side away from both midlines; else ``None``."""
+    x, y = obj.cx / size - 0.5, obj.cy / size - 0.5
+    if abs(x) < margin or abs(y) < margin:
+        return None
+    return 2 * int(y > 0) + int(x > 0)
+
+
+def region_colour_pair(scene: Scene, rng: np.random.Generator, margin: float = 0.1) -> tuple[QA, QA] | None:
+    """MME colour about one region: ``Is the shape in the top left of the image red?`` for the only object in
+    that quadrant (clearly inside it, no other object's centre in it); the "no" colour is another object's
+    in the scene when possible, so seeing the scene's colours is not enough: the region must be seen.
+    ``None`` if no quadrant holds exactly one object clearly."""
+    regions = [region_of(o, scene.size, margin) for o in scene.objects]
+    quadrant = [int(2 * (o.cy > scene.size / 2) + (o.cx > scene.size / 2)) for o in scene.objects]
+    alone = [o for o, r, q in zip(scene.objects, regions, quadrant, strict=True)
+             if r is not None and quadrant.count(q) == 1]
+    if not alone:
+        return None
+    obj = alone[int(rng.integers(len(alone)))]
+    region = REGIONS[region_of(obj, scene.size, margin)]
+    others = sorted({o.colour for o in scene.objects} - {obj.colour})
+    wrong = others or [c for c in COLOURS if c != obj.colour]
+    no_colour = wrong[int(rng.integers(len(wrong)))]
+    template = "Is the shape in the {} of the image {}?"
+    return QA(template.format(region, obj.colour), True), QA(template.format(region, no_colour), False)
+
+
+def colour_question_pair(scene: Scene, rng: np.random.Generator) -> tuple[QA, QA] | None:
+    """MME colour: half the time about a shape (:func:`colour_pair`), else about a region
+    (:func:`region_colour_pair`); falls back to the other form when the drawn one cannot be asked."""
+    makers = (colour_pair, region_colour_pair)
+    first = int(rng.random() < 0.5)
+    return makers[first](scene, rng) or makers[1 - first](scene, rng)
 
 
 def existence_pair(scene: Scene, rng: np.random.Generator) -> tuple[QA, QA]:

@@ -43,15 +43,16 @@ class PromptTokens:
         prefix = ids[: last + 1]
         return cls(prefix, (prefix == image_id).nonzero().flatten(), tok)
 
-    def suffix(self, dataset: str, question: str, answer: bool | None) -> tuple[list[int], int]:
-        """Token ids after the image for ``question`` (plus answer and ``</s>`` if ``answer`` is given),
-        and how many of them are the prompt."""
+    def suffix(self, dataset: str, question: str, answer: bool | str | None) -> tuple[list[int], int]:
+        """Token ids after the image for ``question`` (plus answer and ``</s>`` if ``answer`` is given: a
+        yes/no bool, or the answer text as generated, e.g. ``" 4821"``), and how many of them are the prompt."""
         full = self.tokenizer(build_prompt(dataset, question), add_special_tokens=True).input_ids
         image_id = self.tokenizer.convert_tokens_to_ids("<image>")
         prompt = full[full.index(image_id) + 1:]
         if answer is None:
             return prompt, len(prompt)
-        answer_ids = self.tokenizer(ANSWER_TEXT[answer], add_special_tokens=False).input_ids
+        text = ANSWER_TEXT[answer] if isinstance(answer, bool) else answer
+        answer_ids = self.tokenizer(text, add_special_tokens=False).input_ids
         return prompt + answer_ids + [self.tokenizer.eos_token_id], len(prompt)
 
 

@@ -82,7 +82,7 @@ def _mean(values: Sequence[float]) -> float | None:
 
 def environment(model: VisionLanguageModel) -> dict:
     """Versions and hardware: python, torch, transformers (read from package metadata, not imported),
-    device and its name."""
+    device and its name, and the image processor's backend."""
     device = torch.device(model.device)
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
@@ -95,6 +95,7 @@ def environment(model: VisionLanguageModel) -> dict:
         "platform": platform.platform(),
         "device": str(device),
         "device_name": device_name,
+        "image_processor_backend": image_processor_backend(model),
     }
 
 
@@ -106,6 +107,13 @@ def library_versions() -> dict:
     except importlib.metadata.PackageNotFoundError:
         transformers_version = None
     return {"torch": torch.__version__, "transformers": transformers_version}
+
+
+def image_processor_backend(model: VisionLanguageModel) -> str | None:
+    """The backend of the model's image processor (``"pil"`` or ``"torchvision"``), if it has one."""
+    processor = getattr(getattr(model, "processor", None), "image_processor", None)
+    backend = getattr(processor, "backend", None)
+    return backend if isinstance(backend, str) else None
 
 
 def _installed(package: str) -> bool:

@@ -1,0 +1,183 @@
+"""Stage 2 of the embedded recipe: train projector + language model (tower frozen) on questions about the
+training images, in exactly the evaluation prompt, answer then ``</s>``.
+
+Yes/no questions about scenes (existence with hard negatives, colour of a shape or a region, count, absolute
+and relative position) and field questions about documents (the answer is the field's word). The long
+shared prefix (system prompt + image tokens) runs once per image; its KV cache is repeated for that image's
+questions (gradients flow through it), which makes a step several times cheaper than running every
+question's full sequence. Two things made this stage work at all (without them the LM sat at chance for
+hundreds of steps): a fan-in initialisation with a feature-standardising projector
+(:func:`init_language_side`), and dense auxiliary targets at the answer position
+(:func:`sparsezip.embedded.training_data.aux_targets`: what is asked, what is there, where).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sparsezip.embedded.datasets import TRAIN_STREAM
+from sparsezip.embedded.family import LLAVA, TinyFamily
+from sparsezip.embedded.recipe import TrainRecipe, epoch_order, log_window, optimizer, schedule
+from sparsezip.embedded.tokens import PromptTokens
+from sparsezip.embedded.training_data import AUX_CLASSES, PRESENCE_CLASSES, TrainingImages, training_questions
+
+
+@dataclass
+class QuestionBatch:
+    """Suffix token ids ``[M, S]`` (right-padded), their mask ``[M, S]``, and the loss targets: positions
+    ``[M, A]`` in the suffix whose next token is scored, target ids ``[M, A]`` (-100 = ignore)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    positions: torch.Tensor
+    targets: torch.Tensor
+
+
+def question_batch(prompts: PromptTokens, items: Sequence[tuple[str, bool | str]], pad_id: int) -> QuestionBatch:
+    """Tokenize ``(question, answer)`` items (answer: yes/no bool or answer text) into a
+    :class:`QuestionBatch` (loss on the answer and ``</s>``)."""
+    rows = [prompts.suffix("pope", q, a) for q, a in items]
+    width = max(len(ids) for ids, _ in rows)
+    n_answer = max(len(ids) - p for ids, p in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    positions = torch.zeros((len(rows), n_answer), dtype=torch.long)
+    targets = torch.full((len(rows), n_answer), -100, dtype=torch.long)
+    for r, (row, p) in enumerate(rows):
+        ids[r, : len(row)] = torch.tensor(row)
+        mask[r, : len(row)] = 1
+        k = len(row) - p
+        positions[r, :k] = torch.arange(p - 1, len(row) - 1)
+        targets[r, :k] = torch.tensor(row[p:])
+    return QuestionBatch(ids, mask, positions, targets)
+
+
+def shared_prefix_hidden(
+    model: nn.Module,
+    prompts: PromptTokens,
+    features: torch.Tensor,
+    batch: QuestionBatch,
+    questions_per_image: int,
+    family: TinyFamily = LLAVA,
+) -> torch.Tensor:
+    """Final hidden states at the scored positions of ``questions_per_image`` questions per image, running
+    each image's prefix (system prompt + image tokens) once.
+
+    ``features: [B, P, C]`` feature-layer patch outputs; ``batch`` holds ``B * questions_per_image``
+    suffixes (image-major). Returns ``[B * Q, A, D]`` at ``batch.positions`` (the family's ``lm_head`` turns
+    them into logits). Mathematically the same as running every full prompt, since the prefix is causal and
+    question-independent: its KV cache is repeated per question and gradients flow through it (tested).
+    """
+    from transformers import DynamicCache
+
+    lm = family.language_model(model)
+    b = features.shape[0]
+    prefix = lm.get_input_embeddings()(prompts.prefix).unsqueeze(0).repeat(b, 1, 1)
+    prefix[:, prompts.image_positions] = family.projector(model)(features)
+    cache = DynamicCache(config=lm.config)
+    lm(inputs_embeds=prefix, cache=cache, use_cache=True)
+    cache.batch_repeat_interleave(questions_per_image)
+    p = prompts.prefix.shape[0]
+    mask = torch.cat([torch.ones(batch.ids.shape[0], p, dtype=torch.long), batch.mask], dim=1)
+    positions = (torch.arange(batch.ids.shape[1]) + p).unsqueeze(0).expand_as(batch.ids)
+    hidden = lm(input_ids=batch.ids, attention_mask=mask, position_ids=positions, cache=cache,
+                use_cache=True).last_hidden_state
+    return hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
+@torch.no_grad()
+def init_language_side(model: nn.Module, features: torch.Tensor, seed: int, family: TinyFamily = LLAVA) -> None:
+    """Re-initialise projector and language model for training from scratch at this small width.
+
+    HF's default (normal, std 0.02) is made for wide models: at width 128 it leaves attention logits ~20x
+    smaller than a fan-in init, and the LM sat at chance for hundreds of steps. Here every linear layer
+    gets std ``fan_in ** -0.5``, token embeddings std 1, and the projector's first layer standardises
+    its input (per-channel mean/std of ``features: [n, P, C]``; feature-layer outputs carry a large shared
+    component) so that image and text tokens enter the LM at comparable scales.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    lm, projector = family.language_model(model), family.projector(model)
+    for module in [*lm.modules(), family.lm_head(model), *projector.modules()]:
+        if isinstance(module, nn.Linear):
+            module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * module.in_features**-0.5)
+            if module.bias is not None:
+                module.bias.zero_()
+    embed = lm.get_input_embeddings()
+    embed.weight.copy_(torch.randn(embed.weight.shape, generator=gen))
+    flat = features.reshape(-1, features.shape[-1])
+    mean, std = flat.mean(0), flat.std(0) + 1e-5
+    first = projector.linear_1
+    first.weight.div_(std)
+    first.bias.copy_(-first.weight @ mean)
+
+
+def train_language(
+    model: nn.Module,
+    processor: object,
+    data: TrainingImages,
+    features: torch.Tensor,
+    recipe: TrainRecipe,
+    log: Callable[[str], None] = print,
+    family: TinyFamily = LLAVA,
+) -> dict[str, float]:
+    """Train projector and language model (tower frozen) on questions about ``data``'s images, whose
+    feature-layer patch outputs are ``features: [n, P, C]``.
+
+    Auxiliary targets (weight ``recipe.aux_weight``; a linear head, discarded afterwards) on the hidden
+    state that predicts the answer's first token: what is present (objects and words), what the question
+    asks about and where the named object or region is. Answers alone are a one-bit signal per yes/no
+    question; with them only the LM sat at chance for hundreds of steps, unable to find the asked words among
+    ~180 image and prompt tokens. These dense targets teach it to gather the question and the image there.
+    """
+    prompts = family.prompt_tokens(processor)
+    pad_id = processor.tokenizer.pad_token_id
+    gen = torch.Generator().manual_seed(recipe.seed * 1000 + 3)
+    rng = np.random.default_rng(np.random.SeedSequence(recipe.seed, spawn_key=(TRAIN_STREAM, 9)))
+    width = recipe.spec.text_hidden
+    init_language_side(model, features[: min(len(features), 2000)], recipe.seed * 1000 + 4, family)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed * 1000 + 5)
+        aux_head = nn.Linear(width, PRESENCE_CLASSES + sum(AUX_CLASSES))
+    family.tower(model).requires_grad_(False)
+    lm, projector, head = family.language_model(model), family.projector(model), family.lm_head(model)
+    params = [*projector.parameters(), *lm.parameters(), *head.parameters(), *aux_head.parameters()]
+    opt = optimizer(params, recipe.lm_lr, recipe.weight_decay)
+    model.train()
+    q, bsz = recipe.questions_per_image, recipe.lm_batch_images
+    order = epoch_order(len(data), recipe.lm_steps * bsz, gen)
+    window: dict[str, list[float]] = {"loss": [], "aux_loss": [], "answer_acc": []}
+    means: dict[str, float] = {}
+    start = time.perf_counter()
+    for step in range(recipe.lm_steps):
+        for group in opt.param_groups:
+            group["lr"] = recipe.lm_lr * schedule(step, recipe.lm_steps, recipe.warmup)
+        idx = order[step * bsz:(step + 1) * bsz]
+        items = [tq for i in idx for tq in training_questions(data.items[i], rng, q)]
+        batch = question_batch(prompts, [(tq.question, tq.answer) for tq in items], pad_id)
+        hidden = shared_prefix_hidden(model, prompts, features[idx], batch, q, family)
+        logits = head(hidden)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
+        aux = aux_head(hidden[:, 0])
+        presence = torch.from_numpy(data.presence[idx]).repeat_interleave(q, dim=0)
+        classes = torch.tensor([tq.aux for tq in items])
+        aux_loss = F.binary_cross_entropy_with_logits(aux[:, :PRESENCE_CLASSES], presence) + sum(
+            F.cross_entropy(logits_j, classes[:, j])
+            for j, logits_j in enumerate(aux[:, PRESENCE_CLASSES:].split(AUX_CLASSES, dim=-1)))
+        opt.zero_grad(set_to_none=True)
+        (loss + recipe.aux_weight * aux_loss).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        window["loss"].append(loss.item())
+        window["aux_loss"].append(aux_loss.item())
+        window["answer_acc"].append((logits[:, 0].argmax(-1) == batch.targets[:, 0]).float().mean().item())
+        means = log_window(log, "lm", step, recipe.lm_steps, start, window) or means
+    model.eval()
+    family.tower(model).requires_grad_(True)
+    return means
