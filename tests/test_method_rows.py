@@ -91,7 +91,10 @@ def test_a_registered_method_is_listed_checked_and_in_the_matrix(
 def test_the_built_in_rows_keep_their_report_order() -> None:
     assert [r.name for r in matrix_rows()] == [
         "none", "sparsezip", "sparsezip-nohybrid", "sparsezip-notext", "sparsezip-dynk", "sparsezip-nomerge",
-        "visionzip", "sparsevlm", "random", "pool"]
+        "visionzip", "sparsevlm", "sparsevlm-paper", "fastv", "fastv-paper", "pdrop", "pdrop-paper", "dart",
+        "dart-paper", "random", "pool"]
+    paper = next(r for r in matrix_rows() if r.name == "fastv-paper")  # in-LLM methods' paper N-token settings
+    assert dict(paper.config) == {"budget_mode": "nominal"} and paper.llava_budgets == (64, 128, 192)
     dynk = next(r for r in matrix_rows() if r.name == "sparsezip-dynk")
     assert dynk.calibrate_dynamic_k and dict(dynk.config) == {"dynamic_k": True} and dynk.llava_budgets == (64,)
 

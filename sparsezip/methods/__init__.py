@@ -1,7 +1,10 @@
 """Method registry. Importing this package registers every built-in method (and does nothing else)."""
 
 from sparsezip.methods import (
+    dart,  # noqa: F401
+    fastv,  # noqa: F401
     none,  # noqa: F401  (registration side effect, one line per method)
+    pdrop,  # noqa: F401
     pool,  # noqa: F401
     random_select,  # noqa: F401
     sparsevlm,  # noqa: F401
