@@ -90,3 +90,23 @@ def test_bad_configurations_are_refused() -> None:
         get_method("fastv", budget=145).budget_plan(144, 4)
     with pytest.raises(ValueError, match="positive integer"):
         get_method("fastv", budget=0)
+
+
+def test_eval_command_takes_a_budget_mode_for_in_llm_methods(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from sparsezip.cli import main
+
+    root = Path(__file__).resolve().parents[1] / "fixtures"
+    args = ["eval", "--dataset", "pope-adversarial", "--data", str(root / "data"), "--model-path",
+            str(root / "tiny-llava"), "--limit", "4", "--batch-size", "4", "--no-progress", "--device", "cpu"]
+    assert main([*args, "--method", "visionzip", "--budget", "16", "--budget-mode", "nominal",
+                 "--out", str(tmp_path / "vz")]) == 2
+    assert "--budget-mode is for in-LLM methods" in capsys.readouterr().err
+    assert main([*args, "--method", "fastv", "--budget", "16", "--budget-mode", "nominal",
+                 "--out", str(tmp_path / "fastv")]) == 0
+    run = json.loads((tmp_path / "fastv" / "run.json").read_text())
+    assert run["method"] == "fastv" and run["method_config"]["budget_mode"] == "nominal"
+    record = json.loads((tmp_path / "fastv" / "predictions.jsonl").read_text().splitlines()[0])
+    assert record["visual_tokens"] == 80 and record["extra"]["nominal_visual_tokens"] == 16
+    assert record["visual_tokens_per_layer"] == [144, 144, 16, 16]
