@@ -63,6 +63,13 @@ def _model_identity(model_path: str | None) -> tuple[Path, str, int]:
         raise pytest.UsageError(f"benchmark model{hint}: {err}") from None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    from sparsezip.bench.published import PublishedSession
+
+    # Published POPE means are checked once the session's cases ran; the plugin sums up (xdist: on the controller).
+    config.pluginmanager.register(PublishedSession(), "sparsezip-published")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``case`` with the matrix for the chosen model, narrowed by ``--methods`` / ``--budgets``."""
     if "case" not in metafunc.fixturenames:
@@ -79,7 +86,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f"benchmark matrix: {err}") from None
     # Parametrized by id (indirect), so a saved benchmark JSON's `params` holds the readable id, not an object.
     metafunc.config.stash.setdefault(_CASES, {}).update((case.id, case) for case in cases)
-    metafunc.parametrize("case", [case.id for case in cases], ids=[case.id for case in cases], indirect=True)
+    path, _, _ = _model_identity(config.getoption("--model-path"))
+    params = [pytest.param(case.id, marks=_skip_unsupported(case, path)) for case in cases]
+    metafunc.parametrize("case", params, ids=[case.id for case in cases], indirect=True)
+
+
+def _skip_unsupported(case: Case, model_path: Path) -> list:
+    """A skip mark (with the reason) for a row the model's family adapter cannot run, else none."""
+    from sparsezip.adapters.registry import checkpoint_adapter
+    from sparsezip.methods import method_class
+
+    adapter = checkpoint_adapter(model_path)
+    stage = method_class(case.row.method).stage
+    if stage not in adapter.stages:
+        return [pytest.mark.skip(reason=f"{adapter.family}: no {stage}-stage methods yet (vision-side only)")]
+    if case.row.calibrate_dynamic_k and not adapter.calibrates_dynamic_k:
+        return [pytest.mark.skip(reason=f"{adapter.family}: dynamic-K calibration is per image, budgets per crop")]
+    return []
 
 
 @pytest.fixture
@@ -126,6 +149,22 @@ def bench(request: pytest.FixtureRequest, device: torch.device):
     torch.set_num_threads(threads)
     yield settings
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def bench_published(bench: BenchSettings):
+    """Whether the session's checkpoint is one whose published results are on file (``fixtures/expected/
+    published/``), matched by its weights' content identity (hashed once, cached): a
+    :class:`~sparsezip.eval.published.Recognition`; a real checkpoint that is not recognised warns once."""
+    import warnings
+
+    from sparsezip.adapters.registry import list_embedded_models
+    from sparsezip.eval.published import recognise
+
+    recognition = recognise(bench.model_path, bench.model, embedded=bench.model in list_embedded_models())
+    if recognition.status == "not_recognised":
+        warnings.warn(recognition.message, stacklevel=1)
+    return recognition
 
 
 @pytest.fixture(scope="session")

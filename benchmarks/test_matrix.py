@@ -8,7 +8,10 @@ Each case
    (``--benchmark-json/-save/-autosave/-compare``) and never under xdist;
 3. records metrics, visual tokens, stage times, memory and the method config in ``benchmark.extra_info``;
 4. checks the headline metric against ``fixtures/expected/<model>.json`` (see
-   ``sparsezip/bench/expectations.py`` for the tolerance), or records it under ``--update-expected``.
+   ``sparsezip/bench/expectations.py`` for the tolerance), or records it under ``--update-expected``;
+5. for a checkpoint recognised by its weights, compares with the papers' numbers in
+   ``fixtures/expected/published/`` (``sparsezip/bench/published.py``): "reproduces (source)" or "does not
+   reproduce: got X, published Y (source)" in ``extra_info["published"]``; POPE means at the session's end.
 
 Run: ``pytest benchmarks -k pope``; ``--gpu``, ``--model-path``, ``--data-root``, ``--limit``, ``--methods``,
 ``--budgets`` point and narrow it.
@@ -24,7 +27,9 @@ import pytest
 from sparsezip.bench.cases import batch_size_for, build_method, case_dir, extra_info, unreachable_reason
 from sparsezip.bench.expectations import ExpectationStore, check, expectation_key, headline, make_entry
 from sparsezip.bench.matrix import Case
+from sparsezip.bench.published import PUBLISHED_PROPERTY, decide
 from sparsezip.data.prompts import build_prompt, dataset_question
+from sparsezip.eval.reproduction import case_payload
 from sparsezip.eval.runner import PREDICTIONS_FILE, evaluate
 
 
@@ -40,7 +45,7 @@ def _k_values(records: list[dict]) -> list[int]:
 
 
 @pytest.mark.benchmark_matrix
-def test_case(case: Case, bench, bench_model, bench_samples, benchmark) -> None:
+def test_case(case: Case, bench, bench_model, bench_samples, benchmark, bench_published, record_property) -> None:
     samples = bench_samples(case.dataset)
     method, calibration = build_method(case, bench_model, samples)
     reason = unreachable_reason(method, bench_model)
@@ -77,16 +82,25 @@ def test_case(case: Case, bench, bench_model, bench_samples, benchmark) -> None:
     dataset_sha = benchmark.extra_info["dataset_sha256"]
     key = expectation_key(case.id, bench.limit)
     store = ExpectationStore(bench.expected_file)
+    published = None
+    if bench_published.status != "embedded":
+        published = case_payload(bench_published, case=case.id, dataset=case.dataset, row=case.row.name,
+                                 budget=case.budget, metrics=summary["metrics"], n=summary["n"],
+                                 dataset_sha256=dataset_sha, limit=bench.limit)
+        benchmark.extra_info["published"] = published
+        record_property(PUBLISHED_PROPERTY, published)  # to the session's POPE means (xdist: via the controller)
+    verdict = None
     if bench.update_expected:
         store.update(key, make_entry(measured, n=summary["n"], dataset_sha256=dataset_sha,
                                      device_type=bench.device.type, metrics=summary["metrics"]))
-        return
-    verdict = check(store.get(key), measured, n=summary["n"], dataset_sha256=dataset_sha,
-                    device_type=bench.device.type, key=key)
-    benchmark.extra_info["expectation"] = {"status": verdict.status, "message": verdict.message}
-    if verdict.status == "regressed":
-        pytest.fail(verdict.message)
-    if verdict.status == "improved":
-        warnings.warn(verdict.message, stacklevel=1)
-    if verdict.status == "unchecked":
-        pytest.xfail(verdict.message)
+    else:
+        verdict = check(store.get(key), measured, n=summary["n"], dataset_sha256=dataset_sha,
+                        device_type=bench.device.type, key=key)
+        benchmark.extra_info["expectation"] = {"status": verdict.status, "message": verdict.message}
+    outcome = decide(verdict, published)
+    for message in outcome.warnings:
+        warnings.warn(message, stacklevel=1)
+    if outcome.action == "fail":
+        pytest.fail(outcome.message)
+    if outcome.action == "xfail":
+        pytest.xfail(outcome.message)

@@ -13,6 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+# What ``VisionContext.cls_attn`` holds: CLIP's CLS query row ("cls"), or, for a tower without CLS, the mean
+# attention each token receives from every query of one full-attention layer ("mean_received": the substitute
+# the Qwen2.5-VL ports of VisionZip / VisPruner use). Methods declare which ones they accept
+# (``CompressionMethod.attention_sources``).
+ATTENTION_SOURCES: tuple[str, ...] = ("cls", "mean_received")
+
 
 @dataclass(frozen=True)
 class VisionContext:
@@ -37,6 +43,11 @@ class VisionContext:
         image_index: ``[B]`` int64, the image each row belongs to, for models that feed several crops of one
             image (LLaVA-NeXT's base view + tiles): non-decreasing, starting at 0, no gaps (an image's crops
             are adjacent rows). ``None`` = one image per row (``arange(B)``).
+        grid: ``(rows, cols)`` of the patch raster shared by every row (``rows * cols == N - prefix``), for
+            towers whose grid is not square (Qwen2.5-VL's dynamic resolution: 2 x 2-merged tokens of any
+            aspect). ``None`` = a square grid (``grid_size``).
+        attention_source: what ``cls_attn`` holds (one of :data:`ATTENTION_SOURCES`): ``"cls"`` (CLIP's CLS row)
+            or ``"mean_received"`` (a tower without CLS: the mean attention each token receives).
     """
 
     hidden: torch.Tensor
@@ -46,6 +57,8 @@ class VisionContext:
     sample_seeds: torch.Tensor | None = None
     prefix: int = 1
     image_index: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+    attention_source: str = "cls"
 
     def __post_init__(self) -> None:
         if self.hidden.ndim != 3:
@@ -79,6 +92,16 @@ class VisionContext:
             )
         if self.image_index is not None:
             _check_image_index(self.image_index, b)
+        if self.grid is not None:
+            rows, cols = self.grid
+            if rows < 1 or cols < 1 or rows * cols != n - self.prefix:
+                raise ValueError(
+                    f"VisionContext.grid={self.grid} must hold the N - prefix = {n - self.prefix} patches"
+                )
+        if self.attention_source not in ATTENTION_SOURCES:
+            raise ValueError(
+                f"VisionContext.attention_source must be one of {ATTENTION_SOURCES}, got {self.attention_source!r}"
+            )
 
     @property
     def batch_size(self) -> int:
@@ -109,10 +132,20 @@ class VisionContext:
     @property
     def grid_size(self) -> int:
         """Side of the square patch grid (24 for LLaVA-1.5). Raises if the patches are not a square."""
+        if self.grid is not None and self.grid[0] != self.grid[1]:
+            raise ValueError(f"the patch grid {self.grid} is not square; use grid_shape")
         side = math.isqrt(self.num_patches)
         if side * side != self.num_patches:
             raise ValueError(f"{self.num_patches} patches do not form a square grid")
         return side
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the patch raster: ``grid`` when given, else the square ``grid_size``."""
+        if self.grid is not None:
+            return (int(self.grid[0]), int(self.grid[1]))
+        side = self.grid_size
+        return (side, side)
 
 
 # The float tensors of a VisionContext a method reads; `sample_seeds` / `image_index` are integers.

@@ -5,10 +5,12 @@ saying which tokens take part (with dynamic K each image has a different number 
 Python loops run over a small, fixed number of steps (k-means++ centres, Lloyd iterations, agglomerative
 merges), never over images, clusters or tokens.
 
-Two contextual merges live here:
+Three contextual merges live here:
 
 * :func:`kmeans_assign` + :func:`weighted_merge`: SparseZip's (``specs/methods.md`` section 1, step 5);
-* :func:`visionzip_merge`: VisionZip's (section 2, step 3), including its ``target + mean(members)`` quirk.
+* :func:`visionzip_merge`: VisionZip's (section 2, step 3), including its ``target + mean(members)`` quirk;
+* :func:`neighbourhood_merge`: PruMerge's (each kept token plus the attention-weighted sum of its key
+  neighbours). ToMe's bipartite matching has its own module, :mod:`sparsezip.matching`;
 
 and SparseVLM's clustering of the tokens it recycles, :func:`density_peak_clusters` (section 3, step 3), whose
 groups :func:`weighted_merge` then averages.
@@ -21,7 +23,7 @@ import math
 import torch
 
 from sparsezip.scoring import l2_normalize
-from sparsezip.selection import mask_to_indices, rank_order, topk_mask
+from sparsezip.selection import mask_to_indices, rank_order, top_n_mask, topk_mask
 
 
 def _check_points(points: torch.Tensor, valid: torch.Tensor) -> None:
@@ -318,6 +320,36 @@ def visionzip_merge(
     tokens = torch.where(slot_valid[:, :, None], target_x + mean_members, 0.0)
     labels = torch.where(is_target, own_slot, members)
     return tokens, slot_valid, labels
+
+
+def neighbourhood_merge(
+    x: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor, selected: torch.Tensor, num_neighbours: int
+) -> torch.Tensor:
+    """PruMerge's merge: every selected token absorbs its most key-similar tokens, weighted, as in the authors'
+    code: ``out[s] = x[i_s] + sum_{j in nbr(i_s)} w_j x[j]`` -- an *unnormalised* weighted sum added to the
+    token, with ``nbr(i)`` the ``min(num_neighbours, M - 1)`` tokens ``j != i`` of highest cosine similarity
+    of L2-normalised keys (ties: lower index), selected or not.
+
+    x: ``[B, M, C]``; keys: ``[B, M, D]``; weights: ``[B, M]`` (PruMerge: CLS attention); selected: ``[B, S]``
+    int64 token indices, ``-1`` = padding -> ``[B, S, C]`` float32, zeros at padding.
+    """
+    if x.ndim != 3 or keys.ndim != 3 or tuple(keys.shape[:2]) != tuple(x.shape[:2]):
+        raise ValueError(f"need x [B, M, C] and keys [B, M, D], got {tuple(x.shape)} and {tuple(keys.shape)}")
+    if tuple(weights.shape) != tuple(x.shape[:2]) or selected.ndim != 2 or selected.shape[0] != x.shape[0]:
+        raise ValueError(f"need weights [B, M] and selected [B, S], got {tuple(weights.shape)}, {tuple(selected.shape)}")
+    if num_neighbours < 0:
+        raise ValueError(f"num_neighbours must be >= 0, got {num_neighbours}")
+    m, c = x.shape[1], x.shape[2]
+    valid = selected >= 0
+    safe = selected.clamp_min(0)
+    unit = l2_normalize(keys)
+    sim = torch.bmm(unit.gather(1, safe[:, :, None].expand(-1, -1, unit.shape[2])), unit.transpose(1, 2))
+    sim = sim.masked_fill(safe[:, :, None] == torch.arange(m, device=x.device), float("-inf"))  # not itself
+    neighbours = top_n_mask(sim, min(num_neighbours, m - 1))  # [B, S, M]
+    mix = neighbours.float() * weights.float()[:, None, :]
+    xf = x.float()
+    out = xf.gather(1, safe[:, :, None].expand(-1, -1, c)) + torch.bmm(mix, xf)
+    return torch.where(valid[:, :, None], out, 0.0)
 
 
 def density_peak_clusters(points: torch.Tensor, valid: torch.Tensor, num_clusters: torch.Tensor | int) -> torch.Tensor:

@@ -9,6 +9,11 @@ Deliberate, documented differences from the reference scripts: where they would 
 precision with no "yes" predictions, F1 with p = r = 0) these return 0.0, as lmms-eval and sklearn's
 ``zero_division=0`` do, instead of crashing; and ``yes_ratio`` is always the share of *predictions* parsed as
 yes (lmms-eval's ``pope_yes_ratio`` reports the share of yes *labels*, a constant of the label file).
+
+The parsers here are the tools' own, applied to the text they are given. Scoring a run or a predictions file
+first strips each answer (:func:`sparsezip.data.records.answer_text`), as LLaVA's and lmms-eval's pipelines
+strip the model output before these parsers see it. ``fixtures/golden/metrics`` holds the reference tools'
+outputs on edge cases, which ``tests/test_metrics_golden.py`` checks these functions against.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def parse_pope_answer(text: str, parser: str = "official") -> str:
 
     ``official`` (POPE ``evaluate.py`` == LLaVA ``eval_pope.py``): keep the text before the first ``.``,
     drop commas, split on single spaces; any word equal to ``No``, ``no`` or ``not`` means no, anything else
-    (garbage included) means yes. Case- and whitespace-sensitive exactly like the original.
+    (garbage included) means yes. Case- and whitespace-sensitive exactly like the original (``"No\n"`` is a
+    yes: hence scoring strips first, see the module docstring).
     ``lmms-eval``: lowercase + strip; only an exact ``yes``/``no`` counts, everything else is ``other``.
     """
     if parser == "official":

@@ -89,13 +89,15 @@ def decoder_prefill_flops(
     num_heads: int,
     num_kv_heads: int | None = None,
     vocab_size: int = 0,
+    head_dim: int | None = None,
 ) -> int:
     """Analytic FLOPs (multiply-add = 2) of one causal prefill through a Llama-style decoder.
 
-    Per layer with ``S`` tokens and head dim ``d = hidden / num_heads``: projections
-    ``2 S (2 hidden^2 + 2 hidden * kv_heads * d)``, causal attention ``2 S^2 hidden`` (``QK^T`` and ``AV``, each
-    half of the full square), gated MLP ``6 S hidden intermediate``. Plus the LM head on the last token
-    (``2 hidden vocab``). Norms, RoPE and softmax are ignored (a few percent at these sizes).
+    Per layer with ``S`` tokens, head dim ``d`` (``head_dim``, default ``hidden / num_heads``), ``q = num_heads d``
+    and ``kv = kv_heads d`` (GQA: Mistral, Qwen2.5 cache fewer heads than they query): projections
+    ``2 S (2 hidden q + 2 hidden kv)``, causal attention ``2 S^2 q`` (``QK^T`` and ``AV``, each half of the full
+    square), gated MLP ``6 S hidden intermediate``. Plus the LM head on the last token (``2 hidden vocab``).
+    Norms, RoPE, biases and softmax are ignored (a few percent at these sizes).
 
     seq_lens: tokens each layer processes, one int for all layers or a list of ``num_layers`` ints (in-LLM
     pruning shortens the sequence for later layers).
@@ -105,13 +107,14 @@ def decoder_prefill_flops(
         raise ValueError(f"seq_lens has {len(lens)} entries for num_layers={num_layers}")
     if any(s < 0 for s in lens):
         raise ValueError(f"seq_lens must be non-negative, got {lens}")
-    if hidden % num_heads:
+    if head_dim is None and hidden % num_heads:
         raise ValueError(f"hidden {hidden} is not divisible by num_heads {num_heads}")
+    dim = hidden // num_heads if head_dim is None else head_dim
     kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-    kv_dim = kv_heads * (hidden // num_heads)
+    q_dim, kv_dim = num_heads * dim, kv_heads * dim
     total = 0
     for s in lens:
-        total += 2 * s * (2 * hidden * hidden + 2 * hidden * kv_dim)
-        total += 2 * s * s * hidden
+        total += 2 * s * (2 * hidden * q_dim + 2 * hidden * kv_dim)
+        total += 2 * s * s * q_dim
         total += 6 * s * hidden * intermediate
     return total + 2 * hidden * vocab_size

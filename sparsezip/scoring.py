@@ -154,3 +154,27 @@ def hybrid_score(
     if alpha_mutual:
         score = score + alpha_mutual * zscore(mutual_information_proxy(keys, tau_sim))
     return score
+
+
+def cosine_similarity_matrix(x: torch.Tensor) -> torch.Tensor:
+    """Pairwise cosine similarities of each image's tokens (zero vectors give 0, not NaN).
+
+    x: ``[B, M, D]`` -> ``[B, M, M]`` float32, ``S[b, i, j] = cos(x[b, i], x[b, j])``.
+    """
+    _check_ndim("x", x, 3, "[B, M, D]")
+    unit = l2_normalize(x)
+    return torch.bmm(unit, unit.transpose(1, 2))
+
+
+def iqr_outliers(values: torch.Tensor, whisker: float = 1.5) -> torch.Tensor:
+    """Upper outliers by the interquartile-range rule: ``v > Q3 + whisker * (Q3 - Q1)``, per row.
+
+    Quartiles use linear interpolation between order statistics (numpy's default ``np.percentile``), computed
+    in float32. values: ``[B, M]`` -> ``[B, M]`` bool. A constant row has no outliers.
+    """
+    _check_ndim("values", values, 2, "[B, M]")
+    if whisker < 0:
+        raise ValueError(f"whisker must be >= 0, got {whisker}")
+    v = values.float()
+    q1, q3 = torch.quantile(v, torch.tensor([0.25, 0.75], device=v.device), dim=1, keepdim=True)
+    return v > q3 + whisker * (q3 - q1)

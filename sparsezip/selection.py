@@ -47,6 +47,25 @@ def topk_mask(scores: torch.Tensor, k: torch.Tensor | int, valid: torch.Tensor |
     return ranks < k[:, None]
 
 
+def top_n_mask(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Boolean mask of the ``n`` largest entries along the last dim, ties at the cut going to lower indices.
+
+    Same set as the first ``n`` of a stable descending sort (:func:`rank_order`), but via ``torch.topk`` for
+    the cut value plus elementwise passes, which is much cheaper for many short selections at once.
+    scores: ``[..., M]`` (no NaN), n in ``[0, M]`` -> ``[..., M]`` bool with exactly ``n`` True per row.
+    """
+    m = scores.shape[-1]
+    if not 0 <= n <= m:
+        raise ValueError(f"n must lie in [0, M={m}], got n={n}")
+    if n == 0:
+        return torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+    cut = torch.topk(scores, n, dim=-1).values[..., -1:]  # the n-th largest value
+    above = scores > cut
+    at_cut = scores == cut
+    room = n - above.sum(-1, keepdim=True)  # how many of the tied entries still fit
+    return above | (at_cut & (at_cut.cumsum(-1) <= room))
+
+
 def mask_to_indices(mask: torch.Tensor, width: int | None = None) -> torch.Tensor:
     """Ascending indices of the True entries of each row, ``-1`` padded.
 
@@ -90,3 +109,112 @@ def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(index.shape[0], index.shape[1], x.shape[2])
     picked = torch.gather(x, 1, index.clamp_min(0)[:, :, None].expand(-1, -1, x.shape[2]))
     return torch.where(valid[:, :, None], picked, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def max_min_greedy(distance: torch.Tensor, k: int) -> torch.Tensor:
+    """Greedy max-min diverse subset (DivPrune's selection), in pick order.
+
+    The first pick is the token whose nearest token is farthest away: the argmax over columns ``j`` of the
+    second-smallest entry of ``distance[:, :, j]`` (the smallest is its distance to itself). Each further pick
+    maximises the distance to the picked set, ``min_{s picked} distance[s, j]``, over the tokens not picked
+    yet. Ties: lower index. distance: ``[B, M, M]`` (e.g. ``1 - cosine``), k in ``[0, M]`` -> ``[B, k]`` int64,
+    distinct per row. Python loops run over the k picks only.
+    """
+    if distance.ndim != 3 or distance.shape[1] != distance.shape[2]:
+        raise ValueError(f"distance must be [B, M, M], got shape {tuple(distance.shape)}")
+    b, m, _ = distance.shape
+    if not 0 <= k <= m:
+        raise ValueError(f"k must lie in [0, M={m}], got k={k}")
+    d = distance.float()
+    picks = torch.empty(b, k, dtype=torch.long, device=d.device)
+    if k == 0:
+        return picks
+    rows_flat = d.reshape(b * m, m)
+    row_offset = torch.arange(b, device=d.device) * m
+    score = torch.topk(d, 2, dim=1, largest=False).values[:, 1] if m > 1 else d.new_zeros(b, m)
+    nearest = torch.full((b, m), float("inf"), device=d.device)
+    for i in range(k):
+        pick = torch.argmax(score, dim=1)  # first maximum: lower index on ties
+        picks[:, i] = pick
+        nearest = torch.minimum(nearest, rows_flat.index_select(0, row_offset + pick))
+        # A picked token never comes back (its own distance, ~0, would otherwise keep it low but not -inf).
+        score = nearest = nearest.scatter_(1, pick[:, None], float("-inf"))
+    return picks
+
+
+def dpp_greedy_map(kernel: torch.Tensor, k: int, rank_tol: float = 1e-5) -> torch.Tensor:
+    """Greedy MAP inference of a determinantal point process (Chen et al. 2018's fast incremental Cholesky).
+
+    Each step picks the token with the largest conditional gain ``d_j^2`` (initially ``L_jj``), then updates
+    every gain by the new Cholesky row ``e = (L_j - c_j^T C) / sqrt(d_j^2)``. Ties: lower index.
+
+    Gains at or below ``rank_tol`` times the image's largest ``L_jj`` count as 0: they are float32 rounding
+    noise once the kernel's rank is exhausted (more picks than its rank), where exact arithmetic gives exactly
+    0. Such picks skip the update (instead of dividing by ~0 or producing NaN) and go by lower index, so the
+    result does not hinge on rounding (e.g. on the batch an image is in). A token whose initial gain ``L_jj``
+    is already that small (CDPruner: relevance below ``sqrt(rank_tol)`` of the top one) counts as 0 too, i.e.
+    comes after every token with a real gain. kernel: ``[B, M, M]`` symmetric PSD,
+    k in ``[0, M]`` -> ``[B, k]`` int64 picks in order, distinct per row. Python loops run over the k picks.
+    """
+    if kernel.ndim != 3 or kernel.shape[1] != kernel.shape[2]:
+        raise ValueError(f"kernel must be [B, M, M], got shape {tuple(kernel.shape)}")
+    b, m, _ = kernel.shape
+    if not 0 <= k <= m:
+        raise ValueError(f"k must lie in [0, M={m}], got k={k}")
+    if rank_tol < 0:
+        raise ValueError(f"rank_tol must be >= 0, got rank_tol={rank_tol}")
+    lk = kernel.float()
+    kernel_rows = lk.reshape(b * m, m)
+    row_offset = torch.arange(b, device=lk.device) * m
+    chol = lk.new_zeros(b, k, m)  # row i: the i-th pick's Cholesky row over all tokens (later rows still 0)
+    gain = torch.diagonal(lk, dim1=1, dim2=2).clone()
+    floor = rank_tol * gain.amax(dim=1, keepdim=True).clamp_min(0)  # [B, 1]
+    picks = torch.empty(b, k, dtype=torch.long, device=lk.device)
+    for i in range(k):
+        # Noise-level gains -> exactly 0, so they tie and go by index; picked tokens stay at -inf.
+        gain = torch.where(gain > floor, gain, torch.where(gain == float("-inf"), gain, 0.0))
+        pick = torch.argmax(gain, dim=1)
+        picks[:, i] = pick
+        d2 = gain.gather(1, pick[:, None])  # [B, 1]
+        c_pick = chol.gather(2, pick[:, None, None].expand(-1, k, 1))  # [B, k, 1], zero below row i
+        residual = kernel_rows.index_select(0, row_offset + pick) - torch.bmm(c_pick.transpose(1, 2), chol)[:, 0]
+        e = torch.where(d2 > 0, residual / torch.where(d2 > 0, d2, 1.0).sqrt(), 0.0)
+        chol[:, i] = e
+        gain = (gain - e * e).scatter_(1, pick[:, None], float("-inf"))
+    return picks
+
+
+def remove_duplicates(similarity: torch.Tensor, candidates: torch.Tensor, keep: int, step: int = 8) -> torch.Tensor:
+    """VisPruner's duplicate removal: drop up to ``step`` near-duplicates per round until ``keep`` remain.
+
+    Each round splits the current candidate list alternately into A (even positions) and B (odd positions),
+    scores every A token by its highest similarity to any B token, drops the ``min(step, R - keep)``
+    highest-scoring A tokens and continues with ``[remaining A in descending score order, B]``. Ties: the
+    earlier list position is dropped first. similarity: ``[B, M, M]``; candidates: ``[B, R]`` int64 distinct
+    token indices in their initial order (VisPruner: descending attention); keep in ``[0, R]`` ->
+    ``[B, keep]`` int64, the survivors in the final list order. Python loops run over the rounds
+    (``ceil((R - keep) / step)`` when B is never exhausted), never over tokens.
+    """
+    if similarity.ndim != 3 or similarity.shape[1] != similarity.shape[2]:
+        raise ValueError(f"similarity must be [B, M, M], got shape {tuple(similarity.shape)}")
+    if candidates.ndim != 2 or candidates.shape[0] != similarity.shape[0]:
+        raise ValueError(f"candidates must be [B, R], got shape {tuple(candidates.shape)}")
+    if not 0 <= keep <= candidates.shape[1]:
+        raise ValueError(f"keep must lie in [0, R={candidates.shape[1]}], got keep={keep}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got step={step}")
+    b, m, _ = similarity.shape
+    # Flattened rows + index_select, and an additive -inf mask over non-B columns: several times faster on
+    # CPU than advanced indexing or a second gather (the rounds dominate VisPruner's cost).
+    rows_flat = similarity.float().reshape(b * m, m)
+    row_offset = torch.arange(b, device=similarity.device)[:, None] * m
+    residual = candidates
+    while residual.shape[1] > keep:
+        drop = min(step, residual.shape[1] - keep)
+        set_a, set_b = residual[:, ::2], residual[:, 1::2]
+        rows = rows_flat.index_select(0, (set_a + row_offset).flatten()).view(b, -1, m)  # [B, |A|, M]
+        only_b = torch.full((b, m), float("-inf"), device=similarity.device).scatter_(1, set_b, 0.0)
+        best = (rows + only_b[:, None, :]).amax(dim=-1)  # [B, |A|]; -inf when B is empty
+        survivors = torch.sort(best, dim=1, descending=True, stable=True).indices[:, drop:]
+        residual = torch.cat([set_a.gather(1, survivors), set_b], dim=1)
+    return residual

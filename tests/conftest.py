@@ -83,3 +83,36 @@ def embedded_vlm():
     from sparsezip.adapters.registry import load_model
 
     return load_model("tiny-shapes")
+
+
+# --- the LLaVA-NeXT and Qwen2.5-VL families: random tiny checkpoints, built once per session -----------------
+@pytest.fixture(scope="session")
+def tiny_next_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny LLaVA-NeXT checkpoint (32 px crops of 16 patches, 3 or 5 crops per image, GQA Llama)."""
+    from sparsezip.embedded.tiny_llava_next import save_tiny_llava_next
+
+    return save_tiny_llava_next(tmp_path_factory.mktemp("tiny-llava-next"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_next_vlm(tiny_next_dir: Path):
+    """That checkpoint behind its adapter, loaded through the model registry. Tests must not modify it."""
+    from sparsezip.adapters.registry import load_model
+
+    return load_model(tiny_next_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Qwen2.5-VL checkpoint (8 px patches merged 2 x 2, 4-16 tokens per image, window attention)."""
+    from sparsezip.embedded.tiny_qwen2_5_vl import save_tiny_qwen
+
+    return save_tiny_qwen(tmp_path_factory.mktemp("tiny-qwen2.5-vl"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_vlm(tiny_qwen_dir: Path):
+    """That checkpoint behind its adapter, loaded through the model registry. Tests must not modify it."""
+    from sparsezip.adapters.registry import load_model
+
+    return load_model(tiny_qwen_dir)

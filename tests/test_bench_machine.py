@@ -48,7 +48,10 @@ def test_tiny(benchmark):
 def _pytest(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """Run pytest in ``tmp_path`` with the repository's root conftest loaded as a plugin (its options and
     benchmark hooks), on a one-line benchmark."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # Without the xdist worker variables of a parallel outer run: the inner pytest is not a worker (under
+    # xdist pytest-benchmark would not save its run).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
+    env["PYTHONPATH"] = str(REPO_ROOT)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "conftest", "-q", "-p", "no:cacheprovider",
          f"--benchmark-storage={tmp_path / 'store'}", *args],

@@ -15,6 +15,8 @@ from sparsezip.bench.matrix import (
     scale_budget,
 )
 from sparsezip.data.registry import benchmark_datasets
+from sparsezip.methods import get_method
+from sparsezip.methods.sparsezip.config import load_preset
 
 
 def _ids(cases) -> list[str]:
@@ -49,9 +51,10 @@ def test_full_matrix_has_every_row_and_dataset() -> None:
     cases = build_matrix("tiny-shapes", 144)
     ids = _ids(cases)
     assert len(ids) == len(set(ids)), "case ids must be unique"
-    # per dataset: none + sparsezip x3 + 4 ablations + visionzip x3 + random + pool = 13, and 4 in-LLM methods
-    # (sparsevlm, fastv, pdrop, dart) x 3 budgets x (layer-averaged + paper row) = 24
-    assert len(cases) == 37 * len(benchmark_datasets())
+    # per dataset: none + sparsezip x3 + 4 ablations + visionzip x3 + random + pool = 13,
+    # + tome, divprune, prumerge_plus, vispruner, cdpruner x3 + cdpruner-pluscos = 16,
+    # + 4 in-LLM methods (sparsevlm, fastv, pdrop, dart) x 3 budgets x (layer-averaged + paper row) = 24
+    assert len(cases) == 53 * len(benchmark_datasets())
     assert "pope-adversarial[tiny-shapes]-sparsezip-k16" in ids
     assert "pope-random[tiny-shapes]-none" in ids
     assert "mme[tiny-shapes]-visionzip-k48" in ids
@@ -97,12 +100,13 @@ def test_budgets_are_in_the_llava_scale_and_mapped() -> None:
     cases = build_matrix("m", 144, llava_budgets=[128])
     assert cases and {c.budget for c in cases} == {32}
     in_llm = {"sparsevlm", "fastv", "pdrop", "dart"}
-    assert {c.row.name for c in cases} == {"sparsezip", "visionzip", *in_llm, *(f"{m}-paper" for m in in_llm)}
+    assert {c.row.name for c in cases} == {"sparsezip", "visionzip", "tome", "divprune", "prumerge_plus",
+                                           "vispruner", "cdpruner", *in_llm, *(f"{m}-paper" for m in in_llm)}
     assert {c.row.name for c in build_matrix("m", 144, llava_budgets=[576])} == {"none"}
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"methods": ["tome"]}, "unknown method tome"),
+    ({"methods": ["nosuchmethod"]}, "unknown method nosuchmethod"),
     ({"llava_budgets": [16]}, r"unknown budget \(LLaVA-1.5 scale\) 16"),
     ({"datasets": ["vqav2"]}, "unknown dataset vqav2"),
 ])
@@ -113,7 +117,7 @@ def test_unknown_filters_are_errors_listing_the_choices(kwargs: dict, match: str
 
 def test_method_kwargs_carry_budget_and_ablation_switch() -> None:
     case = next(c for c in build_matrix("m", 144, methods=["sparsezip-nomerge"]))
-    assert case.method_kwargs() == {"skip_ctx_merge": True, "budget": 16}
+    assert case.method_kwargs() == {**load_preset("pope"), "skip_ctx_merge": True, "budget": 16}
     none = next(c for c in build_matrix("m", 144, methods=["none"]))
     assert none.method_kwargs() == {} and none.budget is None
     # SparseVLM's budget is in the model's tokens too (its layer-averaged equivalent; the paper row: nominal).
@@ -123,9 +127,21 @@ def test_method_kwargs_carry_budget_and_ablation_switch() -> None:
         *((f"sparsevlm-paper-k{b}", {"budget_mode": "nominal", "budget": b}) for b in (16, 32, 48))]
 
 
+def test_sparsezip_rows_start_from_the_datasets_seed_preset() -> None:
+    cases = {c.id: c for c in build_matrix("m", 144, methods=["sparsezip"])}
+    mme = cases["mme[m]-sparsezip-k16"].method_kwargs()
+    assert mme["cross_beta"] == 0.1 and get_method("sparsezip", **mme).cfg.cross_beta == 0.1
+    assert cases["mme[m]-sparsezip-notext-k16"].method_kwargs()["cross_beta"] == 0.0  # the switch wins
+    pope = get_method("sparsezip", **cases["pope-random[m]-sparsezip-k16"].method_kwargs()).cfg
+    assert pope == get_method("sparsezip", budget=16).cfg.replace(dynamic_k=True, skip_dynamic_k=True,
+                                                                   dynk=pope.dynk)  # the default, in effect
+    dynk = get_method("sparsezip", **{**cases["docvqa[m]-sparsezip-dynk-k16"].method_kwargs(), "k_min": 8, "k_max": 16})
+    assert dynk._dynamic(dynk.cfg)  # the row turns dynamic K on against the preset's skip_dynamic_k
+
+
 def test_row_names_are_id_safe() -> None:
     for row in matrix_rows():
-        assert re.fullmatch(r"[a-z0-9-]+", row.name)
+        assert re.fullmatch(r"[a-z0-9_-]+", row.name)  # `_`: issue 11 names a method prumerge_plus
 
 
 @pytest.mark.filterwarnings("ignore::sparsezip.methods.llm_budget.BudgetWarning")

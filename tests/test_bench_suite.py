@@ -23,7 +23,9 @@ def _bench(tmp: Path, *args: str) -> subprocess.CompletedProcess:
         "--data-root", str(tmp / "data"), "--run-dir", str(tmp / "runs"), "--expected-dir", str(tmp / "expected"),
         "--benchmark-min-rounds=1", *args,
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    # Not an xdist worker even when the outer run is parallel (see tests/test_bench_machine.py).
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
+    env["PYTHONPATH"] = str(REPO_ROOT)
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

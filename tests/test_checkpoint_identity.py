@@ -12,7 +12,12 @@ import pytest
 from safetensors import safe_open
 
 from sparsezip import hashcache
-from sparsezip.adapters.checkpoint import checkpoint_identity, settings_hashes, weight_hashes
+from sparsezip.adapters.checkpoint import (
+    checkpoint_identity,
+    identity_from_hashes,
+    settings_hashes,
+    weight_hashes,
+)
 from sparsezip.jsonio import sha256_file
 
 
@@ -69,8 +74,11 @@ def test_sharded_weights_are_all_in_the_identity(tiny_llava_dir: Path, tmp_path:
         save_file({k: tensors[k] for k in keys}, folder / shard)
     index = {"metadata": {}, "weight_map": {k: shard for shard, keys in halves.items() for k in keys}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    assert list(weight_hashes(folder)) == [*halves, "model.safetensors.index.json"]
+    # the index is a settings file, not weights: the identity follows from the shards' sha256s alone
+    assert list(weight_hashes(folder)) == [*halves]
+    assert "model.safetensors.index.json" in settings_hashes(folder)
     identity = checkpoint_identity(folder)
+    assert identity == identity_from_hashes({name: sha256_file(folder / name) for name in halves})
     save_file({k: tensors[k] * 2 for k in halves["model-00002-of-00002.safetensors"]},
               folder / "model-00002-of-00002.safetensors")
     assert checkpoint_identity(folder) != identity

@@ -82,12 +82,36 @@ def test_pool_budgets_are_exact_and_every_patch_lands_in_its_cell(patches: int, 
 
 
 def test_pool_refuses_grids_it_cannot_make() -> None:
-    with pytest.raises(ValueError, match=r"cannot pool a 8x8 patch grid to 1x61 cells"):
-        get_method("pool", budget=61)(_ctx(1, 8))
+    with pytest.raises(ValueError, match=r"budget=65 exceeds the 64 patches"):
+        get_method("pool", budget=65)(_ctx(1, 8))
     with pytest.raises(ValueError, match="budget=0"):
         get_method("pool", budget=0)
     with pytest.raises(ValueError, match="do not form a square"):
         get_method("pool", budget=4)(VisionContext(hidden=torch.zeros(1, 7, 2), keys=torch.zeros(1, 7, 2)))
+
+
+@pytest.mark.parametrize(("grid", "budget"), [((8, 8), 61), ((24, 24), 107), ((2, 6), 9), ((6, 2), 5), ((3, 5), 15)])
+def test_pool_makes_exactly_budget_rectangular_cells_when_no_cell_grid_fits(grid: tuple[int, int], budget: int) -> None:
+    # Prime (or non-fitting) budgets: LLaVA-NeXT's per-crop split gives e.g. 107 = 320 tokens over 3 crops.
+    rows, cols = grid
+    ctx = VisionContext(hidden=torch.randn(2, 1 + rows * cols, 3), keys=torch.zeros(2, 1 + rows * cols, 2), grid=grid)
+    res = get_method("pool", budget=budget)(ctx)
+    assert res.lengths.tolist() == [budget, budget]
+    cells = res.assignment[0, 1:].reshape(rows, cols)
+    assert sorted(set(cells.flatten().tolist())) == list(range(budget))  # a partition into `budget` cells
+    for cell in range(budget):  # every cell is a rectangle of the raster
+        r, c = torch.nonzero(cells == cell, as_tuple=True)
+        assert (r.max() - r.min() + 1) * (c.max() - c.min() + 1) == r.numel()
+
+
+def test_pool_follows_a_non_square_grid() -> None:
+    ctx = VisionContext(hidden=torch.randn(1, 6 * 12, 4), keys=torch.zeros(1, 72, 2), prefix=0, grid=(6, 12))
+    res = get_method("pool", budget=8)(ctx)
+    assert res.info == {"grid": [2, 4]}
+    assert torch.equal(res.assignment[0], grid_cells((6, 12), 2, 4))
+    image = ctx.hidden[0].reshape(6, 12, 4).permute(2, 0, 1)
+    expected = F.adaptive_avg_pool2d(image, (2, 4)).permute(1, 2, 0).reshape(8, 4)
+    assert torch.allclose(res.tokens[0], expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

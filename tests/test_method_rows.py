@@ -92,11 +92,14 @@ def test_the_built_in_rows_keep_their_report_order() -> None:
     assert [r.name for r in matrix_rows()] == [
         "none", "sparsezip", "sparsezip-nohybrid", "sparsezip-notext", "sparsezip-dynk", "sparsezip-nomerge",
         "visionzip", "sparsevlm", "sparsevlm-paper", "fastv", "fastv-paper", "pdrop", "pdrop-paper", "dart",
-        "dart-paper", "random", "pool"]
+        "dart-paper", "random", "pool",
+        "tome", "divprune", "prumerge_plus", "vispruner", "cdpruner", "cdpruner-pluscos"]
     paper = next(r for r in matrix_rows() if r.name == "fastv-paper")  # in-LLM methods' paper N-token settings
     assert dict(paper.config) == {"budget_mode": "nominal"} and paper.llava_budgets == (64, 128, 192)
     dynk = next(r for r in matrix_rows() if r.name == "sparsezip-dynk")
-    assert dynk.calibrate_dynamic_k and dict(dynk.config) == {"dynamic_k": True} and dynk.llava_budgets == (64,)
+    # skip_dynamic_k: False as well, since every row starts from the seed's preset, which sets it (K fixed)
+    assert dynk.calibrate_dynamic_k and dict(dynk.config) == {"dynamic_k": True, "skip_dynamic_k": False}
+    assert dynk.llava_budgets == (64,)
 
 
 def test_unregistering_removes_the_rows(registered: type[CompressionMethod]) -> None:

@@ -160,7 +160,7 @@ def test_a_good_checkpoint_passes_every_check(tiny_llava_dir: Path) -> None:
 
 def test_embedded_models_are_registered_like_real_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        embedded_vlm) -> None:
-    assert "tiny-shapes" in list_embedded_models() and list_adapters() == ["llava"]
+    assert "tiny-shapes" in list_embedded_models() and list_adapters() == ["llava", "llava_next", "qwen2_5_vl"]
     assert resolve_model("tiny-shapes") == (EMBEDDED, "tiny-shapes")
     assert nominal_visual_tokens("tiny-shapes") == 144
     assert embedded_vlm.name == "tiny-shapes" and embedded_vlm.nominal_visual_tokens == 144  # load_model by name

@@ -198,8 +198,8 @@ def test_method_and_dataset_are_checked_against_the_model_before_the_folder(pope
         shallow = FakeVisionLanguageModel()
         shallow.config.text_config.num_hidden_layers = 2
         run(pope, out, model=shallow, method=get_method("sparsevlm", budget=8))
-    with pytest.raises(ValueError, match=r"'pool' cannot run.*4x4 patch grid to 1x7 cells"):
-        run(pope, out, method=get_method("pool", budget=7))
+    with pytest.raises(ValueError, match=r"'pool' cannot run.*budget=17 exceeds the 16 patches"):
+        run(pope, out, method=get_method("pool", budget=17))
     empty = [*pope[:2], type(pope[2])(pope[2].id, pope[2].image_ref, "  ", pope[2].answers, pope[2].meta)]
     with pytest.raises(ValueError, match=r"pope: question 3 in coco_pope_random.json is empty"):
         run(empty, out, method=get_method("none"))  # `none` reads no question, yet it is a dataset error

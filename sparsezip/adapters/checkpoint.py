@@ -12,7 +12,10 @@ computed once per file version and cached, :mod:`sparsezip.hashcache`): what a r
 run cannot mix answers of two models, and what published expectations are matched to. A full hash rather than
 headers + sizes, because a fine-tuned or perturbed checkpoint has the same headers and sizes as its base; and
 per-file sha256s are what the Hugging Face Hub lists for every LFS file, so the identity can be checked
-against a hub snapshot without downloading it.
+against a hub snapshot without downloading it (:func:`identity_from_hashes` derives it from those alone). The
+weight index (``model.safetensors.index.json``) is not part of it: it only maps tensor names to shard files,
+which the shards' own headers already say, and as a plain git file on the Hub its sha256 is listed nowhere; it
+counts among the settings files instead (:func:`settings_hashes`), so a run's identity still covers it.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ PROCESSOR_FILE = "processor_config.json"  # transformers >= 5 may nest the image
 SETTINGS_FILES: tuple[str, ...] = (
     "config.json", "generation_config.json", *TOKENIZER_FILES, "merges.txt", "tokenizer_config.json",
     "special_tokens_map.json", "added_tokens.json", IMAGE_PROCESSOR_FILE, PROCESSOR_FILE, "chat_template.json",
-    "chat_template.jinja",
+    "chat_template.jinja", SAFE_WEIGHTS_INDEX, TORCH_WEIGHTS_INDEX,
 )  # fmt: skip
 
 
@@ -156,32 +159,34 @@ def check_files(path: Path, config: Mapping | None = None) -> CheckpointFiles:
                            tensors=tensors)
 
 
-def weight_index(path: Path) -> Path | None:
-    """The weight index file :func:`weight_files` follows (``None`` for a single-file checkpoint)."""
-    for single, index in ((SAFE_WEIGHTS, SAFE_WEIGHTS_INDEX), (TORCH_WEIGHTS, TORCH_WEIGHTS_INDEX)):
-        if (path / single).is_file():
-            return None
-        if (path / index).is_file():
-            return path / index
-    return None
-
-
 def weight_hashes(path: str | Path) -> dict[str, str]:
-    """``{file name: sha256}`` of the checkpoint's weight files (and the index that lists them), in name order.
-    A weight file's sha256 is what the Hugging Face Hub lists as its LFS ``oid``."""
-    path = Path(path)
-    files = [*weight_files(path), *filter(None, [weight_index(path)])]
-    return {f.name: cached_sha256(f) for f in sorted(files, key=lambda f: f.name)}
+    """``{file name: sha256}`` of the checkpoint's weight files (the index that lists shards is not one), in name
+    order. A weight file's sha256 is what the Hugging Face Hub lists as its LFS ``oid``."""
+    return {f.name: cached_sha256(f) for f in sorted(weight_files(Path(path)), key=lambda f: f.name)}
+
+
+def identity_from_hashes(hashes: Mapping[str, str]) -> str:
+    """The identity :func:`checkpoint_identity` gives a checkpoint whose weight files are ``{file name: sha256}``
+    (e.g. the LFS sha256s a Hugging Face model page lists): a hex sha256 over ``name NUL sha256 LF`` per file, in
+    name order. Raises ``ValueError`` for no files or a value that is not a 64-digit hex sha256."""
+    if not hashes:
+        raise ValueError("identity_from_hashes needs at least one weight file")
+    bad = {name: sha for name, sha in hashes.items()
+           if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha))}
+    if bad:
+        raise ValueError(f"not lowercase hex sha256 values: {bad}")
+    digest = hashlib.sha256()
+    for name in sorted(hashes):
+        digest.update(f"{name}\0{hashes[name]}\n".encode())
+    return digest.hexdigest()
 
 
 def checkpoint_identity(path: str | Path) -> str:
-    """The content identity of the weights of the checkpoint folder ``path``: a hex sha256 over every weight
-    file's name and sha256 (:func:`weight_hashes`). Equal for byte-identical weights wherever they are stored;
-    different for any changed byte. Raises ``ValueError`` when the folder has no weight files."""
-    digest = hashlib.sha256()
-    for name, sha in weight_hashes(path).items():
-        digest.update(f"{name}\0{sha}\n".encode())
-    return digest.hexdigest()
+    """The content identity of the weights of the checkpoint folder ``path``: :func:`identity_from_hashes` of its
+    :func:`weight_hashes`. Equal for byte-identical weight files of the same names wherever they are stored;
+    different for any changed byte (and for the same tensors re-sharded or renamed). Raises ``ValueError`` when
+    the folder has no weight files."""
+    return identity_from_hashes(weight_hashes(path))
 
 
 def settings_hashes(path: str | Path) -> dict[str, str]:

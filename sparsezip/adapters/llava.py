@@ -2,9 +2,10 @@
 
 Pipeline of :meth:`LlavaVLM.generate` for a batch of single-image prompts (llava-hf/llava-1.5-7b-hf layout):
 
-1. ``vision_ms``: the processor (image preprocessing + tokenization, each ``<image>`` expanded to
-   ``num_patches`` placeholders) and the vision tower up to the feature layer, whose CLS attention row and
-   head-averaged keys come from hooks (:mod:`sparsezip.adapters.vision_tower`).
+1. ``vision_ms``: image preprocessing (the processor's image processor), tokenization as LLaVA's own code
+   does it (:mod:`sparsezip.adapters.prompt_ids`: each ``<image>`` becomes ``num_patches`` placeholders) and
+   the vision tower up to the feature layer, whose CLS attention row and head-averaged keys come from hooks
+   (:mod:`sparsezip.adapters.vision_tower`).
 2. ``compress_ms``: the text query (``needs_text`` methods with ``questions``: the mean LLM input embedding of
    the question mapped into vision space by the projector's transposed weights, methods.md 1.2) and the
    method's ``compress``.
@@ -35,6 +36,7 @@ import torch
 from sparsezip.adapters.api import GenerationOutput
 from sparsezip.adapters.llava_loader import llava_visual_tokens, load_llava
 from sparsezip.adapters.placeholders import shorten_image_runs
+from sparsezip.adapters.prompt_ids import encode_prompts
 from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.methods.base import CompressionMethod, LayerPruner
@@ -280,9 +282,13 @@ class LlavaVLM:
             batched = len(prompts) > 1
             if batched and self.tokenizer.pad_token_id is None:
                 raise ValueError(f"model {self.name!r}: its tokenizer has no pad token, so batches need size 1")
-            inputs = self.processor(images=list(images), text=list(prompts), return_tensors="pt", padding=batched)
-            pixel_values = inputs["pixel_values"].to(self.device, self.model.dtype)
-            features = self.tap(pixel_values)
+            pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+            # LLaVA's tokenization (text on each side of <image> on its own), not the processor's: see prompt_ids.
+            input_ids, attention_mask = encode_prompts(
+                self.tokenizer, prompts, image_token=self.image_token, image_token_id=self.image_token_id,
+                run_length=self.num_patches, pad_token_id=self.pad_token_id,
+            )
+            features = self.tap(pixel_values.to(self.device, self.model.dtype))
         with timer.stage("compress_ms"):
             text_aware = method.needs_text and method.stage == "vision"
             ctx = self._context(images, features, questions if text_aware else None)
@@ -292,8 +298,8 @@ class LlavaVLM:
             self._check_result(result, uncompressed, ctx.hidden.shape[2], method)
         compress_end = timer.now()
         ids, mask = shorten_image_runs(
-            inputs["input_ids"].to(self.device),
-            inputs["attention_mask"].to(self.device),
+            input_ids.to(self.device),
+            attention_mask.to(self.device),
             result.lengths.to(self.device),
             image_token_id=self.image_token_id,
             pad_token_id=self.pad_token_id,

@@ -29,7 +29,11 @@ if TYPE_CHECKING:
     from sparsezip.adapters.api import VisionLanguageModel
 
 # Imported on first use of the registry; each registers its adapter(s). One line per model family.
-BUILTIN_ADAPTER_MODULES: tuple[str, ...] = ("sparsezip.adapters.llava_loader",)
+BUILTIN_ADAPTER_MODULES: tuple[str, ...] = (
+    "sparsezip.adapters.llava_loader",
+    "sparsezip.adapters.llava_next_loader",
+    "sparsezip.adapters.qwen2_5_vl_loader",
+)
 FIXTURES_DIR = Path(__file__).resolve().parents[2] / "fixtures"
 
 
@@ -48,6 +52,13 @@ class ModelAdapter:
         geometry: ``config.json`` dict -> :class:`~sparsezip.adapters.api.ModelGeometry` (visual tokens, prefix,
             LLM layers), what a method's configuration is checked against before loading; ``None`` = only the
             nominal visual tokens are known (prefix 1, LLM layers unknown).
+        nominal_visual_tokens_at: ``(checkpoint folder, config.json dict) -> int``, for families whose nominal count
+            depends on other files too (Qwen2.5-VL: the image processor's resizing rule); used instead of
+            ``nominal_visual_tokens`` when set.
+        stages: the method stages the adapter runs (``"vision"``, ``"llm"``); the benchmark matrix skips rows
+            of the others, saying why.
+        calibrates_dynamic_k: whether SparseZip's dynamic-K calibration means one thing per image on this family
+            (LLaVA-NeXT spreads an image's budget over its crops, so the per-image K range does not carry over).
     """
 
     model_type: str
@@ -56,6 +67,9 @@ class ModelAdapter:
     nominal_visual_tokens: Callable[[Mapping], int] = field(repr=False)
     check_config: Callable[[Mapping], None] | None = field(default=None, repr=False)
     geometry: Callable[[Mapping], ModelGeometry] | None = field(default=None, repr=False)
+    nominal_visual_tokens_at: Callable[[Path, Mapping], int] | None = field(default=None, repr=False)
+    stages: tuple[str, ...] = ("vision", "llm")
+    calibrates_dynamic_k: bool = True
 
 
 @dataclass(frozen=True)
@@ -178,6 +192,8 @@ def nominal_visual_tokens(path_or_name: str | Path) -> int:
     no file checks): what relative budgets (the benchmark matrix's LLaVA-1.5 scale) are mapped by."""
     path, _ = resolve_model(path_or_name)
     config, adapter = _config_and_adapter(path)
+    if adapter.nominal_visual_tokens_at is not None:
+        return int(adapter.nominal_visual_tokens_at(path, config))
     return int(adapter.nominal_visual_tokens(config))
 
 
@@ -187,6 +203,11 @@ def checkpoint_geometry(checkpoint: Checkpoint) -> ModelGeometry:
     if adapter.geometry is not None:
         return adapter.geometry(config)
     return ModelGeometry(visual_tokens=int(adapter.nominal_visual_tokens(config)))
+def checkpoint_adapter(path_or_name: str | Path) -> ModelAdapter:
+    """The adapter that would run the checkpoint, from its ``config.json`` alone (refusals as in
+    :func:`load_model`); loads nothing."""
+    path, _ = resolve_model(path_or_name)
+    return _config_and_adapter(path)[1]
 
 
 def inspect_checkpoint(path_or_name: str | Path) -> Checkpoint:

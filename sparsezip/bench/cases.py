@@ -84,9 +84,11 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
     if not case.row.calibrate_dynamic_k:
         return get_method(case.row.method, **kwargs), None
     k_min, k_max = (scale_budget(b, model.nominal_visual_tokens) for b in DYNK_RANGE_LLAVA15)
-    fixed = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max)
-    calibration = calibrate_on_samples(fixed, model, samples[:DYNK_CALIBRATION_IMAGES], case.family)
-    method = get_method(case.row.method, **kwargs, k_min=k_min, k_max=k_max, dynk=calibration.as_config())
+    kwargs.update(k_min=k_min, k_max=k_max)
+    uncalibrated = get_method(case.row.method, **kwargs)
+    calibration = calibrate_on_samples(uncalibrated, model, samples[:DYNK_CALIBRATION_IMAGES], case.family)
+    kwargs["dynk"] = {**dict(kwargs.get("dynk") or {}), **calibration.as_config()}  # the preset's eps is kept
+    method = get_method(case.row.method, **kwargs)
     return method, dataclasses.asdict(calibration)
 
 

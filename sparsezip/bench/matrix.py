@@ -109,9 +109,13 @@ class Case:
         return f"{self.dataset}[{self.model}]-{self.row.name}{suffix}"
 
     def method_kwargs(self) -> dict[str, object]:
-        """Keyword arguments for ``get_method(self.row.method, ...)``: the row's config plus the budget in the
-        model's own tokens (for SparseVLM, the layer-averaged equivalent), when set."""
-        kwargs = dict(self.row.config)
+        """Keyword arguments for ``get_method(self.row.method, ...)``: the method's base config for this dataset
+        (``BenchmarkRows.dataset_config``; SparseZip: the seed's preset, so ``cross_beta`` 0.1 on MME), then the
+        row's config, plus the budget in the model's own tokens (for SparseVLM, the layer-averaged equivalent),
+        when set."""
+        base = method_class(self.row.method).benchmark.dataset_config
+        kwargs: dict[str, object] = dict(base(self.family)) if base is not None else {}
+        kwargs.update(self.row.config)
         if self.budget is not None:
             kwargs["budget"] = self.budget
         return kwargs

@@ -56,14 +56,19 @@ def load_samples(args: argparse.Namespace) -> list[Sample]:
     return samples
 
 
-def method_config(path: str | None) -> dict:
-    """The ``model.sparsezip`` block of ``--config`` as keyword arguments for the method (strictly checked
-    by ``sparsezip.methods.sparsezip.config``); ``{}`` without a file."""
-    if path is None:
-        return {}
-    from sparsezip.methods.sparsezip.config import load_yaml
+CONFIG_HELP = ("a YAML file with a model.sparsezip block (the seed's layout; what `sparsezip calibrate` prints) "
+               "or a SparseZip preset: pope, mme, docvqa (the seed's per-dataset configs), seed-live, "
+               "seed-live-mme (what the seed's code ran)")
 
-    return dict(load_yaml(path))
+
+def method_config(value: str | None) -> dict:
+    """The ``model.sparsezip`` block of ``--config`` (a YAML path or a preset name) as keyword arguments for
+    the method (strictly checked by ``sparsezip.methods.sparsezip.config``); ``{}`` without one."""
+    if value is None:
+        return {}
+    from sparsezip.methods.sparsezip.config import resolve_config
+
+    return dict(resolve_config(value))
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from typing import TYPE_CHECKING
 
+import yaml
+
 from sparsezip.commands._common import (
+    CONFIG_HELP,
     add_dataset_arguments,
     add_model_arguments,
     load_model,
@@ -24,7 +26,7 @@ HELP = "calibrate SparseZip's dynamic K (dynk.c, dynk.scale) so the mean K over 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_arguments(parser)
     add_model_arguments(parser)
-    parser.add_argument("--config", default=None, help="YAML with a model.sparsezip block (the seed's layout)")
+    parser.add_argument("--config", default=None, help=CONFIG_HELP)
     parser.add_argument("--budget", type=int, default=None,
                         help="visual tokens per image; the target mean K is its dominant share (default: "
                         "the config's `dominant`)")
@@ -35,8 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Prints one JSON object: the calibration (c, scale, K mean/std/min/max, clamped share) and the
-    ``model.sparsezip`` YAML keys to use it."""
+    """Prints a YAML document that ``--config`` accepts: ``model.sparsezip`` = the calibrated configuration
+    (the base ``--config`` with dynamic K on, the budget's dominant/contextual split and the calibrated
+    ``dynk``), plus ``calibration`` (c, scale, target and resulting K mean/std/min/max, clamped share, images),
+    which configuration loading ignores."""
     from sparsezip.data.registry import dataset_spec
     from sparsezip.eval.calibration import calibrate_on_samples
     from sparsezip.methods import get_method
@@ -56,9 +60,12 @@ def run(args: argparse.Namespace) -> int:
     distinct = list(first_per_image.values())
     calibration = calibrate_on_samples(method, load_model(args), distinct[: args.images],
                                        dataset_spec(args.dataset).family, args.target_k)
-    result = dataclasses.asdict(calibration)
-    cfg = method.cfg.to_dict()
-    result["config"] = {"dynamic_k": True, "k_min": cfg["k_min"], "k_max": cfg["k_max"],
-                        "dynk": {**cfg["dynk"], **calibration.as_config()}}
-    print(json.dumps(result, indent=2))
+    block = method.cfg.to_dict()
+    block["dynk"].update(calibration.as_config())
+    header = (f"# sparsezip calibrate: dynamic K on {calibration.num_images} images of {args.dataset} "
+              f"(model {args.model_path}), target mean K {calibration.target_mean_k:g}.\n"
+              "# Use the file as --config (sparsezip eval --method sparsezip --config FILE); model.sparsezip holds "
+              "the budget's split already.\n")
+    document = {"calibration": dataclasses.asdict(calibration), "model": {"sparsezip": block}}
+    print(header + yaml.safe_dump(document, sort_keys=False), end="")
     return 0

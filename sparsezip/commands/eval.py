@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sparsezip.commands._common import (
+    CONFIG_HELP,
     add_dataset_arguments,
     add_model_arguments,
     load_samples,
@@ -19,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_arguments(parser)
     add_model_arguments(parser)
     parser.add_argument("--method", required=True, help="a registered method (see `sparsezip methods`)")
-    parser.add_argument("--config", default=None, help="YAML with a model.sparsezip block (the seed's layout)")
+    parser.add_argument("--config", default=None, help=CONFIG_HELP)
     parser.add_argument("--budget", type=int, default=None, help="visual tokens per image")
     parser.add_argument("--budget-mode", default=None, choices=("layer_averaged", "nominal"),
                         help="in-LLM methods: --budget as the layer-averaged visual tokens (their default) or as "

@@ -85,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
 
     prepared = vlm.prepare([image], [prompt], method=method, questions=[args.prompt])
     result = prepared.result
-    print(f"visual tokens: {int(prepared.uncompressed[0])} -> {int(result.lengths[0])} fed to the LLM "
-          f"(k={int(result.k[0])})")
+    one_view = result.tokens.shape[0] == 1  # LLaVA-1.5: one CLIP view per image (NeXT: crops; Qwen: no overlay)
+    fed = int(result.lengths[0]) if one_view else int(prepared.visual[0])
+    print(f"visual tokens: {int(prepared.uncompressed[0])} -> {fed} fed to the LLM"
+          + (f" (k={int(result.k[0])})" if one_view else ""))
     if not args.clip_only:
         output = vlm.generate([image], [prompt], method=method, questions=[args.prompt],
                               max_new_tokens=args.max_new_tokens)[0]
@@ -98,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("stage times (ms): " + " | ".join(f"{k.removesuffix('_ms')} {v:.1f}" for k, v in prepared.timer.ms.items()))
 
+    if not (one_view and hasattr(vlm, "processor")):
+        print(f"overlay: not drawn for {type(vlm).__name__} (drawn for one CLIP view per image, as LLaVA-1.5)")
+        return 0
     image_processor = vlm.processor.image_processor
     pixels = image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
     seen = tensor_to_image(pixels, list(image_processor.image_mean), list(image_processor.image_std))

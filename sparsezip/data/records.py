@@ -1,6 +1,10 @@
 """Records: what gets scored. A record is ``{question_id, [category], answers, prediction}``; the runner
 writes them (plus timings) to ``predictions.jsonl``, and ``sparsezip score`` builds them by joining a
-predictions file to the annotations. Every metric is computed from records, so both paths agree."""
+predictions file to the annotations. Every metric is computed from records, so both paths agree.
+
+A record's ``prediction`` is the raw generated text, kept as generated; what the parsers and metrics see is
+:func:`answer_text`, the stripped text (the one place where that is decided).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,21 @@ from sparsezip.jsonio import iter_jsonl
 
 # Where a predictions line keeps its raw answer: ours first, then LLaVA's answer files ("text").
 PREDICTION_FIELDS = ("prediction", "text")
+
+
+def answer_text(record: Mapping) -> str:
+    """The text a record is scored on: its raw ``prediction`` with leading and trailing whitespace removed
+    (``str.strip()``), as LLaVA's evaluation scripts and lmms-eval strip the model output before parsing.
+
+    Without it the official POPE parser, which splits on single spaces, reads ``"No\n"`` or ``"\nNo"`` as
+    *yes*; MME's reads ``" \nno"`` (first four characters) as *other*; and ANLS divides by the padded length.
+    """
+    return record["prediction"].strip()
+
+
+def scored_records(records: Iterable[Mapping]) -> list[dict]:
+    """Copies of ``records`` whose ``prediction`` is :func:`answer_text` (the stored records are untouched)."""
+    return [{**record, "prediction": answer_text(record)} for record in records]
 
 
 def gold_record(family: str, sample: Sample) -> dict:
@@ -97,13 +116,14 @@ def join_predictions(
 
 
 def score_records(family: str, records: Sequence[Mapping], parser: str | None = None) -> dict:
-    """The dataset's metrics dict for ``records`` (see ``DatasetSpec.score``)."""
+    """The dataset's metrics dict for ``records`` (see ``DatasetSpec.score``), scored on their
+    :func:`answer_text`."""
     spec = dataset_spec(family)
     if parser is not None and parser not in spec.parsers:
         raise ValueError(f"{family} has no parser {parser!r}; choose one of {spec.parsers}")
     if not records:
         raise ValueError(f"{family}: nothing to score (0 records)")
-    return spec.score(records, parser)
+    return spec.score(scored_records(records), parser)
 
 
 # What a scoring record needs, and what the benchmark matrix keeps of every question (``compact_records``).

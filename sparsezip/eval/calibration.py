@@ -20,7 +20,8 @@ def calibrate_on_samples(
 ) -> DynamicKCalibration:
     """Calibrate SparseZip ``method``'s dynamic K on ``samples`` (their images, and their questions for the
     text term, phrased as dataset ``family`` asks them) so the mean K hits ``target_mean_k`` (default: the
-    dominant tokens ``method`` keeps at its budget). Needs a model with ``vision_context`` (the LLaVA adapter).
+    dominant tokens ``method`` keeps at its budget). Needs a model with ``vision_contexts`` (one context per
+    image shape: Qwen2.5-VL) or ``vision_context`` (one for all images: LLaVA).
     """
     from sparsezip.data.prompts import dataset_question
 
@@ -28,8 +29,10 @@ def calibrate_on_samples(
         raise ValueError("dynamic-K calibration needs at least one sample, got none")
     if not hasattr(method, "calibrate"):
         raise ValueError(f"method {method.name!r} has no dynamic K to calibrate (use sparsezip)")
-    if not hasattr(model, "vision_context"):
+    if not hasattr(model, "vision_context") and not hasattr(model, "vision_contexts"):
         raise ValueError(f"model {model.name!r} cannot hand out vision contexts (no vision_context method)")
     images = [s.load_image() for s in samples]
     questions = [dataset_question(family, s.question) for s in samples] if method.needs_text else None
+    if hasattr(model, "vision_contexts"):
+        return method.calibrate(model.vision_contexts(images, questions=questions), target_mean_k)
     return method.calibrate([model.vision_context(images, questions=questions)], target_mean_k)

@@ -12,7 +12,8 @@ For each dataset the headline metric is written as a function of per-unit suffic
 
 McNemar and loyalty work on questions: correctness is the dataset's own (POPE/MME: the parsed answer equals
 the label; DocVQA: exact match after the RRC normalisation), loyalty compares parsed answers (DocVQA:
-normalised text).
+normalised text). Predictions are parsed as scoring parses them: stripped first
+(:func:`sparsezip.data.records.answer_text`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from sparsezip.data.docvqa import paired_units as docvqa_units
 from sparsezip.data.mme import paired_units as mme_units
 from sparsezip.data.pope import paired_units as pope_units
-from sparsezip.data.records import record_key
+from sparsezip.data.records import record_key, scored_records
 from sparsezip.data.registry import DATASETS, dataset_spec
 from sparsezip.data.units import Units
 from sparsezip.eval.rundir import PREDICTIONS_FILE, RUN_FILE
@@ -56,6 +57,7 @@ def compare_records(
         detail = f"only in A: {only_a[:3]}, only in B: {only_b[:3]}" if only_a or only_b else "same questions, other order"
         raise ValueError(f"the runs answered different question sets ({detail})")
     build = spec.paired_units
+    records_a, records_b = scored_records(records_a), scored_records(records_b)  # parsed as scoring parses
     kwargs = {} if parser is None else {"parser": parser}
     units_a, units_b = build(records_a, **kwargs), build(records_b, **kwargs)
     result = _paired(units_a, units_b, n_resamples, seed)

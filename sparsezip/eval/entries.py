@@ -48,6 +48,8 @@ class Entry:
         records: every question's scoring record (``question_id``, ``category``, ``answers``, raw
             ``prediction``) in dataset order, for paired statistics; ``None`` when the input lacks them (a
             benchmark JSON written before they were recorded).
+        published: the case's comparison with the published results (``extra_info["published"]``, see
+            :mod:`sparsezip.eval.reproduction`); ``None`` for eval run folders and the embedded model.
     """
 
     run: str
@@ -65,6 +67,7 @@ class Entry:
     new_tokens: float | None
     budget: int | None = None
     records: tuple[dict, ...] | None = field(default=None, repr=False, compare=False)
+    published: Mapping | None = field(default=None, repr=False, compare=False)
 
 
 def _spec(family: str) -> DatasetSpec | None:
@@ -116,6 +119,7 @@ def benchmark_entries(path: Path, data: Mapping, run: str) -> list[Entry]:
             metrics=_columns(spec, extra.get("metrics")), new_tokens=extra.get("new_tokens_mean"),
             budget=extra.get("budget"),
             records=tuple(expand_records(extra["records"])) if extra.get("records") else None,
+            published=extra.get("published"),
         ))  # fmt: skip
     return entries
 

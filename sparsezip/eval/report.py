@@ -11,7 +11,9 @@ JSON files and ``sparsezip eval`` run folders alike, read as one :class:`~sparse
 Where the inputs carry every question's record (run folders; benchmark JSON written by the matrix), the table
 adds the paired statistics of :mod:`sparsezip.eval.significance`: the headline's interval, the delta to
 ``none`` with its interval, McNemar p and loyalty, and whether a method is distinguishable from ``random`` at
-the same budget; a second table lists ablation and text-aware pairs.
+the same budget; a second table lists ablation and text-aware pairs. Cases of a checkpoint with published
+results (``fixtures/expected/published/``) add a "Published results" section: reproduces / does not reproduce,
+per entry, with its source (:mod:`sparsezip.eval.reproduction`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from sparsezip.data.registry import DATASETS
 from sparsezip.eval.entries import TIMED, Entry, load_entries
+from sparsezip.eval.reproduction import published_markdown
 from sparsezip.eval.significance import DEFAULT_RESAMPLES, CaseStats, Pair, case_statistics, paired_rows
 
 __all__ = ["Entry", "load_entries", "markdown_table", "plot", "write_report"]
@@ -214,5 +217,7 @@ def write_report(paths: Sequence[str | Path], out_dir: str | Path, *, n_resample
     out.mkdir(parents=True, exist_ok=True)
     stats = case_statistics(entries, n_resamples, seed)
     md = out / "report.md"
-    md.write_text(markdown_table(entries, stats, paired_rows(entries, n_resamples, seed)), encoding="utf-8")
+    text = markdown_table(entries, stats, paired_rows(entries, n_resamples, seed))
+    published = published_markdown((e.run, e.published) for e in entries if e.published)
+    md.write_text(text + (f"\n{published}" if published else ""), encoding="utf-8")
     return md, plot(entries, out / "report.png", stats)

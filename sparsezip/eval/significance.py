@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from sparsezip.data.records import scored_records
 from sparsezip.data.registry import DATASETS
 from sparsezip.eval.compare import compare_records
 from sparsezip.eval.entries import Entry
@@ -87,7 +88,7 @@ def case_interval(entry: Entry, n_resamples: int = DEFAULT_RESAMPLES, seed: int 
     spec = DATASETS.get(entry.family)
     if entry.records is None or spec is None or spec.paired_units is None:
         return None
-    units = spec.paired_units(list(entry.records))
+    units = spec.paired_units(scored_records(entry.records))  # stripped, as scoring parses
     _, low, high = bootstrap_ci(units.stats, units.metric, strata=units.strata, n_resamples=n_resamples, seed=seed)
     return _display(entry) * low, _display(entry) * high
 

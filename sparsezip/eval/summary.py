@@ -11,7 +11,7 @@ import torch
 
 from sparsezip.adapters.api import STAGES, VisionLanguageModel
 from sparsezip.data.records import score_records
-from sparsezip.memory import kv_cache_bytes
+from sparsezip.memory import kv_cache_bytes, kv_width
 
 
 def summarize(
@@ -122,11 +122,16 @@ def _installed(package: str) -> bool:
 
 def kv_bytes_per_token(model: VisionLanguageModel) -> float | None:
     """KV-cache bytes per token from an HF-style ``model.config.text_config`` and ``model.dtype``, when the
-    model exposes them (the protocol does not require it); ``None`` otherwise."""
+    model exposes them (the protocol does not require it); ``None`` otherwise. GQA models (Mistral, Qwen2.5) cache
+    ``kv_heads * head_dim`` per layer, not ``hidden_size`` (:func:`sparsezip.memory.kv_width`)."""
     text_config = getattr(getattr(model, "config", None), "text_config", None)
     dtype = getattr(model, "dtype", None)
     layers = getattr(text_config, "num_hidden_layers", None)
     hidden = getattr(text_config, "hidden_size", None)
     if not (isinstance(layers, int) and isinstance(hidden, int) and isinstance(dtype, torch.dtype)):
         return None
-    return kv_cache_bytes(1, layers, hidden, dtype.itemsize)
+    try:
+        width = kv_width(text_config)
+    except ValueError:  # a config without attention-head fields: nothing analytic to say
+        return None
+    return kv_cache_bytes(1, layers, width, dtype.itemsize)

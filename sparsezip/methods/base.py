@@ -35,6 +35,10 @@ class CompressionMethod(abc.ABC):
         stage: ``"vision"`` compresses between the vision tower and the projector; ``"llm"`` prunes inside
             the language model: such a method is a :class:`LayerPruner` (its ``compress`` only does the
             vision-side part, usually nothing) and adapters run it through their layer-wise decoder loop.
+        attention_sources: for ``needs_attention`` methods, the kinds of ``VisionContext.cls_attn`` the method
+            runs on (``sparsezip.context.ATTENTION_SOURCES``): ``("cls",)`` = CLIP's CLS row only, so a tower
+            without CLS (Qwen2.5-VL) is refused; add ``"mean_received"`` where the method's authors (or the
+            field's ports of it) substitute the mean attention each token receives.
         benchmark: the method's rows in the benchmark matrix (budgets, ablations, report order; see
             ``sparsezip/methods/rows.py``); by default one row at the 64-token budget.
 
@@ -47,6 +51,7 @@ class CompressionMethod(abc.ABC):
     needs_attention: ClassVar[bool] = False
     needs_text: ClassVar[bool] = False
     stage: ClassVar[Stage] = "vision"
+    attention_sources: ClassVar[tuple[str, ...]] = ("cls",)
     benchmark: ClassVar[BenchmarkRows] = BenchmarkRows()
 
     def __call__(self, ctx: VisionContext, *, check_finite_inputs: bool | None = None) -> CompressionResult:
@@ -67,7 +72,35 @@ class CompressionMethod(abc.ABC):
                 check_finite(ctx)
             except ValueError as err:
                 raise ValueError(f"method {self.name!r}: {err}") from None
+        if self.needs_attention and ctx.attention_source not in type(self).attention_sources:
+            raise ValueError(
+                f"method {self.name!r} needs attention of kind {type(self).attention_sources}, but this context's "
+                f"cls_attn is {ctx.attention_source!r} (a vision tower without CLS); the method declares no "
+                "substitute for it"
+            )
         return self.compress(ctx)
+
+    def with_budget(self, budget: int) -> CompressionMethod:
+        """The same method and configuration with another ``budget``: what multi-crop adapters (LLaVA-NeXT)
+        use to spread an image's budget over its crops. Works for methods built by :func:`get_method` (which
+        records their arguments) and for those built with a budget alone; otherwise a ``ValueError``."""
+        if getattr(self, "budget", None) == budget:
+            return self
+        arguments = getattr(self, "_built_with", None)
+        if arguments is None:
+            try:
+                plain = type(self)(budget=getattr(self, "budget", None))
+            except (TypeError, ValueError):
+                plain = None
+            if plain is None or plain.config() != self.config():
+                raise ValueError(
+                    f"method {self.name!r} was not built by get_method, so it cannot be re-budgeted "
+                    f"(budget={budget}); build it with sparsezip.methods.get_method"
+                )
+            arguments = {}
+        rebuilt = type(self)(**{**arguments, "budget": budget})
+        rebuilt._built_with = {**arguments, "budget": budget}
+        return rebuilt
 
     @abc.abstractmethod
     def compress(self, ctx: VisionContext) -> CompressionResult:
@@ -224,7 +257,9 @@ def get_method(name: str, **config: object) -> CompressionMethod:
         cls = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; registered: {', '.join(list_methods())}") from None
-    return cls(**config)
+    method = cls(**config)
+    method._built_with = dict(config)  # what CompressionMethod.with_budget rebuilds from
+    return method
 
 
 def method_class(name: str) -> type[CompressionMethod]:

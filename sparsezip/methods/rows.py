@@ -8,7 +8,7 @@ and mapped to each model's patch count by the matrix; :data:`FULL_BUDGET` means 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 LLAVA15_PATCHES = 576
@@ -51,11 +51,15 @@ class BenchmarkRows:
             ``none`` 0, ``sparsezip`` 10, ``visionzip`` 20, ``sparsevlm`` 30, ``fastv`` 32, ``pdrop`` 34,
             ``dart`` 36, ``random`` 40, ``pool`` 50; a
             method that says nothing comes after them.
+        dataset_config: ``dataset family -> config`` every row of the method starts from on that dataset (the
+            row's switches and the budget go on top), e.g. a method's published per-dataset settings; called
+            when a case is built, never at import. ``None``: the method's defaults everywhere.
     """
 
     budgets: tuple[int, ...] = (64,)
     ablations: tuple[Ablation, ...] = ()
     order: int = 100
+    dataset_config: Callable[[str], Mapping[str, object]] | None = None
 
     def __post_init__(self) -> None:
         _check_budgets("benchmark", self.budgets)

@@ -4,7 +4,10 @@ Dominant: CLS plus the top-(D-1) patches by CLS attention summed over heads, asc
 Contextual: :func:`sparsezip.merging.visionzip_merge` over the remaining tokens (``target + mean(members)``).
 Output ``[dominant, contextual]`` = D + Cx tokens per image (CLS is kept, unlike LLaVA's default selection).
 On a tower with ``VisionContext.prefix`` protected tokens, all of them are kept and count in D (D - prefix
-patches are selected); with ``prefix = 0`` (no CLS) D patches are selected by the adapter's attention row.
+patches are selected); with ``prefix = 0`` (no CLS) D patches are selected by the adapter's attention row: on
+Qwen2.5-VL the mean attention each merged token receives in the tower's last full-attention layer
+(``attention_source = "mean_received"``), the substitute ModelTC/LightCompress's Qwen2.5-VL port of VisionZip
+uses (VisionZip's authors have no Qwen port).
 Numerics differ from the official code only in that scores and merges are computed in float32 and top-K ties
 are broken by the lower index (the official ``torch.topk`` leaves ties unspecified).
 """
@@ -35,6 +38,7 @@ class VisionZip(CompressionMethod):
 
     name = "visionzip"
     needs_attention = True
+    attention_sources = ("cls", "mean_received")
     benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=20)
 
     def __init__(self, dominant: int | None = None, contextual: int | None = None, budget: int | None = None):

@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.context import ATTENTION_SOURCES, CompressionResult, VisionContext
 from sparsezip.methods.base import CompressionMethod, LayerPruner, list_methods
 
 
@@ -44,6 +44,9 @@ def check_declarations(method: CompressionMethod) -> None:
         _require(isinstance(method, LayerPruner), f"{name}: stage 'llm' but not a LayerPruner")
         _require(type(method).position_policy in ("renumber", "original"),
                  f"{name}: position_policy {type(method).position_policy!r} is not renumber/original")
+    sources = type(method).attention_sources
+    _require(isinstance(sources, tuple) and bool(sources) and all(s in ATTENTION_SOURCES for s in sources),
+             f"{name}: attention_sources {sources!r} must be a non-empty tuple of {ATTENTION_SOURCES}")
     try:
         json.dumps(method.config())
     except TypeError as err:

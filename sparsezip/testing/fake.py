@@ -63,7 +63,8 @@ class FakeVisionLanguageModel:
         self.device = torch.device("cpu")
         self.dtype = torch.float16  # what the KV-cache arithmetic assumes, like a real fp16 checkpoint
         # The HF-style geometry the runner reads for the analytic KV-cache bytes (LLaVA-1.5-7B's numbers).
-        self.config = SimpleNamespace(text_config=SimpleNamespace(num_hidden_layers=32, hidden_size=4096))
+        self.config = SimpleNamespace(text_config=SimpleNamespace(num_hidden_layers=32, hidden_size=4096,
+                                                                  num_attention_heads=32, num_key_value_heads=32))
         self.answer = answer or default_answer
         self.fail_after = fail_after
         self.checkpoint_path = checkpoint_path

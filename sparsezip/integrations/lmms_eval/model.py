@@ -4,7 +4,8 @@
     pretrained     a local checkpoint folder (required), loaded offline by the adapters.
     method         a registered method (``sparsezip methods``; default ``none``).
     budget         visual tokens per image (the method's own meaning, as ``sparsezip eval --budget``).
-    method_config  a YAML file with a ``model.sparsezip`` block (the seed's layout), strictly validated.
+    method_config  a YAML file with a ``model.sparsezip`` block (the seed's layout) or a SparseZip preset name
+                   (``pope``, ``mme``, ``docvqa``, ``seed-live``, ``seed-live-mme``), strictly validated.
     device, dtype  e.g. ``cuda:1``, ``bfloat16`` (default: CUDA when available, the adapter's dtype).
     prompt_style   ``llava_v1`` (default: LLaVA-1.5's eval template) or ``hf_chat`` (the checkpoint's own).
 ``--batch_size N`` batches requests with equal generation settings, in request order.

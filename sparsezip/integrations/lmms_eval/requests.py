@@ -157,14 +157,15 @@ def parse_batch_size(value: object) -> int:
 
 def build_method(name: str, budget: int | None = None, method_config: str | Path | None = None) -> CompressionMethod:
     """The registered method ``name`` with ``budget`` and, from ``method_config``, the ``model.sparsezip``
-    block of a YAML file (strictly validated by ``sparsezip.methods.sparsezip.config.load_yaml``)."""
+    block of a YAML file or a SparseZip preset name, as ``sparsezip eval --config`` takes it (strictly validated
+    by ``sparsezip.methods.sparsezip.config.resolve_config``)."""
     from sparsezip.methods import get_method
 
     config: dict = {}
     if method_config is not None:
-        from sparsezip.methods.sparsezip.config import load_yaml
+        from sparsezip.methods.sparsezip.config import resolve_config
 
-        config = dict(load_yaml(method_config))
+        config = dict(resolve_config(method_config))
     if budget is not None:
         if isinstance(budget, bool) or not isinstance(budget, int):
             raise ValueError(f"budget must be an integer number of visual tokens, got {budget!r}")

@@ -11,7 +11,14 @@ block inside, keys as in ``specs/methods.md`` section 1::
 
 Only the ``model.sparsezip`` block is validated here (other top-level keys belong to other parts of a run
 configuration and are left alone). Inside it every unknown key, at any depth, is a ``ValueError`` naming the
-key by its dotted path; so is a value of the wrong type.
+key by its dotted path; so is a value of the wrong type, and so is a key written twice (in the block or on the
+way to it): YAML itself, and ``yaml.safe_load``, silently keep the last value, which is how the seed's
+``config/sparsezip_mme.yaml`` ran with ``cross_beta: 0.1`` under an earlier ``cross_beta: 0.3``.
+
+Presets (``presets/*.yaml`` next to this module, :func:`load_preset`, :func:`list_presets`): the seed's three
+per-dataset configs (``pope``, ``mme``, ``docvqa``, their duplicates resolved as the seed's loader resolved
+them) and ``seed-live`` / ``seed-live-mme`` (what the seed's code actually ran); each file's header says
+where it comes from. :func:`resolve_config` takes a preset name or a YAML path (the CLI's ``--config``).
 """
 
 from __future__ import annotations
@@ -20,12 +27,16 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import yaml
 
 ROOT_PATH = "model.sparsezip"
+PRESET_SUFFIX = ".yaml"
+# The datasets the seed shipped a config for (config/sparsezip_<name>.yaml); each is the preset of that name.
+SEED_DATASET_PRESETS: tuple[str, ...] = ("pope", "mme", "docvqa")
 
 
 @dataclass(frozen=True)
@@ -110,27 +121,107 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     ``get_method("sparsezip", **load_yaml(path))``.
 
     Raises:
-        ValueError: the file is missing or not valid YAML, has no ``model.sparsezip`` mapping, or the block
-            has an unknown key / a wrongly typed value (the message names the file and the dotted key).
+        ValueError: the file is missing or not valid YAML, has no ``model.sparsezip`` mapping, writes a key of
+            (or on the way to) the block twice, or the block has an unknown key / a wrongly typed value (the
+            message names the file and the dotted key).
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ValueError(f"cannot read config file {path}: {err}") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str = "<string>") -> dict[str, Any]:
+    """:func:`load_yaml` on YAML ``text``; ``source`` names it in messages."""
     try:
+        duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         document = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: invalid YAML: {err}") from None
+        raise ValueError(f"{source}: invalid YAML: {err}") from None
+    if duplicates:
+        raise ValueError(f"{source}: {'; '.join(duplicates)}. A YAML loader silently keeps the last value "
+                         "(yaml.safe_load does); write each key once")
     model = document.get("model") if isinstance(document, dict) else None
     block = model.get("sparsezip") if isinstance(model, dict) else None
     if not isinstance(block, dict):
-        raise ValueError(f"{path}: expected a mapping at '{ROOT_PATH}' (top-level 'model:' with 'sparsezip:')")
+        raise ValueError(f"{source}: expected a mapping at '{ROOT_PATH}' (top-level 'model:' with 'sparsezip:')")
     try:
         SparseZipConfig.from_dict(block)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise ValueError(f"{source}: {err}") from None
     return block
+
+
+def list_presets() -> list[str]:
+    """The names of the shipped presets (``presets/<name>.yaml``), sorted."""
+    folder = resources.files(__package__) / "presets"
+    return sorted(f.name.removesuffix(PRESET_SUFFIX) for f in folder.iterdir() if f.name.endswith(PRESET_SUFFIX))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The ``model.sparsezip`` block of the shipped preset ``name`` (see :func:`list_presets`), validated like
+    :func:`load_yaml`: ``get_method("sparsezip", **load_preset("mme"))``."""
+    if name not in list_presets():
+        raise ValueError(f"unknown SparseZip preset {name!r}; presets: {', '.join(list_presets())}")
+    file = resources.files(__package__) / "presets" / f"{name}{PRESET_SUFFIX}"
+    return parse_yaml(file.read_text(encoding="utf-8"), f"preset {name!r}")
+
+
+def seed_dataset_config(family: str) -> dict[str, Any]:
+    """The seed's preset for dataset ``family`` (``pope``, ``mme``, ``docvqa``), ``{}`` for any other: what the
+    benchmark matrix starts every SparseZip row from (``BenchmarkRows.dataset_config``)."""
+    return load_preset(family) if family in SEED_DATASET_PRESETS else {}
+
+
+def resolve_config(value: str | Path) -> dict[str, Any]:
+    """A ``model.sparsezip`` block from a YAML file path or, when no such file exists, a preset name."""
+    if Path(value).is_file():
+        return load_yaml(value)
+    if str(value) in list_presets():
+        return load_preset(str(value))
+    raise ValueError(f"config {str(value)!r} is neither a YAML file nor a preset; presets: {', '.join(list_presets())}")
+
+
+def _duplicate_keys(root: yaml.Node | None) -> list[str]:
+    """One message per key written twice in a mapping that is, or leads to, the ``model.sparsezip`` block
+    (elsewhere the document belongs to other tools). Works on the composed node tree: nothing is constructed."""
+    problems: list[str] = []
+    wanted = ROOT_PATH.split(".")
+
+    def relevant(parts: list[str]) -> bool:
+        n = min(len(parts), len(wanted))
+        return parts[:n] == wanted[:n]
+
+    def walk(node: yaml.Node, parts: list[str]) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        seen: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":  # merge keys may repeat
+                continue
+            key, child = key_node.value, [*parts, key_node.value]
+            if not relevant(child):
+                continue
+            if key in seen:
+                first_key, first_value = seen[key]
+                problems.append(
+                    f"duplicate key '{'.'.join(child)}' (line {first_key.start_mark.line + 1}: "
+                    f"{_describe(first_value)}, again on line {key_node.start_mark.line + 1}: {_describe(value_node)})"
+                )
+            seen[key] = (key_node, value_node)
+            walk(value_node, child)
+
+    if root is not None:
+        walk(root, [])
+    return problems
+
+
+def _describe(node: yaml.Node) -> str:
+    if isinstance(node, yaml.ScalarNode):
+        return repr(node.value)
+    return "a mapping" if isinstance(node, yaml.MappingNode) else "a list"
 
 
 def _build(cls: type, data: Any, path: str) -> Any:

@@ -31,7 +31,7 @@ from sparsezip.layout import assemble, with_prefix
 from sparsezip.merging import kmeans_assign, visionzip_merge, weighted_merge
 from sparsezip.methods.base import CompressionMethod, register_method
 from sparsezip.methods.rows import LLAVA15_BUDGETS, Ablation, BenchmarkRows
-from sparsezip.methods.sparsezip.config import SparseZipConfig
+from sparsezip.methods.sparsezip.config import SparseZipConfig, seed_dataset_config
 from sparsezip.methods.sparsezip.dynamic_k import (
     DynamicKCalibration,
     calibrate_dynamic_k,
@@ -51,12 +51,16 @@ class SparseZip(CompressionMethod):
 
     name = "sparsezip"
     needs_attention = True
+    # Without CLS (Qwen2.5-VL) the CLS-attention term reads the mean attention each token receives, the same
+    # substitute VisionZip's Qwen ports use; the other terms do not depend on CLS.
+    attention_sources = ("cls", "mean_received")
     needs_text = True
-    # One ablation row per switch, at the 64-equivalent budget where compression hurts most.
-    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=10, ablations=(
+    # One ablation row per switch, at the 64-equivalent budget where compression hurts most; every row starts
+    # from the seed's preset for the dataset (cross_beta 0.1 on MME).
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=10, dataset_config=seed_dataset_config, ablations=(
         Ablation("nohybrid", {"skip_hybrid_attn": True}),
         Ablation("notext", {"cross_beta": 0.0}),
-        Ablation("dynk", {"dynamic_k": True}, calibrate_dynamic_k=True),
+        Ablation("dynk", {"dynamic_k": True, "skip_dynamic_k": False}, calibrate_dynamic_k=True),
         Ablation("nomerge", {"skip_ctx_merge": True}),
     ))
 

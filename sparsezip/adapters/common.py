@@ -1,0 +1,137 @@
+"""What the LLaVA-NeXT and Qwen2.5-VL adapters share: request checks, EOS handling, stage timings, the mean
+question embedding, analytic prefill FLOPs and the per-image result checks. (The LLaVA-1.5 adapter has its own
+copies of these, older than this module.)"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from sparsezip.context import CompressionResult
+from sparsezip.methods.base import CompressionMethod
+from sparsezip.profiling import StageTimer, decoder_prefill_flops
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+def check_request(
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    method: CompressionMethod,
+    questions: Sequence[str] | None,
+    max_new_tokens: int,
+    num_beams: int,
+    *,
+    model_name: str,
+    family: str,
+    min_side: int,
+) -> None:
+    """The checks every ``generate`` call makes before any work: one image per prompt, a vision-stage method
+    (in-LLM methods are refused: see the adapters' docstrings), positive lengths, images at least ``min_side``
+    pixels on each side. Each failure is a ``ValueError`` naming the bad value."""
+    if not isinstance(method, CompressionMethod):
+        raise ValueError(f"method must be a CompressionMethod, got {type(method).__name__}")
+    if method.stage != "vision":
+        raise ValueError(
+            f"method {method.name!r} prunes inside the LLM (stage {method.stage!r}); the {family} adapter runs "
+            f"vision-side methods only (model {model_name!r})"
+        )
+    if len(prompts) == 0:
+        raise ValueError("generate needs at least one prompt")
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; each prompt takes one image")
+    if questions is not None and len(questions) != len(prompts):
+        raise ValueError(f"got {len(questions)} questions for {len(prompts)} prompts")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    for i, image in enumerate(images):
+        width, height = image.size
+        if min(width, height) < min_side:
+            raise ValueError(
+                f"image {i} is {width}x{height} px; {family} needs at least {min_side} px on each side "
+                f"(model {model_name!r})"
+            )
+
+
+def eos_ids(generation_eos: int | Sequence[int] | None, tokenizer_eos: int | None) -> set[int]:
+    """The EOS ids from a ``generation_config.eos_token_id`` (one id or a list), else the tokenizer's."""
+    eos = generation_eos if generation_eos is not None else tokenizer_eos
+    if eos is None:
+        raise ValueError("neither the generation config nor the tokenizer names an EOS token")
+    return {int(e) for e in eos} if isinstance(eos, (list, tuple)) else {int(eos)}
+
+
+def trim_at_eos(tokens: list[int], eos: set[int]) -> list[int]:
+    """Generated ids up to and including the first EOS (the padding HF adds after it removed)."""
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return tokens[: i + 1]
+    return tokens
+
+
+def stage_timings(
+    timer: StageTimer, start: float, compress_end: float, first_token: float | None, end: float
+) -> dict[str, float]:
+    """``vision_ms`` / ``compress_ms`` as measured by ``timer``, ``prefill_ms`` from the end of compression to the
+    first token, ``decode_ms`` from there to ``end``, ``total_ms`` the whole call (timestamps in seconds)."""
+    if first_token is None:
+        raise ValueError("generation produced no token, so time to first token is undefined")
+    timings = {"vision_ms": 0.0, "compress_ms": 0.0, **timer.ms}
+    timings["prefill_ms"] = (first_token - compress_end) * 1e3
+    timings["decode_ms"] = (end - first_token) * 1e3
+    timings["total_ms"] = (end - start) * 1e3
+    return timings
+
+
+def mean_question_embedding(
+    tokenizer: object, embedding: torch.nn.Module, questions: Sequence[str], device: torch.device
+) -> torch.Tensor:
+    """``[B, D]`` float32: the mean LLM input embedding of each question's tokens (no special tokens)."""
+    empty = [i for i, q in enumerate(questions) if not q or not q.strip()]
+    if empty:
+        raise ValueError(f"questions {empty} are empty; pass questions=None for no text awareness")
+    encoded = tokenizer(list(questions), add_special_tokens=False, padding=True, return_tensors="pt")
+    ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+    embeds = embedding(ids).float()
+    weights = mask.unsqueeze(-1).float()
+    return (embeds * weights).sum(dim=1) / weights.sum(dim=1)
+
+
+def prefill_flops(text_config: object, seq_lens: int | list[int]) -> int:
+    """Analytic prefill FLOPs of an HF decoder config (Llama / Mistral / Qwen2: GQA and ``head_dim`` read from the
+    config) for ``seq_lens`` tokens (one int, or one per layer)."""
+    return decoder_prefill_flops(
+        seq_lens,
+        num_layers=text_config.num_hidden_layers,
+        hidden=text_config.hidden_size,
+        intermediate=text_config.intermediate_size,
+        num_heads=text_config.num_attention_heads,
+        num_kv_heads=getattr(text_config, "num_key_value_heads", None),
+        vocab_size=text_config.vocab_size,
+        head_dim=getattr(text_config, "head_dim", None),
+    )
+
+
+def check_rows(result: CompressionResult, limits: torch.Tensor, channels: int, method: CompressionMethod) -> None:
+    """``result`` must hold ``[R, T, C]`` tokens and, per row, 1 to ``limits[r]`` of them."""
+    rows = limits.shape[0]
+    if result.tokens.shape[0] != rows or result.tokens.shape[2] != channels:
+        raise ValueError(
+            f"method {method.name!r} returned tokens {tuple(result.tokens.shape)}; expected [R={rows}, T, C={channels}]"
+        )
+    lengths, bounds = result.lengths.tolist(), limits.tolist()
+    if any(not 1 <= n <= limit for n, limit in zip(lengths, bounds, strict=True)):
+        raise ValueError(
+            f"method {method.name!r} returned {lengths} tokens per row; each must be in [1, that row's {bounds}]"
+        )
+
+
+def method_budget(method: CompressionMethod) -> int | None:
+    """The method's ``budget`` (visual tokens per image) when it is an int, else ``None`` (its default)."""
+    budget = method.config().get("budget")
+    return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
