@@ -27,7 +27,7 @@ def zscore(values: torch.Tensor, eps: float = ZSCORE_EPS) -> torch.Tensor:
     values: ``[B, M]`` -> ``[B, M]`` float32. A constant row gives zeros (not NaN).
     """
     _check_ndim("values", values, 2, "[B, M]")
-    v = values.float()
+    v = values if values.dtype == torch.float32 else values.float()
     mean = v.mean(dim=1, keepdim=True)
     std = v.std(dim=1, keepdim=True, correction=0)
     return (v - mean) / (std + eps)
@@ -72,17 +72,25 @@ def mutual_information_proxy(keys: torch.Tensor, tau: float) -> torch.Tensor:
     _check_ndim("keys", keys, 3, "[B, M, Dk]")
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
-    b, m, _ = keys.shape
-    if m <= 2:
-        return torch.ones(b, m, device=keys.device)
+    if keys.shape[1] <= 2:
+        return torch.ones(keys.shape[:2], device=keys.device)
     k_hat = l2_normalize(keys)
-    sim = torch.bmm(k_hat, k_hat.transpose(1, 2)).div_(tau)
-    eye = torch.eye(m, dtype=torch.bool, device=keys.device)
-    log_q = torch.log_softmax(sim.masked_fill_(eye, float("-inf")), dim=-1)
-    # exp(-inf) * -inf = NaN on the diagonal: zero those terms explicitly.
-    plogp = (log_q.exp() * log_q).masked_fill(eye, 0.0)
-    entropy = -plogp.sum(dim=-1)
-    return 1.0 - entropy / math.log(m - 1)
+    return mutual_information_from_gram(torch.bmm(k_hat, k_hat.transpose(1, 2)), tau)
+
+
+def mutual_information_from_gram(gram: torch.Tensor, tau: float) -> torch.Tensor:
+    """:func:`mutual_information_proxy` from ``S = k̂ k̂^T`` ``[B, M, M]`` float32 (M > 2), which it overwrites:
+    callers that share ``S`` with other computations (SparseZip's k-means) hand it over last. Four passes over
+    ``S`` and two writes to its diagonal, no masks. -> ``[B, M]`` float32.
+    """
+    m = gram.shape[-1]
+    sim = gram.div_(tau)
+    sim.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # q_i is over the other patches
+    log_q = torch.log_softmax(sim, dim=-1)
+    q = log_q.exp()  # 0 on the diagonal
+    log_q.diagonal(dim1=1, dim2=2).fill_(0.0)  # so that q log q is 0 there, not 0 * -inf = NaN
+    # 1 - H / ln(M - 1) with H = -sum q log q.
+    return 1.0 + (q * log_q).sum(dim=-1) / math.log(m - 1)
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -136,23 +144,36 @@ def hybrid_score(
     alpha_mutual: float,
     tau_feat: float,
     tau_sim: float,
+    gram: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``s = a_attn z(attn) + a_ent z(H) + a_mut z(I)`` over patches.
 
-    attn: ``[B, M]`` per-patch CLS attention (:func:`cls_attention`); keys: ``[B, M, Dk]`` patch keys ->
+    attn: ``[B, M]`` per-patch CLS attention (:func:`cls_attention`); keys: ``[B, M, Dk]`` patch keys;
+    gram: ``k̂ k̂^T`` ``[B, M, M]`` of the L2-normalised keys if the caller has it (it is overwritten) ->
     ``[B, M]`` float32. Terms with weight 0 are not computed at all (the MI proxy is the one ``O(M^2)`` term).
     """
     _check_ndim("attn", attn, 2, "[B, M]")
     _check_ndim("keys", keys, 3, "[B, M, Dk]")
     if attn.shape != keys.shape[:2]:
         raise ValueError(f"attn {tuple(attn.shape)} and keys {tuple(keys.shape)} disagree on [B, M]")
-    score = torch.zeros(attn.shape, device=attn.device)
+    terms = []
     if alpha_attn:
-        score = score + alpha_attn * zscore(attn)
+        terms.append(alpha_attn * zscore(attn))
     if alpha_entropy:
-        score = score + alpha_entropy * zscore(channel_entropy(keys, tau_feat))
+        terms.append(alpha_entropy * zscore(channel_entropy(keys, tau_feat)))
     if alpha_mutual:
-        score = score + alpha_mutual * zscore(mutual_information_proxy(keys, tau_sim))
+        if gram is None or keys.shape[1] <= 2:
+            mutual = mutual_information_proxy(keys, tau_sim)
+        else:
+            if tau_sim <= 0:
+                raise ValueError(f"tau must be > 0, got {tau_sim}")
+            mutual = mutual_information_from_gram(gram, tau_sim)
+        terms.append(alpha_mutual * zscore(mutual))
+    if not terms:
+        return torch.zeros(attn.shape, device=attn.device)
+    score = terms[0]
+    for term in terms[1:]:  # t1 + t2 + t3, left to right
+        score = score + term
     return score
 
 

@@ -22,7 +22,8 @@ def rank_order(scores: torch.Tensor) -> torch.Tensor:
     """
     _check_scores(scores)
     # Stable sort on float32 keeps float16/bfloat16 ties as ties and is exact for them.
-    return torch.sort(scores.float(), dim=1, descending=True, stable=True).indices
+    values = scores if scores.dtype == torch.float32 else scores.float()
+    return torch.sort(values, dim=1, descending=True, stable=True).indices
 
 
 def topk_mask(scores: torch.Tensor, k: torch.Tensor | int, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,9 +41,25 @@ def topk_mask(scores: torch.Tensor, k: torch.Tensor | int, valid: torch.Tensor |
                          f"{tuple(valid.shape)}")
     if bool(((k < 0) | (k > available)).any()):
         raise ValueError(f"k must lie in [0, valid entries per row = {available.tolist()}], got {k.tolist()}")
+    if valid is None:
+        return rank_mask(scores, k)
     order = rank_order(scores)
-    if valid is not None:  # valid entries first, each group still in rank order (a stable partition)
-        order = order.gather(1, torch.sort((~valid).gather(1, order).int(), dim=1, stable=True).indices)
+    # Valid entries first, each group still in rank order (a stable partition).
+    order = order.gather(1, torch.sort((~valid).gather(1, order).int(), dim=1, stable=True).indices)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(m, device=scores.device).expand(b, m))
+    return ranks < k[:, None]
+
+
+def rank_mask(scores: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+    """:func:`topk_mask` without its checks, so without a host sync: the caller guarantees ``0 <= k[b] <= M``.
+
+    scores: ``[B, M]``; k: int or ``[B]`` int64 on scores' device -> ``[B, M]`` bool, each row's top-``k[b]``
+    (ties: lower index wins).
+    """
+    b, m = scores.shape
+    order = rank_order(scores)
+    if isinstance(k, int):  # the first k of the ranking, no per-row comparison needed
+        return torch.zeros(b, m, dtype=torch.bool, device=scores.device).scatter_(1, order[:, :k], True)
     ranks = torch.empty_like(order).scatter_(1, order, torch.arange(m, device=scores.device).expand(b, m))
     return ranks < k[:, None]
 
@@ -74,9 +91,8 @@ def mask_to_indices(mask: torch.Tensor, width: int | None = None) -> torch.Tenso
     if mask.ndim != 2 or mask.dtype != torch.bool:
         raise ValueError(f"mask must be a [B, M] bool tensor, got {mask.dtype} {tuple(mask.shape)}")
     b, m = mask.shape
-    counts = mask.sum(dim=1)
     if width is None:
-        width = int(counts.max()) if b else 0
+        width = int(mask.sum(dim=1).max()) if b else 0
     index = torch.arange(m, device=mask.device).expand(b, m)
     # Selected entries sort by their index; unselected ones are pushed behind all of them.
     key = torch.where(mask, index, index + m)

@@ -51,7 +51,8 @@ class RandomSelection(CompressionMethod):
             [torch.rand(m, generator=_generator(self.seed, s)) for s in sample_seeds]
         ).to(ctx.hidden.device)
         keep = with_prefix(topk_mask(keys, k), ctx.prefix, False)
-        return assemble(ctx.hidden, keep, torch.full((b,), k, dtype=torch.long, device=ctx.hidden.device))
+        return assemble(ctx.hidden, keep, torch.full((b,), k, dtype=torch.long, device=ctx.hidden.device),
+                        kept_width=k, width=k)
 
     def config(self) -> dict:
         return {"budget": self.budget, "seed": self.seed}

@@ -72,7 +72,12 @@ class VisionZip(CompressionMethod):
         # Only patches are merged: the prefix is kept, so it is never among the remaining tokens.
         contextual, slot_valid, labels = visionzip_merge(ctx.hidden, ctx.keys, ~keep, self.contextual)
         k = torch.full((b,), self.dominant - prefix, dtype=torch.long, device=ctx.hidden.device)
-        return assemble(ctx.hidden, keep, k, contextual, slot_valid, labels)
+        # Every row keeps D tokens and merges the same number of remaining ones, so the widths are known here.
+        remaining = ctx.num_patches - (self.dominant - prefix)
+        step = max(1, remaining // self.contextual) if self.contextual else 1
+        slots = sum(1 for j in range(self.contextual) if j * step < remaining)
+        return assemble(ctx.hidden, keep, k, contextual, slot_valid, labels, kept_width=self.dominant,
+                        width=self.dominant + slots, valid_slots_first=True)
 
     def config(self) -> dict:
         return {"dominant": self.dominant, "contextual": self.contextual, "budget": self.budget}
