@@ -197,5 +197,7 @@ def iqr_outliers(values: torch.Tensor, whisker: float = 1.5) -> torch.Tensor:
     if whisker < 0:
         raise ValueError(f"whisker must be >= 0, got {whisker}")
     v = values.float()
-    q1, q3 = torch.quantile(v, torch.tensor([0.25, 0.75], device=v.device), dim=1, keepdim=True)
+    # The quantile levels made on the device (0.25, 0.75 exactly): a tensor from host data would be a copy.
+    levels = torch.arange(2, dtype=torch.float32, device=v.device).mul_(0.5).add_(0.25)
+    q1, q3 = torch.quantile(v, levels, dim=1, keepdim=True)
     return v > q3 + whisker * (q3 - q1)

@@ -188,8 +188,13 @@ class SparseZip(CompressionMethod):
 
         keep = with_prefix(dominant, prefix, cfg.keep_cls)
         kept = (prefix if cfg.keep_cls else 0) + k_fixed
+        width = None
+        if cfg.skip_ctx_merge and not dynamic:  # VisionZip's slots depend on counts alone: a known width
+            remaining_count = m - k_fixed
+            step = max(1, remaining_count // contextual_num) if contextual_num else 1
+            width = kept + sum(1 for j in range(contextual_num) if j * step < remaining_count)
         return assemble(ctx.hidden, keep, k, contextual, slot_valid, with_prefix(labels, prefix, -1),
-                        kept_width=None if dynamic else kept, valid_slots_first=True)
+                        kept_width=None if dynamic else kept, width=width, valid_slots_first=True)
 
     def calibrate(
         self, contexts: Iterable[VisionContext], target_mean_k: float | None = None, *, scale: float | None = None
