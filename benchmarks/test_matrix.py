@@ -46,10 +46,6 @@ def test_case(case: Case, bench, bench_model, bench_samples, benchmark) -> None:
     reason = unreachable_reason(method, bench_model)
     if reason is not None:
         pytest.skip(reason)
-    if bench.device.type == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(bench.device)  # peak memory of this case, not of the session
     run_dir = case_dir(bench.run_root, case)
     summary = evaluate(bench_model, method, samples, run_dir, dataset=case.dataset,
                        batch_size=batch_size_for(method), progress=False)

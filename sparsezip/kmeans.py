@@ -200,7 +200,7 @@ def lloyd(
         raise ValueError(f"iters must be >= 0, got {iters}")
     p = _f32(points)
     centres = _f32(centres)
-    b, m, dim = p.shape
+    _, m, dim = p.shape
     k = centres.shape[1]
     if point_sq is None:
         point_sq = (p * p).sum(-1)

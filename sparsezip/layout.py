@@ -41,6 +41,7 @@ def assemble(
     kept_width: int | None = None,
     width: int | None = None,
     valid_slots_first: bool = False,
+    kept_per_row: int | None = None,
 ) -> CompressionResult:
     """Build the padded output of a vision-side method.
 
@@ -52,7 +53,7 @@ def assemble(
     kept_width / width: the largest kept count and the largest output length over the batch, when the caller
     knows them without looking at the data (a fixed budget); whatever is not given is read from the device in
     one host sync. valid_slots_first: the caller's ``contextual_valid`` is True on a prefix of every row (no
-    compaction needed).
+    compaction needed). kept_per_row: every row keeps exactly this many tokens (implies ``kept_width``).
 
     Returns tokens ``[B, T, C]`` (zero padded, hidden's dtype), lengths = kept + valid slots, ``kept_index``
     = ascending kept indices, and ``assignment`` mapping kept and merged source tokens to their output slot.
@@ -78,6 +79,8 @@ def assemble(
         contextual = contextual.gather(1, order[:, :, None].expand(-1, -1, c))
         rank = contextual_valid.cumsum(1) - 1  # new slot of every valid old slot
         contextual_labels = torch.where(contextual_labels >= 0, rank.gather(1, contextual_labels.clamp_min(0)), -1)
+    if kept_per_row is not None:
+        kept_width = kept_per_row
     n_keep = keep.sum(1)
     n_slots = contextual_valid.sum(1)
     lengths = n_keep + n_slots
@@ -94,23 +97,29 @@ def assemble(
     kept_index = torch.where(torch.arange(kept_width, device=device) < n_keep_col, kept_order, -1)
 
     # Output position t of image b holds kept token t (t < n_keep), else contextual slot t - n_keep (while
-    # t < lengths[b]), else zeros.
-    t = torch.arange(width, device=device)
-    is_kept = (t < n_keep_col)[:, :, None]
-    kept_src = F.pad(kept_order, (0, width - kept_width))[:, :, None].expand(-1, -1, c)
-    from_kept = hidden.gather(1, kept_src)
-    if s:
-        real = (t < (n_keep_col + n_slots_col))[:, :, None]
-        slot_src = (t - n_keep_col).clamp_(0, s - 1)[:, :, None].expand(-1, -1, c)
-        from_slots = contextual.to(hidden.dtype).gather(1, slot_src)
-        tokens = torch.where(is_kept, from_kept, torch.where(real, from_slots, 0.0))
+    # t < lengths[b]), else zeros. Rows are picked by index_select on flattened tensors (a copy per row, many
+    # times faster than an elementwise gather); slot index s (one past the real slots) is a zero row.
+    rows = hidden.reshape(b * n, c)
+    slots = torch.cat([contextual.to(hidden.dtype), hidden.new_zeros(b, 1, c)], dim=1).view(b * (s + 1), c)
+    if kept_per_row is not None:  # every row keeps the same count: kept part, then slots, no per-position choice
+        kept = rows.index_select(0, (kept_order + torch.arange(0, b * n, n, device=device)[:, None]).view(-1))
+        t = torch.arange(width - kept_width, device=device)
+        slot_src = torch.where(t < n_slots_col, t, s) + torch.arange(0, b * (s + 1), s + 1, device=device)[:, None]
+        tokens = torch.cat([kept.view(b, kept_width, c), slots.index_select(0, slot_src.view(-1)).view(b, -1, c)], 1)
     else:
-        tokens = torch.where(is_kept, from_kept, 0.0)
+        t = torch.arange(width, device=device)
+        is_kept = (t < n_keep_col)[:, :, None]
+        kept_src = F.pad(kept_order, (0, width - kept_width)) + torch.arange(0, b * n, n, device=device)[:, None]
+        slot_pos = t - n_keep_col
+        slot_src = torch.where((slot_pos >= 0) & (slot_pos < n_slots_col), slot_pos, s) \
+            + torch.arange(0, b * (s + 1), s + 1, device=device)[:, None]
+        tokens = torch.where(is_kept, rows.index_select(0, kept_src.view(-1)).view(b, width, c),
+                             slots.index_select(0, slot_src.view(-1)).view(b, width, c))
 
     # Source token -> output slot: kept tokens by their rank, merged tokens by their (valid) slot.
     merged = (contextual_labels >= 0) & (contextual_labels < n_slots_col)
     assignment = torch.where(keep, keep.cumsum(1) - 1,
                              torch.where(merged, contextual_labels + n_keep_col, -1))
     return CompressionResult(
-        tokens=tokens, lengths=lengths, kept_index=kept_index, assignment=assignment, k=k.long(), info=info or {}
+        tokens=tokens, lengths=lengths, kept_index=kept_index, assignment=assignment, k=k if k.dtype == torch.long else k.long(), info=info or {}
     )

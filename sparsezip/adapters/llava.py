@@ -27,13 +27,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from sparsezip.adapters.api import GenerationOutput
+from sparsezip.adapters.common import to_device
 from sparsezip.adapters.llava_loader import llava_visual_tokens, load_llava
 from sparsezip.adapters.placeholders import shorten_image_runs
 from sparsezip.adapters.prompt_ids import encode_prompts
@@ -65,6 +66,8 @@ class PreparedBatch:
         compress_end: timestamp when compression finished (prefill is measured from here).
         uncompressed: ``[B]`` int64, each image's visual tokens before compression (its placeholder run as the
             processor expanded it).
+        visual_tokens, dominant, prefill_tokens: per image, on the host (read from the device once per batch):
+            the method's token count and ``k``, and the prompt's real tokens after shortening.
     """
 
     input_ids: torch.Tensor
@@ -76,6 +79,9 @@ class PreparedBatch:
     start: float
     compress_end: float
     uncompressed: torch.Tensor
+    visual_tokens: list[int] = field(default_factory=list)
+    dominant: list[int] = field(default_factory=list)
+    prefill_tokens: list[int] = field(default_factory=list)
 
 
 class LlavaVLM:
@@ -207,20 +213,23 @@ class LlavaVLM:
 
     def _check_result(
         self, result: CompressionResult, uncompressed: torch.Tensor, channels: int, method: CompressionMethod
-    ) -> None:
-        """``result`` must hold ``[B, T, C]`` tokens and, per image, 1 to ``uncompressed[b]`` of them."""
+    ) -> tuple[list[int], list[int]]:
+        """``result`` must hold ``[B, T, C]`` tokens and, per image, 1 to ``uncompressed[b]`` of them. Returns the
+        per-image token counts and ``k`` on the host: the batch's one read of the method's result."""
         batch = uncompressed.shape[0]
         if result.tokens.shape[0] != batch or result.tokens.shape[2] != channels:
             raise ValueError(
                 f"method {method.name!r} returned tokens {tuple(result.tokens.shape)}; expected [B={batch}, T, C={channels}]"
             )
-        lengths, limits = result.lengths.tolist(), uncompressed.tolist()
+        lengths, dominant = torch.stack([result.lengths, result.k.to(result.lengths.device)]).tolist()
+        limits = uncompressed.tolist()
         width = result.tokens.shape[1]
         if any(not 1 <= n <= min(width, limit) for n, limit in zip(lengths, limits, strict=True)):
             raise ValueError(
                 f"method {method.name!r} returned {lengths} tokens per image; each must be in "
                 f"[1, that image's {limits} visual tokens] and fit its [B, T={width}, C] tokens"
             )
+        return lengths, dominant
 
     # ------------------------------------------------------------------------------------------ pipeline
     def text_query(self, questions: Sequence[str]) -> torch.Tensor:
@@ -235,7 +244,7 @@ class LlavaVLM:
         from sparsezip.scoring import text_to_vision_space
 
         encoded = self.tokenizer(list(questions), add_special_tokens=False, padding=True, return_tensors="pt")
-        ids, mask = encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
+        ids, mask = to_device(encoded["input_ids"], self.device), to_device(encoded["attention_mask"], self.device)
         embeds = self.model.get_input_embeddings()(ids).float()
         weights = mask.unsqueeze(-1).float()
         mean = (embeds * weights).sum(dim=1) / weights.sum(dim=1)
@@ -263,7 +272,7 @@ class LlavaVLM:
         if questions is not None and len(questions) != len(images):
             raise ValueError(f"got {len(questions)} questions for {len(images)} images")
         pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
-        return self._context(images, self.tap(pixel_values.to(self.device, self.model.dtype)), questions)
+        return self._context(images, self.tap(to_device(pixel_values, self.device, self.model.dtype)), questions)
 
     @torch.inference_mode()
     def prepare(
@@ -288,29 +297,31 @@ class LlavaVLM:
                 self.tokenizer, prompts, image_token=self.image_token, image_token_id=self.image_token_id,
                 run_length=self.num_patches, pad_token_id=self.pad_token_id,
             )
-            features = self.tap(pixel_values.to(self.device, self.model.dtype))
+            features = self.tap(to_device(pixel_values, self.device, self.model.dtype))
         with timer.stage("compress_ms"):
             text_aware = method.needs_text and method.stage == "vision"
             ctx = self._context(images, features, questions if text_aware else None)
             result = method(ctx)
             # One CLIP view per image: every image's uncompressed count is its patches (LLaVA-1.5: all 576).
             uncompressed = torch.full((ctx.batch_size,), ctx.num_patches, dtype=torch.long)
-            self._check_result(result, uncompressed, ctx.hidden.shape[2], method)
+            lengths, dominant = self._check_result(result, uncompressed, ctx.hidden.shape[2], method)
         compress_end = timer.now()
-        ids, mask = shorten_image_runs(
-            input_ids.to(self.device),
-            attention_mask.to(self.device),
-            result.lengths.to(self.device),
-            image_token_id=self.image_token_id,
-            pad_token_id=self.pad_token_id,
-            expected_runs=uncompressed.to(self.device),
-        )
-        projected = self.model.model.multi_modal_projector(result.tokens)
-        real = torch.arange(projected.shape[1], device=self.device)[None, :] < result.lengths.to(self.device)[:, None]
-        embeds = self.model.get_input_embeddings()(ids)
+        # The ids are host data (the tokenizer's): shorten them, and find where each visual token goes, on the
+        # host, so the device only receives finished index tensors (no syncs, no boolean indexing there).
+        ids, mask = shorten_image_runs(input_ids, attention_mask, torch.tensor(lengths), image_token_id=self.image_token_id,
+                                       pad_token_id=self.pad_token_id, expected_runs=uncompressed)
         image_mask = ids == self.image_token_id
-        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), projected[real].to(embeds.dtype))
-        return PreparedBatch(ids, embeds, mask, image_mask, result, timer, start, compress_end, uncompressed)
+        width = result.tokens.shape[1]
+        real = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).flatten().nonzero().squeeze(1)
+        rows, cols = image_mask.nonzero(as_tuple=True)  # row-major: the order of the real tokens
+        prefill_tokens = mask.sum(1).tolist()
+        ids, mask, image_mask = (to_device(t, self.device) for t in (ids, mask, image_mask))
+        projected = self.model.model.multi_modal_projector(result.tokens)
+        embeds = self.model.get_input_embeddings()(ids)
+        values = projected.flatten(0, 1).index_select(0, to_device(real, self.device)).to(embeds.dtype)
+        embeds = embeds.index_put_((to_device(rows, self.device), to_device(cols, self.device)), values)
+        return PreparedBatch(ids, embeds, mask, image_mask, result, timer, start, compress_end, uncompressed,
+                             visual_tokens=lengths, dominant=dominant, prefill_tokens=prefill_tokens)
 
     def generate(
         self,
@@ -347,10 +358,10 @@ class LlavaVLM:
         timings = self._timings(prepared, first_token.first_call, end)
         batch = len(prompts)
         outputs = []
-        for b in range(batch):
-            tokens = self._trim(sequences[b].tolist())
-            visual = int(prepared.result.lengths[b])
-            prefill = int(prepared.attention_mask[b].sum())
+        for b, generated in enumerate(sequences.tolist()):  # one read of the whole batch
+            tokens = self._trim(generated)
+            visual = prepared.visual_tokens[b]
+            prefill = prepared.prefill_tokens[b]
             outputs.append(
                 GenerationOutput(
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True),
@@ -362,7 +373,7 @@ class LlavaVLM:
                     batch_size=batch,
                     extra={
                         "token_ids": tokens,
-                        "k": int(prepared.result.k[b]),
+                        "k": prepared.dominant[b],
                         "prefill_flops": self._prefill_flops(prefill),
                     },
                 )
@@ -399,7 +410,7 @@ class LlavaVLM:
                 new_tokens=len(tokens),
                 visual_tokens=sum(per_layer) / len(per_layer),
                 uncompressed_visual_tokens=int(prepared.uncompressed[b]),
-                prefill_tokens=int(prepared.attention_mask[b].sum()),
+                prefill_tokens=prepared.prefill_tokens[b],
                 timings=dict(timings),
                 visual_tokens_per_layer=per_layer,
                 batch_size=len(prompts),

@@ -94,7 +94,7 @@ class CDPruner(CompressionMethod):
         picks = dpp_greedy_map(kernel, budget) + prefix
         keep = torch.zeros(b, n, dtype=torch.bool, device=ctx.hidden.device).scatter_(1, picks, True)
         return assemble(ctx.hidden, keep, torch.full((b,), budget, dtype=torch.long, device=ctx.hidden.device),
-                        kept_width=budget, width=budget)
+                        kept_per_row=budget, width=budget)
 
     def config(self) -> dict:
         return {"budget": self.budget, "negate_relevance": self.negate_relevance}

@@ -59,7 +59,7 @@ class DivPrune(CompressionMethod):
         picks = divprune_order(ctx.hidden[:, prefix:], budget) + prefix
         keep = torch.zeros(b, n, dtype=torch.bool, device=ctx.hidden.device).scatter_(1, picks, True)
         return assemble(ctx.hidden, keep, torch.full((b,), budget, dtype=torch.long, device=ctx.hidden.device),
-                        kept_width=budget, width=budget)
+                        kept_per_row=budget, width=budget)
 
     def config(self) -> dict:
         return {"budget": self.budget}

@@ -141,7 +141,7 @@ class PruMergePlus(CompressionMethod):
             contextual_labels=labels,
             info={"important": important_list,
                   "spatial": [s - i for s, i in zip(selected_list, important_list, strict=True)]},
-            kept_width=0,
+            kept_per_row=0,
             width=max((s + (s < m) for s in selected_list), default=0),
         )
 

@@ -55,7 +55,7 @@ class RandomSelection(CompressionMethod):
             keys = keys.pin_memory().to(device, non_blocking=True)
         keep = with_prefix(rank_mask(keys, k), ctx.prefix, False)
         return assemble(ctx.hidden, keep, torch.full((b,), k, dtype=torch.long, device=ctx.hidden.device),
-                        kept_width=k, width=k)
+                        kept_per_row=k, width=k)
 
     def config(self) -> dict:
         return {"budget": self.budget, "seed": self.seed}

@@ -76,7 +76,7 @@ class VisionZip(CompressionMethod):
         remaining = ctx.num_patches - (self.dominant - prefix)
         step = max(1, remaining // self.contextual) if self.contextual else 1
         slots = sum(1 for j in range(self.contextual) if j * step < remaining)
-        return assemble(ctx.hidden, keep, k, contextual, slot_valid, labels, kept_width=self.dominant,
+        return assemble(ctx.hidden, keep, k, contextual, slot_valid, labels, kept_per_row=self.dominant,
                         width=self.dominant + slots, valid_slots_first=True)
 
     def config(self) -> dict:

@@ -58,7 +58,7 @@ class _HostReads(TorchFunctionMode):
         super().__init__()
         self.seen: Counter = Counter()
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
         if name in _HOST_READS or name in _FROM_HOST:
             self.seen[name] += 1

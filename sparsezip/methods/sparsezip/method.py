@@ -27,8 +27,8 @@ import torch
 from sparsezip import scoring
 from sparsezip.budget import check_budget_fits, check_budget_positive, fixed_k, split_budget
 from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.layout import assemble, with_prefix
 from sparsezip.kmeans import centre_distances, kmeans_assign
+from sparsezip.layout import assemble, with_prefix
 from sparsezip.merging import visionzip_merge, weighted_merge
 from sparsezip.methods.base import CompressionMethod, register_method
 from sparsezip.methods.rows import LLAVA15_BUDGETS, Ablation, BenchmarkRows
@@ -194,7 +194,7 @@ class SparseZip(CompressionMethod):
             step = max(1, remaining_count // contextual_num) if contextual_num else 1
             width = kept + sum(1 for j in range(contextual_num) if j * step < remaining_count)
         return assemble(ctx.hidden, keep, k, contextual, slot_valid, with_prefix(labels, prefix, -1),
-                        kept_width=None if dynamic else kept, width=width, valid_slots_first=True)
+                        kept_per_row=None if dynamic else kept, width=width, valid_slots_first=True)
 
     def calibrate(
         self, contexts: Iterable[VisionContext], target_mean_k: float | None = None, *, scale: float | None = None
