@@ -35,6 +35,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="float16, bfloat16, float32 (default: the adapter's)")
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: torch's CPU threads (sparsezip.threads)."""
+    from sparsezip.threads import physical_cores
+
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"torch CPU threads (default: the physical cores this process may use, "
+                             f"{physical_cores()} here); recorded in run.json")
+
+
 def load_samples(args: argparse.Namespace) -> list[Sample]:
     """The samples ``--dataset`` / ``--data`` / ``--image-root`` / ``--limit`` select, in dataset order. Only the
     selected samples need their image files (``--limit 100`` runs without the rest of the images); every

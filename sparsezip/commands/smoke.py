@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default 16)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", type=Path, default=Path("smoke-out"), help="folder for the PNG (default smoke-out)")
+    from sparsezip.commands._common import add_threads_argument
+
+    add_threads_argument(parser)
 
 
 def demo_image(size: int = 336) -> Image.Image:
@@ -68,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     from sparsezip.data.sample import open_image
     from sparsezip.methods import get_method, list_methods
     from sparsezip.overlay import draw_token_overlay, tensor_to_image
+    from sparsezip.threads import use_threads
 
+    threads = use_threads(args.threads)
     if args.image is not None and not args.image.exists():
         raise ValueError(f"--image {args.image} does not exist")
     image = open_image(args.image) if args.image is not None else demo_image()
@@ -80,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     method = get_method(name) if args.budget is None else get_method(name, budget=args.budget)
     vlm, model_note = load_model(args.model_path, str(parse_device(args.device)))
     print(model_note)
-    print(f"method: {method!r}")
+    print(f"method: {method!r}; torch threads: {threads}")
     prompt = llava_v1_prompt(args.prompt)
 
     prepared = vlm.prepare([image], [prompt], method=method, questions=[args.prompt])

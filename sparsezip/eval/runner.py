@@ -236,6 +236,9 @@ def run_config(
         "batch_size": batch_size,
         # A shard is only meaningful for one selection, so its size is part of its identity.
         "shard": None if shard is None else {"index": shard[0], "count": shard[1], "of_samples": len(samples)},
+        # Recorded, not part of the identity (a resume may use another count): CPU kernels split their sums by
+        # thread, so the count can move the last bits of a logit.
+        "torch_threads": torch.get_num_threads(),
     }
 
 
