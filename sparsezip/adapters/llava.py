@@ -252,13 +252,15 @@ class LlavaVLM:
         return text_to_vision_space(mean, projector.linear_1.weight, projector.linear_2.weight)
 
     def _context(
-        self, images: Sequence[Image.Image], features: TowerFeatures, questions: Sequence[str] | None
+        self, images: Sequence[Image.Image], features: TowerFeatures, questions: Sequence[str] | None,
+        seeds: Sequence[int] | None = None,
     ) -> VisionContext:
-        """The method's input from the feature layer, with the text query when ``questions`` are given."""
+        """The method's input from the feature layer, with the text query when ``questions`` are given; ``seeds``
+        = :func:`image_seed` of each image if already computed."""
         hidden = features.hidden
         text_query = None if questions is None else self.text_query(questions).to(hidden.dtype)
         keys = features.keys if features.keys is not None else hidden.new_zeros(*hidden.shape[:2], 0)
-        seeds = torch.tensor([image_seed(image) for image in images], dtype=torch.long)
+        seeds = torch.tensor([image_seed(image) for image in images] if seeds is None else seeds, dtype=torch.long)
         return VisionContext(
             hidden=hidden, keys=keys, cls_attn=features.cls_attn, text_query=text_query, sample_seeds=seeds,
             prefix=self.prefix,
@@ -291,16 +293,23 @@ class LlavaVLM:
             batched = len(prompts) > 1
             if batched and self.tokenizer.pad_token_id is None:
                 raise ValueError(f"model {self.name!r}: its tokenizer has no pad token, so batches need size 1")
-            pixel_values = self.processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+            # A batch asking several questions about one image (POPE: six in a row) preprocesses and encodes it
+            # once: images are told apart by their pixels' hash, which is also their sample seed.
+            seeds = [image_seed(image) for image in images]
+            distinct = {seed: image for seed, image in zip(seeds, images, strict=True)}
+            pixel_values = self.processor.image_processor(list(distinct.values()), return_tensors="pt")["pixel_values"]
             # LLaVA's tokenization (text on each side of <image> on its own), not the processor's: see prompt_ids.
             input_ids, attention_mask = encode_prompts(
                 self.tokenizer, prompts, image_token=self.image_token, image_token_id=self.image_token_id,
                 run_length=self.num_patches, pad_token_id=self.pad_token_id,
             )
             features = self.tap(to_device(pixel_values, self.device, self.model.dtype))
+            if len(distinct) < len(seeds):
+                row = {seed: i for i, seed in enumerate(distinct)}
+                features = features.rows(to_device(torch.tensor([row[s] for s in seeds]), self.device))
         with timer.stage("compress_ms"):
             text_aware = method.needs_text and method.stage == "vision"
-            ctx = self._context(images, features, questions if text_aware else None)
+            ctx = self._context(images, features, questions if text_aware else None, seeds)
             result = method(ctx)
             # One CLIP view per image: every image's uncompressed count is its patches (LLaVA-1.5: all 576).
             uncompressed = torch.full((ctx.batch_size,), ctx.num_patches, dtype=torch.long)
