@@ -17,6 +17,17 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host tensor on ``device``: on CUDA through pinned memory and ``non_blocking`` (the copy is queued like a
+    kernel, the host does not wait for the device), elsewhere a plain ``.to``; then cast to ``dtype`` there."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    else:
+        tensor = tensor.to(device)
+    return tensor if dtype is None else tensor.to(dtype)
+
+
 def check_request(
     images: Sequence[Image.Image],
     prompts: Sequence[str],
@@ -96,7 +107,7 @@ def mean_question_embedding(
     if empty:
         raise ValueError(f"questions {empty} are empty; pass questions=None for no text awareness")
     encoded = tokenizer(list(questions), add_special_tokens=False, padding=True, return_tensors="pt")
-    ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+    ids, mask = to_device(encoded["input_ids"], device), to_device(encoded["attention_mask"], device)
     embeds = embedding(ids).float()
     weights = mask.unsqueeze(-1).float()
     return (embeds * weights).sum(dim=1) / weights.sum(dim=1)

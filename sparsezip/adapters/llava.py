@@ -27,13 +27,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from sparsezip.adapters.api import GenerationOutput
+from sparsezip.adapters.common import to_device
 from sparsezip.adapters.llava_loader import llava_visual_tokens, load_llava
 from sparsezip.adapters.placeholders import shorten_image_runs
 from sparsezip.adapters.prompt_ids import encode_prompts
@@ -66,6 +67,8 @@ class PreparedBatch:
         compress_end: timestamp when compression finished (prefill is measured from here).
         uncompressed: ``[B]`` int64, each image's visual tokens before compression (its placeholder run as the
             processor expanded it).
+        visual_tokens, dominant, prefill_tokens: per image, on the host (read from the device once per batch):
+            the method's token count and ``k``, and the prompt's real tokens after shortening.
     """
 
     input_ids: torch.Tensor
@@ -77,6 +80,9 @@ class PreparedBatch:
     start: float
     compress_end: float
     uncompressed: torch.Tensor
+    visual_tokens: list[int] = field(default_factory=list)
+    dominant: list[int] = field(default_factory=list)
+    prefill_tokens: list[int] = field(default_factory=list)
 
 
 class LlavaVLM:
@@ -222,20 +228,23 @@ class LlavaVLM:
 
     def _check_result(
         self, result: CompressionResult, uncompressed: torch.Tensor, channels: int, method: CompressionMethod
-    ) -> None:
-        """``result`` must hold ``[B, T, C]`` tokens and, per image, 1 to ``uncompressed[b]`` of them."""
+    ) -> tuple[list[int], list[int]]:
+        """``result`` must hold ``[B, T, C]`` tokens and, per image, 1 to ``uncompressed[b]`` of them. Returns the
+        per-image token counts and ``k`` on the host: the batch's one read of the method's result."""
         batch = uncompressed.shape[0]
         if result.tokens.shape[0] != batch or result.tokens.shape[2] != channels:
             raise ValueError(
                 f"method {method.name!r} returned tokens {tuple(result.tokens.shape)}; expected [B={batch}, T, C={channels}]"
             )
-        lengths, limits = result.lengths.tolist(), uncompressed.tolist()
+        lengths, dominant = torch.stack([result.lengths, result.k.to(result.lengths.device)]).tolist()
+        limits = uncompressed.tolist()
         width = result.tokens.shape[1]
         if any(not 1 <= n <= min(width, limit) for n, limit in zip(lengths, limits, strict=True)):
             raise ValueError(
                 f"method {method.name!r} returned {lengths} tokens per image; each must be in "
                 f"[1, that image's {limits} visual tokens] and fit its [B, T={width}, C] tokens"
             )
+        return lengths, dominant
 
     # ------------------------------------------------------------------------------------------ pipeline
     def text_query(self, questions: Sequence[str]) -> torch.Tensor:
@@ -250,7 +259,7 @@ class LlavaVLM:
         from sparsezip.scoring import text_to_vision_space
 
         encoded = self.tokenizer(list(questions), add_special_tokens=False, padding=True, return_tensors="pt")
-        ids, mask = encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
+        ids, mask = to_device(encoded["input_ids"], self.device), to_device(encoded["attention_mask"], self.device)
         embeds = self.model.get_input_embeddings()(ids).float()
         weights = mask.unsqueeze(-1).float()
         mean = (embeds * weights).sum(dim=1) / weights.sum(dim=1)
@@ -258,13 +267,15 @@ class LlavaVLM:
         return text_to_vision_space(mean, projector.linear_1.weight, projector.linear_2.weight)
 
     def _context(
-        self, images: Sequence[Image.Image], features: TowerFeatures, questions: Sequence[str] | None
+        self, images: Sequence[Image.Image], features: TowerFeatures, questions: Sequence[str] | None,
+        seeds: Sequence[int] | None = None,
     ) -> VisionContext:
-        """The method's input from the feature layer, with the text query when ``questions`` are given."""
+        """The method's input from the feature layer, with the text query when ``questions`` are given; ``seeds``
+        = :func:`image_seed` of each image if already computed."""
         hidden = features.hidden
         text_query = None if questions is None else self.text_query(questions).to(hidden.dtype)
         keys = features.keys if features.keys is not None else hidden.new_zeros(*hidden.shape[:2], 0)
-        seeds = torch.tensor([image_seed(image) for image in images], dtype=torch.long)
+        seeds = torch.tensor([image_seed(image) for image in images] if seeds is None else seeds, dtype=torch.long)
         return VisionContext(
             hidden=hidden, keys=keys, cls_attn=features.cls_attn, text_query=text_query, sample_seeds=seeds,
             prefix=self.prefix,
@@ -279,7 +290,7 @@ class LlavaVLM:
             raise ValueError(f"got {len(questions)} questions for {len(images)} images")
         prepared = prepare_images(images, self.processor.image_processor, self.pad)
         pixel_values = self.processor.image_processor(prepared, return_tensors="pt")["pixel_values"]
-        return self._context(images, self.tap(pixel_values.to(self.device, self.model.dtype)), questions)
+        return self._context(images, self.tap(to_device(pixel_values, self.device, self.model.dtype)), questions)
 
     @torch.inference_mode()
     def prepare(
@@ -298,36 +309,45 @@ class LlavaVLM:
             batched = len(prompts) > 1
             if batched and self.tokenizer.pad_token_id is None:
                 raise ValueError(f"model {self.name!r}: its tokenizer has no pad token, so batches need size 1")
-            prepared_images = prepare_images(images, self.processor.image_processor, self.pad)
+            # A batch asking several questions about one image (POPE: six in a row) preprocesses and encodes it
+            # once: images are told apart by their pixels' hash, which is also their sample seed.
+            seeds = [image_seed(image) for image in images]
+            distinct = {seed: image for seed, image in zip(seeds, images, strict=True)}
+            prepared_images = prepare_images(list(distinct.values()), self.processor.image_processor, self.pad)
             pixel_values = self.processor.image_processor(prepared_images, return_tensors="pt")["pixel_values"]
             # LLaVA's tokenization (text on each side of <image> on its own), not the processor's: see prompt_ids.
             input_ids, attention_mask = encode_prompts(
                 self.tokenizer, prompts, image_token=self.image_token, image_token_id=self.image_token_id,
                 run_length=self.num_patches, pad_token_id=self.pad_token_id,
             )
-            features = self.tap(pixel_values.to(self.device, self.model.dtype))
+            features = self.tap(to_device(pixel_values, self.device, self.model.dtype))
+            if len(distinct) < len(seeds):
+                row = {seed: i for i, seed in enumerate(distinct)}
+                features = features.rows(to_device(torch.tensor([row[s] for s in seeds]), self.device))
         with timer.stage("compress_ms"):
             text_aware = method.needs_text and method.stage == "vision"
-            ctx = self._context(images, features, questions if text_aware else None)
+            ctx = self._context(images, features, questions if text_aware else None, seeds)
             result = method(ctx)
             # One CLIP view per image: every image's uncompressed count is its patches (LLaVA-1.5: all 576).
             uncompressed = torch.full((ctx.batch_size,), ctx.num_patches, dtype=torch.long)
-            self._check_result(result, uncompressed, ctx.hidden.shape[2], method)
+            lengths, dominant = self._check_result(result, uncompressed, ctx.hidden.shape[2], method)
         compress_end = timer.now()
-        ids, mask = shorten_image_runs(
-            input_ids.to(self.device),
-            attention_mask.to(self.device),
-            result.lengths.to(self.device),
-            image_token_id=self.image_token_id,
-            pad_token_id=self.pad_token_id,
-            expected_runs=uncompressed.to(self.device),
-        )
-        projected = self.model.model.multi_modal_projector(result.tokens)
-        real = torch.arange(projected.shape[1], device=self.device)[None, :] < result.lengths.to(self.device)[:, None]
-        embeds = self.model.get_input_embeddings()(ids)
+        # The ids are host data (the tokenizer's): shorten them, and find where each visual token goes, on the
+        # host, so the device only receives finished index tensors (no syncs, no boolean indexing there).
+        ids, mask = shorten_image_runs(input_ids, attention_mask, torch.tensor(lengths), image_token_id=self.image_token_id,
+                                       pad_token_id=self.pad_token_id, expected_runs=uncompressed)
         image_mask = ids == self.image_token_id
-        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), projected[real].to(embeds.dtype))
-        return PreparedBatch(ids, embeds, mask, image_mask, result, timer, start, compress_end, uncompressed)
+        width = result.tokens.shape[1]
+        real = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).flatten().nonzero().squeeze(1)
+        rows, cols = image_mask.nonzero(as_tuple=True)  # row-major: the order of the real tokens
+        prefill_tokens = mask.sum(1).tolist()
+        ids, mask, image_mask = (to_device(t, self.device) for t in (ids, mask, image_mask))
+        projected = self.model.model.multi_modal_projector(result.tokens)
+        embeds = self.model.get_input_embeddings()(ids)
+        values = projected.flatten(0, 1).index_select(0, to_device(real, self.device)).to(embeds.dtype)
+        embeds = embeds.index_put_((to_device(rows, self.device), to_device(cols, self.device)), values)
+        return PreparedBatch(ids, embeds, mask, image_mask, result, timer, start, compress_end, uncompressed,
+                             visual_tokens=lengths, dominant=dominant, prefill_tokens=prefill_tokens)
 
     def generate(
         self,
@@ -364,10 +384,10 @@ class LlavaVLM:
         timings = self._timings(prepared, first_token.first_call, end)
         batch = len(prompts)
         outputs = []
-        for b in range(batch):
-            tokens = self._trim(sequences[b].tolist())
-            visual = int(prepared.result.lengths[b])
-            prefill = int(prepared.attention_mask[b].sum())
+        for b, generated in enumerate(sequences.tolist()):  # one read of the whole batch
+            tokens = self._trim(generated)
+            visual = prepared.visual_tokens[b]
+            prefill = prepared.prefill_tokens[b]
             outputs.append(
                 GenerationOutput(
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True),
@@ -379,7 +399,7 @@ class LlavaVLM:
                     batch_size=batch,
                     extra={
                         "token_ids": tokens,
-                        "k": int(prepared.result.k[b]),
+                        "k": prepared.dominant[b],
                         "prefill_flops": self._prefill_flops(prefill),
                     },
                 )
@@ -416,7 +436,7 @@ class LlavaVLM:
                 new_tokens=len(tokens),
                 visual_tokens=sum(per_layer) / len(per_layer),
                 uncompressed_visual_tokens=int(prepared.uncompressed[b]),
-                prefill_tokens=int(prepared.attention_mask[b].sum()),
+                prefill_tokens=prepared.prefill_tokens[b],
                 timings=dict(timings),
                 visual_tokens_per_layer=per_layer,
                 batch_size=len(prompts),

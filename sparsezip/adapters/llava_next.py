@@ -39,6 +39,7 @@ from sparsezip.adapters.common import (
     method_budget,
     prefill_flops,
     stage_timings,
+    to_device,
     trim_at_eos,
 )
 from sparsezip.adapters.grouped import RowGroup, budget_groups, compress_grouped
@@ -183,7 +184,7 @@ class LlavaNextVLM:
             raise ValueError(f"the processor gave pixel_values {tuple(pixel_values.shape)}; the config's crop grids "
                              f"need {crops.per_image.tolist()} crops per image")
         real = torch.arange(pixel_values.shape[1])[None, :] < crops.per_image[:, None]
-        return pixel_values[real].to(self.device, self.model.dtype), crops
+        return to_device(pixel_values[real], self.device, self.model.dtype), crops
 
     def _contexts(
         self, images: Sequence[Image.Image], features: TowerFeatures, crops: Crops, text: torch.Tensor | None,
@@ -243,8 +244,8 @@ class LlavaNextVLM:
             limits = torch.full((crops.rows,), self.patches_per_crop, dtype=torch.long)
             check_rows(result, limits, features.hidden.shape[2], method)
         compress_end = timer.now()
-        ids = inputs["input_ids"].to(self.device)
-        mask = inputs["attention_mask"].to(self.device)
+        ids = to_device(inputs["input_ids"], self.device)
+        mask = to_device(inputs["attention_mask"], self.device)
         uncompressed = ((ids == self.image_token_id) & mask.bool()).sum(dim=1)
         tokens, visual = self._layout(result, crops, inputs["image_sizes"])
         ids, mask = shorten_image_runs(ids, mask, visual, image_token_id=self.image_token_id,
@@ -287,12 +288,14 @@ class LlavaNextVLM:
         end = batch.timer.now()
         timings = stage_timings(batch.timer, batch.start, batch.compress_end, first_token.first_call, end)
         text_config = self.model.config.text_config
+        # One read of the batch from the device (not one per sample).
         per_crop_k = batch.result.k.cpu()
+        generated, prefills = sequences.tolist(), batch.attention_mask.sum(1).tolist()
         outputs = []
         for b in range(len(prompts)):
-            tokens = trim_at_eos(sequences[b].tolist(), self.eos)
-            prefill = int(batch.attention_mask[b].sum())
-            rows = batch.crops.image_index == b
+            tokens = trim_at_eos(generated[b], self.eos)
+            prefill = prefills[b]
+            rows = batch.crops.image_index.cpu() == b
             outputs.append(GenerationOutput(
                 text=self.tokenizer.decode(tokens, skip_special_tokens=True),
                 new_tokens=len(tokens),

@@ -40,6 +40,7 @@ from sparsezip.adapters.common import (
     mean_question_embedding,
     prefill_flops,
     stage_timings,
+    to_device,
     trim_at_eos,
 )
 from sparsezip.adapters.grouped import RowGroup, compress_grouped
@@ -261,8 +262,8 @@ class QwenVLM:
         if questions is not None and len(questions) != len(images):
             raise ValueError(f"got {len(questions)} questions for {len(images)} images")
         pixels = self.image_processor(list(images), return_tensors="pt")
-        features = self.tap(pixels["pixel_values"].to(self.device, self.model.dtype),
-                            pixels["image_grid_thw"].to(self.device))
+        features = self.tap(to_device(pixels["pixel_values"], self.device, self.model.dtype),
+                            to_device(pixels["image_grid_thw"], self.device))
         text = None if questions is None else self.text_query(questions)
         return [group.context for group in self._groups(images, features, text)]
 
@@ -290,16 +291,16 @@ class QwenVLM:
         start = timer.now()
         with timer.stage("vision_ms"):
             inputs = self.encode(images, prompts)
-            grid = inputs["image_grid_thw"].to(self.device)
-            features = self.tap(inputs["pixel_values"].to(self.device, self.model.dtype), grid,
+            grid = to_device(inputs["image_grid_thw"], self.device)
+            features = self.tap(to_device(inputs["pixel_values"], self.device, self.model.dtype), grid,
                                 attention=method.needs_attention)
         with timer.stage("compress_ms"):
             text = self.text_query(questions) if method.needs_text and questions is not None else None
             result = compress_grouped(method, self._groups(images, features, text), len(images))
             check_rows(result, features.counts, features.tokens.shape[1], method)
         compress_end = timer.now()
-        ids = inputs["input_ids"].to(self.device)
-        mask = inputs["attention_mask"].to(self.device)
+        ids = to_device(inputs["input_ids"], self.device)
+        mask = to_device(inputs["attention_mask"], self.device)
         full_positions, _ = self.model.model.get_rope_index(
             ids, mm_token_type_ids=inputs["mm_token_type_ids"].to(self.device), image_grid_thw=grid,
             attention_mask=mask)
@@ -332,10 +333,13 @@ class QwenVLM:
         end = batch.timer.now()
         timings = stage_timings(batch.timer, batch.start, batch.compress_end, first_token.first_call, end)
         text_config = self.model.config.text_config
+        # One read of the batch from the device (not one per sample).
+        generated, prefills = sequences.tolist(), batch.attention_mask.sum(1).tolist()
+        dominant = batch.result.k.tolist()
         outputs = []
         for b in range(len(prompts)):
-            tokens = trim_at_eos(sequences[b].tolist(), self.eos)
-            prefill = int(batch.attention_mask[b].sum())
+            tokens = trim_at_eos(generated[b], self.eos)
+            prefill = prefills[b]
             outputs.append(GenerationOutput(
                 text=self.tokenizer.decode(tokens, skip_special_tokens=True),
                 new_tokens=len(tokens),
@@ -344,7 +348,7 @@ class QwenVLM:
                 prefill_tokens=prefill,
                 timings=dict(timings),
                 batch_size=len(prompts),
-                extra={"token_ids": tokens, "k": int(batch.result.k[b]),
+                extra={"token_ids": tokens, "k": dominant[b],
                        "prefill_flops": prefill_flops(text_config, prefill)},
             ))
         return outputs

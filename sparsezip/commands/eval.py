@@ -8,6 +8,7 @@ from sparsezip.commands._common import (
     CONFIG_HELP,
     add_dataset_arguments,
     add_model_arguments,
+    add_threads_argument,
     load_samples,
     method_config,
     model_plan,
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default per dataset: POPE/MME 16, DocVQA 32, captions 64")
     parser.add_argument("--out", required=True, help="output folder (re-running the same command resumes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from sparsezip.eval.runner import check_questions, evaluate, run_config
     from sparsezip.methods import get_method
     from sparsezip.methods.fit import check_method_fits
+    from sparsezip.threads import use_threads
 
+    use_threads(args.threads)  # before anything runs on torch; evaluate records the count in run.json
     shard = parse_shard(args.shard) if args.shard else None
     out = run_folder(args.out)
     if args.batch_size < 1:

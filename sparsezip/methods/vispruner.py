@@ -69,7 +69,7 @@ class VisPruner(CompressionMethod):
             picks = order[:, :important]
         keep = torch.zeros(b, n, dtype=torch.bool, device=ctx.hidden.device).scatter_(1, picks + prefix, True)
         return assemble(ctx.hidden, keep, torch.full((b,), budget, dtype=torch.long, device=ctx.hidden.device),
-                        info={"important": important, "diverse": diverse})
+                        info={"important": important, "diverse": diverse}, kept_per_row=budget, width=budget)
 
     def config(self) -> dict:
         return {"budget": self.budget, "important_ratio": self.important_ratio}
