@@ -4,7 +4,9 @@ copies of these, older than this module.)"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -135,3 +137,19 @@ def method_budget(method: CompressionMethod) -> int | None:
     """The method's ``budget`` (visual tokens per image) when it is an int, else ``None`` (its default)."""
     budget = method.config().get("budget")
     return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
+
+
+def checkpoint_folder(model: torch.nn.Module) -> Path | None:
+    """The checkpoint folder an HF model was loaded from (``from_pretrained`` records it as ``name_or_path``), or
+    ``None`` for a model built in memory. Its weights' content identity goes into ``run.json``."""
+    folder = Path(str(getattr(model, "name_or_path", "") or ""))
+    return folder if str(folder) not in ("", ".") and (folder / "config.json").is_file() else None
+
+
+def image_processor_settings(image_processor: object) -> dict:
+    """The image processor's class (its backend: PIL or torchvision) and every setting, as sorted JSON: what
+    ``run_settings()`` records of the preprocessing."""
+    return {
+        "image_processor_class": type(image_processor).__name__,
+        "image_processor": json.loads(json.dumps(image_processor.to_dict(), sort_keys=True, default=str)),
+    }

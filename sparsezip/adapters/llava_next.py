@@ -34,7 +34,9 @@ from sparsezip.adapters.api import GenerationOutput
 from sparsezip.adapters.common import (
     check_request,
     check_rows,
+    checkpoint_folder,
     eos_ids,
+    image_processor_settings,
     mean_question_embedding,
     method_budget,
     prefill_flops,
@@ -54,6 +56,9 @@ if TYPE_CHECKING:
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, ProcessorMixin
 
 FAMILY = "LLaVA-NeXT"
+# What run.json records of the two layout choices (sparsezip.adapters.anyres): change the code, change the name.
+BUDGET_SPREAD = "equal_per_crop"
+COMPRESSED_LAYOUT = "visionzip_next: base view, tiles' patches in stitched raster order, tiles' CLS, merged; no newlines"
 
 
 @dataclass
@@ -150,6 +155,30 @@ class LlavaNextVLM:
     def dtype(self) -> torch.dtype:
         """The weights' dtype."""
         return self.model.dtype
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint folder the weights were loaded from; ``None`` for a model built in memory. Its weights'
+        content identity goes into run.json."""
+        return checkpoint_folder(self.model)
+
+    def run_settings(self) -> dict:
+        """Every adapter setting that changes the answers, as JSON (recorded in ``run.json``; a resumed run with
+        different settings is refused): the image processor (class = backend, settings), the feature layer and
+        selection, the crop grids, the protected prefix, how a budget is spread over crops and how compressed
+        crops are laid out, the tokenizer's padding."""
+        config = self.model.config
+        return {
+            **image_processor_settings(self.processor.image_processor),
+            "vision_feature_layer": config.vision_feature_layer,
+            "vision_feature_select_strategy": config.vision_feature_select_strategy,
+            "image_grid_pinpoints": self.pinpoints,
+            "prefix": self.prefix,
+            "budget_spread": BUDGET_SPREAD,
+            "compressed_layout": COMPRESSED_LAYOUT,
+            "padding_side": self.tokenizer.padding_side,
+            "pad_token_id": self.pad_token_id,
+        }
 
     def chat_prompt(self, question: str) -> str:
         """The checkpoint's chat template applied to one user turn (``<image>`` + ``question``)."""

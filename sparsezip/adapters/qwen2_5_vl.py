@@ -36,7 +36,9 @@ from sparsezip.adapters.api import GenerationOutput
 from sparsezip.adapters.common import (
     check_request,
     check_rows,
+    checkpoint_folder,
     eos_ids,
+    image_processor_settings,
     mean_question_embedding,
     prefill_flops,
     stage_timings,
@@ -173,6 +175,35 @@ class QwenVLM:
     def dtype(self) -> torch.dtype:
         """The weights' dtype."""
         return self.model.dtype
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint folder the weights were loaded from; ``None`` for a model built in memory. Its weights'
+        content identity goes into run.json."""
+        return checkpoint_folder(self.model)
+
+    def run_settings(self) -> dict:
+        """Every adapter setting that changes the answers, as JSON (recorded in ``run.json``; a resumed run with
+        different settings is refused): the image processor (class = backend, resizing bounds, patch and merge
+        sizes), the tapped full-attention block and the substitute attention it yields, where compressed tokens
+        sit and which position ids they carry, the protected prefix (none), the chat template, the tokenizer's
+        padding."""
+        import hashlib
+
+        template = self.chat_template or ""
+        return {
+            **image_processor_settings(self.image_processor),
+            "spatial_merge_size": self.merge,
+            "patch_size": self.patch_size,
+            "attention_block": self.tap.layer_index,
+            "attention_source": "mean_received",
+            "token_order": "raster order of anchor placeholders (qwen_sequence)",
+            "position_ids": "original M-RoPE ids (qwen_sequence)",
+            "prefix": self.prefix,
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
+            "padding_side": self.tokenizer.padding_side,
+            "pad_token_id": self.pad_token_id,
+        }
 
     def chat_prompt(self, question: str) -> str:
         """The checkpoint's chat template applied to one user turn (image + ``question``), generation prompt
