@@ -144,8 +144,8 @@ def test_bad_input_is_refused_with_one_clear_error(tiny_next_vlm, batch) -> None
     images, prompts = batch
     with pytest.raises(ValueError, match=r"image 0 is 5x40 px; LLaVA-NeXT needs at least 8 px"):
         tiny_next_vlm.generate([Image.new("RGB", (5, 40))], prompts[:1], method=get_method("none"))
-    with pytest.raises(ValueError, match="prunes inside the LLM"):
-        tiny_next_vlm.generate(images[:1], prompts[:1], method=get_method("sparsevlm", budget=8))
+    with pytest.raises(ValueError, match="greedy decoding only; got num_beams=2"):  # in-LLM methods: greedy
+        tiny_next_vlm.generate(images[:1], prompts[:1], method=get_method("sparsevlm"), num_beams=2)
     with pytest.raises(ValueError, match=r"budget 2 cannot be spread over images of \[5\] crops"):
         tiny_next_vlm.generate(images[:1], prompts[:1], method=get_method("random", budget=2))
     with pytest.raises(ValueError, match="holds 0 <image> placeholders"):

@@ -16,8 +16,9 @@ Pipeline of :meth:`LlavaNextVLM.generate`:
 4. ``decode_ms``: the remaining tokens.
 
 ``none`` reproduces the plain model (tokens, logits to 1e-5): its tokens go through ``pack_image_features``.
-In-LLM methods (SparseVLM) are refused with a ``ValueError`` for now: the layer-wise seam they need is being
-rebuilt, and wiring it to this adapter is a follow-up (the decoder is a plain Llama/Mistral, positions 1D).
+In-LLM methods (stage ``"llm"``) get the uncompressed image run (``none``'s packing: base view, unpadded tiles,
+newlines) and prune inside the Llama / Mistral decoder through the generic layer-wise loop
+(:mod:`sparsezip.adapters.in_llm`; 1-D positions as on LLaVA-1.5).
 """
 
 from __future__ import annotations
@@ -44,16 +45,20 @@ from sparsezip.adapters.common import (
     trim_at_eos,
 )
 from sparsezip.adapters.grouped import RowGroup, budget_groups, compress_grouped
+from sparsezip.adapters.in_llm import in_llm_outputs, run_in_llm
 from sparsezip.adapters.llava import image_seed
 from sparsezip.adapters.placeholders import shorten_image_runs
 from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.methods.base import CompressionMethod
+from sparsezip.methods.base import CompressionMethod, LayerPruner
+from sparsezip.methods.none import NoCompression
 from sparsezip.profiling import FirstCallClock, StageTimer
 
 if TYPE_CHECKING:
     from PIL import Image
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, ProcessorMixin
+
+    from sparsezip.adapters.layerwise import LayerwiseGeneration
 
 FAMILY = "LLaVA-NeXT"
 # What run.json records of the two layout choices (sparsezip.adapters.anyres): change the code, change the name.
@@ -305,6 +310,8 @@ class LlavaNextVLM:
         """Greedy (or beam) generation for a batch of single-image prompts under ``method``; every sample reports
         the batch's stage times (``batch_size`` says how many shared them)."""
         self._check(images, prompts, method, questions, max_new_tokens, num_beams)
+        if method.stage == "llm":
+            return self._generate_in_llm(images, prompts, method, max_new_tokens)
         batch = self.prepare(images, prompts, method=method, questions=questions)
         first_token = FirstCallClock(self.device)
         with torch.inference_mode():
@@ -337,4 +344,30 @@ class LlavaNextVLM:
                     "prefill_flops": prefill_flops(text_config, prefill),
                 },
             ))
+        return outputs
+
+    def layerwise(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], method: LayerPruner, max_new_tokens: int, *,
+        record_logits: bool = False,
+    ) -> tuple[NextBatch, LayerwiseGeneration]:
+        """An in-LLM method on a batch: the uncompressed image run (``none``), then the layer-wise loop over the
+        language model's own decoder layers. ``record_logits`` keeps every step's logits (tests)."""
+        self._check(images, prompts, method, None, max_new_tokens, 1)
+        batch = self.prepare(images, prompts, method=NoCompression())
+        run = run_in_llm(
+            self.model.model.language_model, self.model.lm_head, method, inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask, visual_mask=batch.input_ids == self.image_token_id,
+            num_patches=self.nominal_visual_tokens, max_new_tokens=max_new_tokens, eos=self.eos,
+            clock=batch.timer.now, record_logits=record_logits,
+        )
+        return batch, run
+
+    def _generate_in_llm(self, images, prompts, method: LayerPruner, max_new_tokens: int) -> list[GenerationOutput]:
+        batch, run = self.layerwise(images, prompts, method, max_new_tokens)
+        timings = stage_timings(batch.timer, batch.start, batch.compress_end, run.first_token_time, batch.timer.now())
+        outputs = in_llm_outputs(run, tokenizer=self.tokenizer, text_config=self.model.config.text_config,
+                                 uncompressed=batch.uncompressed, attention_mask=batch.attention_mask,
+                                 timings=timings)
+        for b, out in enumerate(outputs):
+            out.extra["crops"] = int(batch.crops.per_image[b])
         return outputs

@@ -95,6 +95,5 @@ LLAVA_NEXT_ADAPTER = register_adapter(ModelAdapter(
     nominal_visual_tokens=next_visual_tokens,
     check_config=check_llava_next_config,
     geometry=next_geometry,
-    stages=("vision",),
     calibrates_dynamic_k=False,
 ))
