@@ -63,6 +63,13 @@ if TYPE_CHECKING:
 FAMILY = "LLaVA-NeXT"
 # What run.json records of the two layout choices (sparsezip.adapters.anyres): change the code, change the name.
 BUDGET_SPREAD = "equal_per_crop"
+# SparseZip's dynamic K on this family: refused, with this reason (README "Two more families").
+DYNAMIC_K_REFUSAL = (
+    "SparseZip's dynamic K is refused on LLaVA-NeXT: it sets every row's dominant count from that row's score "
+    "variance within one [k_min, k_max] range that must hold the budget's dominant split, but an image's budget is "
+    "spread over its 3-5 crops (K // n each), so crops of different images have different splits and no one per-crop "
+    "range fits them, while a per-image range means nothing per crop; use fixed K (skip_dynamic_k)"
+)
 COMPRESSED_LAYOUT = "visionzip_next: base view, tiles' patches in stitched raster order, tiles' CLS, merged; no newlines"
 
 
@@ -134,6 +141,7 @@ class LlavaNextVLM:
         pad = self.tokenizer.pad_token_id
         self.eos = eos_ids(model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
         self.pad_token_id = int(pad if pad is not None else min(self.eos))
+        self.dynamic_k_refusal = DYNAMIC_K_REFUSAL  # read by dynamic-K calibration (sparsezip.eval.calibration)
 
     def _check_processor(self, image_processor: object) -> None:
         crop = getattr(image_processor, "crop_size", None) or {}
@@ -196,6 +204,8 @@ class LlavaNextVLM:
     def _check(self, images, prompts, method, questions, max_new_tokens=1, num_beams=1) -> None:
         check_request(images, prompts, method, questions, max_new_tokens, num_beams, model_name=self.name,
                       family=FAMILY, min_side=self.patch_size)
+        if getattr(method, "dynamic_k_on", False):
+            raise ValueError(f"model {self.name!r}: {DYNAMIC_K_REFUSAL}")
         for i, prompt in enumerate(prompts):
             found = prompt.count(self.image_token)
             if found != 1:
