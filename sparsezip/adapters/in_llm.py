@@ -92,6 +92,7 @@ def in_llm_outputs(
             extra={
                 "token_ids": tokens,
                 "counts_after_pruning": run.counts_after_pruning[b],
+                "nominal_visual_tokens": run.nominal_visual_tokens,
                 "prefill_flops": prefill_flops(text_config, run.prefill_tokens_per_layer[b]),
             },
         ))

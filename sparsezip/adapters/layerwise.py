@@ -44,6 +44,7 @@ from sparsezip.adapters.layer_cache import (
 )
 from sparsezip.adapters.layer_positions import decode_positions, initial_positions, renumbered
 from sparsezip.methods.base import LayerDecision, LayerPruner, LayerState
+from sparsezip.methods.llm_budget import BudgetPlan
 from sparsezip.selection import gather_tokens, mask_to_indices
 
 # Segment of every sequence position: prompt text before the image, the image's visual tokens, text after it.
@@ -61,6 +62,8 @@ class LayerwiseGeneration:
         cache_tokens_per_layer: ``[B][L]`` all entries in each layer's KV cache after prefill.
         prefill_tokens_per_layer: ``[B][L]`` tokens each layer processed during prefill.
         counts_after_pruning: ``[B][P]`` visual tokens leaving each of the method's pruning layers.
+        budget: the method's :class:`~sparsezip.methods.llm_budget.BudgetPlan` on this model (nominal count,
+            planned per-layer counts, layer-averaged equivalent), or ``None`` if the method gives none.
         logits: ``[B, T, V]`` the next-token logits of every step (``T`` = steps run), with ``record_logits``;
             else ``None``.
     """
@@ -71,7 +74,13 @@ class LayerwiseGeneration:
     cache_tokens_per_layer: list[list[int]]
     prefill_tokens_per_layer: list[list[int]]
     counts_after_pruning: list[list[int]]
+    budget: BudgetPlan | None = None
     logits: torch.Tensor | None = None
+
+    @property
+    def nominal_visual_tokens(self) -> float | None:
+        """The method's nominal ("N-token") count of this run, ``None`` if it gives none."""
+        return None if self.budget is None else self.budget.nominal
 
 
 def segments(real: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
@@ -199,7 +208,7 @@ def _apply(run: _Prefill, decision: LayerDecision, visual_index: torch.Tensor, p
 
 def _state(layer_index: int, num_layers: int, num_patches: int, run: _Prefill, layer_input: torch.Tensor,
            layers: nn.ModuleList, rope: tuple[torch.Tensor, torch.Tensor], cache: LayerwiseKVCache | None,
-           memo: object) -> LayerState:
+           memo: object, final_norm: nn.Module) -> LayerState:
     """The :class:`LayerState` after layer ``layer_index`` (``-1``: before layer 0), with its attention rows."""
     visual_index, text_index = run.indices()
     keys = values = attention = next_attention = None
@@ -230,7 +239,7 @@ def _state(layer_index: int, num_layers: int, num_patches: int, run: _Prefill, l
         layer_index=layer_index, num_layers=num_layers, num_patches=num_patches, hidden=run.hidden,
         layer_input=layer_input, keys=keys, values=values, real=run.real, positions=run.positions,
         visual_index=visual_index, text_index=text_index, attention=attention, next_attention=next_attention,
-        memo=memo,
+        memo=memo, final_norm=final_norm,
     )
 
 
@@ -283,7 +292,7 @@ def generate_layerwise(
     attn_impl = decoder.config._attn_implementation
     run = _Prefill(inputs_embeds, real, segments(real, visual_mask.bool()), rope_positions)
     rope = decoder.rotary_emb(run.hidden, position_ids=run.ids.rope)
-    memo = method.begin(_state(-1, num_layers, num_patches, run, run.hidden, layers, rope, None, None))
+    memo = method.begin(_state(-1, num_layers, num_patches, run, run.hidden, layers, rope, None, None, decoder.norm))
 
     cache = LayerwiseKVCache(num_layers)
     prefill_tokens, counts_after = [], []
@@ -298,7 +307,7 @@ def generate_layerwise(
         prefill_tokens.append(run.real.sum(dim=1))
         if index not in acting:
             continue
-        state = _state(index, num_layers, num_patches, run, layer_input, layers, rope, cache, memo)
+        state = _state(index, num_layers, num_patches, run, layer_input, layers, rope, cache, memo, decoder.norm)
         decision = method.prune(index, state)
         _check_decision(decision, state, method, index)
         _apply(run, decision, state.visual_index, method.position_policy)
@@ -350,5 +359,6 @@ def generate_layerwise(
         cache_tokens_per_layer=per_layer(cached),
         prefill_tokens_per_layer=per_layer(prefill_tokens),
         counts_after_pruning=per_layer(counts_after),
+        budget=method.budget_plan(num_patches, num_layers),
         logits=torch.cat(recorded, dim=1) if record_logits else None,
     )

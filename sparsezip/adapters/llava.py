@@ -423,6 +423,7 @@ class LlavaVLM:
                 extra={
                     "token_ids": tokens,
                     "counts_after_pruning": run.counts_after_pruning[b],
+                    "nominal_visual_tokens": run.nominal_visual_tokens,
                     "prefill_flops": self._prefill_flops(run.prefill_tokens_per_layer[b]),
                 },
             ))

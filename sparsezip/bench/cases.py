@@ -94,8 +94,10 @@ def build_method(case: Case, model: VisionLanguageModel, samples: Sequence[Sampl
 
 def unreachable_reason(method: CompressionMethod, model: VisionLanguageModel) -> str | None:
     """Why ``method`` cannot run on ``model`` as configured, or ``None``: an in-LLM method whose schedule does not
-    fit the model (e.g. a SparseVLM budget below what its first pruning layer allows). The benchmark skips such
-    cases with this reason instead of failing them; a model without ``config.text_config`` is not checked."""
+    fit the model (e.g. SparseVLM's three pruning layers on a 2-layer LM). A layer-averaged budget out of reach is
+    not such a case: the method then runs its nominal setting with a warning (``sparsezip.methods.llm_budget``).
+    The benchmark skips such cases with this reason instead of failing them; a model without
+    ``config.text_config`` is not checked."""
     from sparsezip.methods.base import LayerPruner
 
     text_config = getattr(getattr(model, "config", None), "text_config", None)
@@ -140,6 +142,8 @@ def extra_info(case: Case, method: CompressionMethod, summary: dict, timed: Gene
             # For in-LLM methods `mean` is the layer-averaged equivalent; the LLM's input holds all patches.
             "llm_input": num_patches if method.stage == "llm" else visual["mean"],
             "per_layer": tokens["visual_per_layer_mean"],
+            # in-LLM methods: the paper's "N tokens" of the setting that ran (`mean` is its layer average)
+            "nominal": tokens.get("visual_nominal_mean"),
         },
         "stage_ms": {stage: (s or {}).get("mean") for stage, s in summary["latency_ms"].items()},
         "new_tokens_mean": tokens["new_tokens_mean"],
@@ -155,6 +159,9 @@ def extra_info(case: Case, method: CompressionMethod, summary: dict, timed: Gene
         "dataset_sha256": dataset_fingerprint(summary["config"].get("sources") or {}),
         "eval_batch_size": summary["config"]["batch_size"],
     }
+    plan = in_llm_budget(method, num_patches, timed)
+    if plan is not None:
+        stats["in_llm_budget"] = plan
     if calibration is not None:
         stats["dynk_calibration"] = calibration
     if k_values:
@@ -162,6 +169,19 @@ def extra_info(case: Case, method: CompressionMethod, summary: dict, timed: Gene
     if records:
         stats["records"] = compact_records(records)
     return json.loads(json.dumps(stats))  # plain JSON types only (no tensors, tuples or numpy scalars)
+
+
+def in_llm_budget(method: CompressionMethod, num_patches: int, timed: GenerationOutput) -> dict | None:
+    """An in-LLM method's budget plan on the case's model (``BudgetPlan.to_json()``: budget, mode asked and
+    applied, nominal count, layer-averaged equivalent, per-layer list, any fallback warning), else ``None``. The
+    model's depth is read off the timed output's per-layer counts."""
+    from sparsezip.methods.base import LayerPruner
+
+    per_layer = timed.visual_tokens_per_layer
+    if not isinstance(method, LayerPruner) or not per_layer:
+        return None
+    plan = method.budget_plan(num_patches, len(per_layer))
+    return None if plan is None else plan.to_json()
 
 
 def k_distribution(k_values: Sequence[int]) -> dict:

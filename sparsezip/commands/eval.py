@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, help="a registered method (see `sparsezip methods`)")
     parser.add_argument("--config", default=None, help=CONFIG_HELP)
     parser.add_argument("--budget", type=int, default=None, help="visual tokens per image")
+    parser.add_argument("--budget-mode", default=None, choices=("layer_averaged", "nominal"),
+                        help="in-LLM methods: --budget as the layer-averaged visual tokens (their default) or as "
+                             "the paper's nominal N-token setting")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="samples per generate call (default 1); answers do not depend on it, but it is part "
                              "of the run's identity, so resume with the same value")
@@ -55,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
     config = method_config(args.config)
     if args.budget is not None:
         config["budget"] = args.budget
+    if args.budget_mode is not None:
+        from sparsezip.methods import method_class
+
+        if method_class(args.method).stage != "llm":
+            raise ValueError(f"--budget-mode is for in-LLM methods; {args.method!r} prunes on the vision side")
+        config["budget_mode"] = args.budget_mode
     method = get_method(args.method, **config)
     plan = model_plan(args)
     geometry = plan.geometry()
