@@ -1,10 +1,12 @@
 """What the LLaVA-NeXT and Qwen2.5-VL adapters share: request checks, EOS handling, stage timings, the mean
-question embedding, analytic prefill FLOPs and the per-image result checks. (The LLaVA-1.5 adapter has its own
-copies of these, older than this module.)"""
+question embedding, analytic prefill FLOPs, the per-image result checks and the run-identity helpers. (The
+LLaVA-1.5 adapter has its own copies of these, older than this module.)"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,16 +42,18 @@ def check_request(
     family: str,
     min_side: int,
 ) -> None:
-    """The checks every ``generate`` call makes before any work: one image per prompt, a vision-stage method
-    (in-LLM methods are refused: see the adapters' docstrings), positive lengths, images at least ``min_side``
+    """The checks every ``generate`` call makes before any work: one image per prompt, a registered kind of method
+    (an in-LLM one must be a ``LayerPruner`` and decode greedily), positive lengths, images at least ``min_side``
     pixels on each side. Each failure is a ``ValueError`` naming the bad value."""
     if not isinstance(method, CompressionMethod):
         raise ValueError(f"method must be a CompressionMethod, got {type(method).__name__}")
-    if method.stage != "vision":
-        raise ValueError(
-            f"method {method.name!r} prunes inside the LLM (stage {method.stage!r}); the {family} adapter runs "
-            f"vision-side methods only (model {model_name!r})"
-        )
+    if method.stage == "llm":
+        from sparsezip.adapters.in_llm import check_in_llm
+
+        check_in_llm(method, num_beams)
+    elif method.stage != "vision":
+        raise ValueError(f"method {method.name!r} has stage {method.stage!r}; the {family} adapter runs 'vision' "
+                         f"and 'llm' methods (model {model_name!r})")
     if len(prompts) == 0:
         raise ValueError("generate needs at least one prompt")
     if len(images) != len(prompts):
@@ -146,3 +150,19 @@ def method_budget(method: CompressionMethod) -> int | None:
     """The method's ``budget`` (visual tokens per image) when it is an int, else ``None`` (its default)."""
     budget = method.config().get("budget")
     return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
+
+
+def checkpoint_folder(model: torch.nn.Module) -> Path | None:
+    """The checkpoint folder an HF model was loaded from (``from_pretrained`` records it as ``name_or_path``), or
+    ``None`` for a model built in memory. Its weights' content identity goes into ``run.json``."""
+    folder = Path(str(getattr(model, "name_or_path", "") or ""))
+    return folder if str(folder) not in ("", ".") and (folder / "config.json").is_file() else None
+
+
+def image_processor_settings(image_processor: object) -> dict:
+    """The image processor's class (its backend: PIL or torchvision) and every setting, as sorted JSON: what
+    ``run_settings()`` records of the preprocessing."""
+    return {
+        "image_processor_class": type(image_processor).__name__,
+        "image_processor": json.loads(json.dumps(image_processor.to_dict(), sort_keys=True, default=str)),
+    }

@@ -132,7 +132,9 @@ class LayerState:
         layer_input: ``[B, S, D]`` the layer's input.
         keys, values: ``[B, Hkv, S, Dh]`` the layer's own KV cache (keys rotated); it keeps the full sequence.
         real: ``[B, S]`` bool, True at real (non-padding) tokens.
-        positions: ``[B, S]`` int64 position ids the layer used.
+        positions: ``[B, S]`` int64 1-D sequence position ids the layer used (on Qwen2.5-VL, whose rotary
+            embedding takes M-RoPE (t, h, w) ids, these are its text positions; the M-RoPE ids stay in the loop:
+            ``sparsezip.adapters.layer_positions``).
         visual_index: ``[B, V]`` int64 sequence indices of each row's current visual tokens, ascending,
             ``-1`` padded (rows may hold different counts after earlier pruning).
         text_index: ``[B, T]`` int64 sequence indices of each row's text after the image, ascending, ``-1`` padded.
@@ -205,7 +207,10 @@ class LayerPruner(CompressionMethod):
             contiguously from 0 and a decoded token's position in layer ``l`` is the number of tokens in layer
             ``l``'s cache for that row (SparseVLM v1.5, PyramidDrop). ``"original"``: survivors keep their
             original position ids and decoded tokens continue the unpruned numbering in every layer (FastV,
-            DART); merged tokens have no original position, so this policy refuses them.
+            DART); merged tokens have no original position, so this policy refuses them. On M-RoPE models
+            (Qwen2.5-VL) ``"renumber"`` is the model's own position rule on the surviving sequence: visual
+            tokens keep their grid cells, the text after the image starts one past the largest surviving id
+            (``sparsezip.adapters.layer_positions``).
     """
 
     stage: ClassVar[Stage] = "llm"

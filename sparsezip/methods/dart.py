@@ -35,6 +35,9 @@ Fidelity notes:
 * Upstream asserts batch size 1; ours is batched over left-padded rows (a loop over the 8 pivots, none over
   rows or tokens). Keys: upstream takes them after ``repeat_kv``; with grouped-query attention that multiplies
   every L1 norm by the group size, so ours (the cached, un-repeated keys) ranks the same.
+* On models whose images differ in visual tokens (LLaVA-NeXT, Qwen2.5-VL) ``M`` is set for the nominal image;
+  a row with fewer tokens lets each pivot pick at most ``floor(pool / (p_img + p_txt))`` (upstream has one image
+  size).
 * Float32 scores (upstream: the model dtype, fp16 on GPU); cosines of unit vectors (``F.normalize``, eps 1e-8).
   Ties: lower index wins (upstream ``torch.topk``, unspecified).
 * ``M``'s name upstream is ``max_num_trunction``; its ``reduction_ratio`` is unused when ``M`` is given (always,
@@ -114,7 +117,8 @@ def dart_select(
     layer's output after the model's final norm; visual_index / text_index: ``[B, V]`` / ``[B, T]`` sequence
     indices of the visual tokens and of the text after the image (``-1`` padded); positions: ``[B, S]`` each
     token's unpadded position (what CPython's set order is computed on); pivots: ``(p_img, p_txt)``; picks:
-    tokens kept per pivot.
+    tokens kept per pivot, capped per row at an equal share of the row's pool (rows with fewer visual tokens
+    than the model's nominal image: LLaVA-NeXT's 3-crop images, small Qwen2.5-VL images).
     """
     b, s = key_l1.shape
     if normed.shape[:2] != (b, s) or positions.shape != (b, s) or visual_index.shape[0] != b:
@@ -123,9 +127,7 @@ def dart_select(
     p_img, p_txt = pivots
     valid = visual_index >= 0
     pool_size = valid.sum(dim=1) - p_img
-    if bool((pool_size < (p_img + p_txt) * picks).any()):
-        raise ValueError(f"dart: {p_img + p_txt} pivots x {picks} picks exceed the {pool_size.tolist()} visual "
-                         "tokens left besides the image pivots")
+    row_picks = (pool_size.clamp_min(0) // (p_img + p_txt)).clamp_max(picks)  # [B]
     image_pivots = _top(key_l1.gather(1, visual_index.clamp_min(0)), visual_index, p_img, "visual tokens")
     text_pivots = _top(key_l1.gather(1, text_index.clamp_min(0)), text_index, p_txt, "text tokens after the image")
     pivot_index = torch.cat([image_pivots, text_pivots], dim=1)  # [B, P] insertion order
@@ -140,7 +142,7 @@ def dart_select(
     pool = valid & ~keep
     for j in range(order.shape[1]):  # the pivots, one after another: each step's pool depends on the last
         cosine = (unit_visual @ unit_pivots[:, j, :, None])[..., 0]  # [B, V]
-        picked = topk_mask(-cosine, picks, valid=pool)
+        picked = topk_mask(-cosine, row_picks, valid=pool)
         keep, pool = keep | picked, pool & ~picked
     return DartSelection(keep=keep, image_pivots=image_pivots, text_pivots=text_pivots, order=order)
 

@@ -88,6 +88,12 @@ class SparseZip(CompressionMethod):
     def _dynamic(cfg: SparseZipConfig) -> bool:
         return cfg.dynamic_k and not cfg.skip_dynamic_k
 
+    @property
+    def dynamic_k_on(self) -> bool:
+        """Whether K is dynamic (``dynamic_k`` on and not ``skip_dynamic_k``): adapters that cannot give it a
+        meaningful per-row range refuse it (LLaVA-NeXT)."""
+        return self._dynamic(self.cfg)
+
     def config_for(self, prefix: int) -> SparseZipConfig:
         """The configuration used on a context with ``prefix`` protected tokens: ``cfg``, with the budget split
         again when the prefix tokens kept (``prefix`` if ``keep_cls`` else 0) differ from the one assumed."""
