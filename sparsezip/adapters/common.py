@@ -1,9 +1,10 @@
-"""What the LLaVA-NeXT and Qwen2.5-VL adapters share: request checks, EOS handling, stage timings, the mean
-question embedding, analytic prefill FLOPs, the per-image result checks and the run-identity helpers. (The
-LLaVA-1.5 adapter has its own copies of these, older than this module.)"""
+"""What the three adapters (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL) share: request checks, EOS handling, stage timings,
+the mean question embedding, analytic prefill FLOPs, the per-image result checks, per-image seeds and the
+run-identity helpers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,3 +167,11 @@ def image_processor_settings(image_processor: object) -> dict:
         "image_processor_class": type(image_processor).__name__,
         "image_processor": json.loads(json.dumps(image_processor.to_dict(), sort_keys=True, default=str)),
     }
+
+
+def image_seed(image: Image.Image) -> int:
+    """A per-image seed from the image's mode, size and pixels (``VisionContext.sample_seeds``): methods that
+    draw random numbers then give an image the same result in any batch, in any run."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)

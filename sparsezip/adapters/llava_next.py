@@ -38,6 +38,7 @@ from sparsezip.adapters.common import (
     checkpoint_folder,
     eos_ids,
     image_processor_settings,
+    image_seed,
     mean_question_embedding,
     method_budget,
     prefill_flops,
@@ -47,7 +48,6 @@ from sparsezip.adapters.common import (
 )
 from sparsezip.adapters.grouped import RowGroup, budget_groups, compress_grouped
 from sparsezip.adapters.in_llm import in_llm_outputs, run_in_llm
-from sparsezip.adapters.llava import image_seed
 from sparsezip.adapters.placeholders import shorten_image_runs
 from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext

@@ -41,6 +41,7 @@ from sparsezip.adapters.common import (
     checkpoint_folder,
     eos_ids,
     image_processor_settings,
+    image_seed,
     mean_question_embedding,
     prefill_flops,
     stage_timings,
@@ -49,7 +50,6 @@ from sparsezip.adapters.common import (
 )
 from sparsezip.adapters.grouped import RowGroup, compress_grouped
 from sparsezip.adapters.in_llm import in_llm_outputs, run_in_llm
-from sparsezip.adapters.llava import image_seed
 from sparsezip.adapters.qwen_sequence import expand_image_runs, keep_mask, raster_order, repack
 from sparsezip.adapters.qwen_tower import QwenFeatures, QwenTowerTap
 from sparsezip.context import CompressionResult, VisionContext
