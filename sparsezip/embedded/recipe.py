@@ -38,6 +38,8 @@ class TrainRecipe:
     position_weight: float = 0.5  # per-patch row/column targets (keeps where a patch is in its features)
     # stage 2: projector + language model
     lm_steps: int = 1300
+    lm_scene_only_steps: int = 0  # the first stage-2 steps see scenes only (documents join afterwards)
+    existence_share: float = 0.4  # of the scene questions that ask whether an object is there
     lm_batch_images: int = 16
     questions_per_image: int = 8
     lm_lr: float = 2e-3
