@@ -12,7 +12,8 @@ Options (all optional; with none given the suite runs on CPU on the embedded def
                          patches; 576 = `none`), mapped to the model's own patch count
     --update-expected    rewrite fixtures/expected/ from this run instead of asserting against it
     --expected-dir DIR   where the expectations live (default: $SPARSEZIP_EXPECTED_DIR, else fixtures/expected)
-    --torch-threads N    torch CPU threads for the matrix (default: 1 for the embedded model on CPU)
+    --torch-threads N    torch CPU threads for the tests (default 1) and the matrix (default: 1 for the embedded
+                         model on CPU)
     --run-dir DIR        root of the matrix's resumable run folders (default: $SPARSEZIP_RUN_DIR, else
                          runs/bench/<fingerprint of code, model, data, device, limit>)
 
@@ -71,8 +72,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="folder of the matrix's quality expectations <model>.json (default: "
                          "$SPARSEZIP_EXPECTED_DIR, else fixtures/expected)")
     group.addoption("--torch-threads", type=int, default=None,
-                    help="torch CPU threads for the benchmark matrix (default: 1 for the embedded tiny model on "
-                         "CPU, whose small matmuls gain nothing from more; else torch's default)")
+                    help="torch CPU threads for tests/ (default 1) and for the benchmark matrix (default: 1 for the "
+                         "embedded tiny model on CPU, whose small matmuls gain nothing from more; else torch's "
+                         "default)")
     group.addoption("--run-dir", default=os.environ.get("SPARSEZIP_RUN_DIR"),
                     help="root of the benchmark matrix's resumable run folders (default: $SPARSEZIP_RUN_DIR, "
                          "else runs/bench/<fingerprint>)")

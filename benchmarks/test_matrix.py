@@ -26,7 +26,7 @@ import pytest
 
 from sparsezip.bench.cases import batch_size_for, build_method, case_dir, extra_info, unreachable_reason
 from sparsezip.bench.expectations import ExpectationStore, check, expectation_key, headline, make_entry
-from sparsezip.bench.matrix import Case
+from sparsezip.bench.matrix import DEFAULT_MODEL_NAME, Case
 from sparsezip.bench.published import PUBLISHED_PROPERTY, decide
 from sparsezip.data.prompts import build_prompt, dataset_question
 from sparsezip.eval.reproduction import case_payload
@@ -51,13 +51,10 @@ def test_case(case: Case, bench, bench_model, bench_samples, benchmark, bench_pu
     reason = unreachable_reason(method, bench_model)
     if reason is not None:
         pytest.skip(reason)
-    if bench.device.type == "cuda":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats(bench.device)  # peak memory of this case, not of the session
     run_dir = case_dir(bench.run_root, case)
+    embedded_cpu = bench.device.type == "cpu" and bench.model == DEFAULT_MODEL_NAME
     summary = evaluate(bench_model, method, samples, run_dir, dataset=case.dataset,
-                       batch_size=batch_size_for(method), progress=False)
+                       batch_size=batch_size_for(method, embedded_cpu=embedded_cpu), progress=False)
     assert summary["complete"], f"{run_dir}: {summary['n']}/{summary['expected']} samples evaluated"
 
     sample = samples[0]

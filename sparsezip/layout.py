@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from sparsezip.context import CompressionResult
-from sparsezip.selection import gather_tokens, mask_to_indices
 
 
 def with_prefix(patch_values: torch.Tensor, prefix: int, value: bool | int) -> torch.Tensor:
@@ -38,6 +37,11 @@ def assemble(
     contextual_valid: torch.Tensor | None = None,
     contextual_labels: torch.Tensor | None = None,
     info: dict | None = None,
+    *,
+    kept_width: int | None = None,
+    width: int | None = None,
+    valid_slots_first: bool = False,
+    kept_per_row: int | None = None,
 ) -> CompressionResult:
     """Build the padded output of a vision-side method.
 
@@ -46,6 +50,10 @@ def assemble(
     contextual: ``[B, S, C]`` merged tokens (any float dtype, cast to hidden's) in output order;
     contextual_valid: ``[B, S]`` bool, which slots exist (the others are dropped, later ones move up);
     contextual_labels: ``[B, N]`` int64 slot in ``[0, S)`` of every merged source token, ``-1`` otherwise.
+    kept_width / width: the largest kept count and the largest output length over the batch, when the caller
+    knows them without looking at the data (a fixed budget); whatever is not given is read from the device in
+    one host sync. valid_slots_first: the caller's ``contextual_valid`` is True on a prefix of every row (no
+    compaction needed). kept_per_row: every row keeps exactly this many tokens (implies ``kept_width``).
 
     Returns tokens ``[B, T, C]`` (zero padded, hidden's dtype), lengths = kept + valid slots, ``kept_index``
     = ascending kept indices, and ``assignment`` mapping kept and merged source tokens to their output slot.
@@ -66,34 +74,52 @@ def assemble(
         raise ValueError(f"contextual_valid must be [B, S] = {(b, s)} and contextual_labels [B, N] = {(b, n)}, "
                          f"got {tuple(contextual_valid.shape)} and {tuple(contextual_labels.shape)}")
 
-    kept_index = mask_to_indices(keep)  # [B, Kmax]
+    if s and not valid_slots_first:  # compact: valid slots first, in order, and the labels renumbered to match
+        order = torch.sort(~contextual_valid, dim=1, stable=True).indices  # [B, S]
+        contextual = contextual.gather(1, order[:, :, None].expand(-1, -1, c))
+        rank = contextual_valid.cumsum(1) - 1  # new slot of every valid old slot
+        contextual_labels = torch.where(contextual_labels >= 0, rank.gather(1, contextual_labels.clamp_min(0)), -1)
+    if kept_per_row is not None:
+        kept_width = kept_per_row
     n_keep = keep.sum(1)
-    lengths = n_keep + contextual_valid.sum(1)
-    width = int(lengths.max()) if b else 0
-    # A trailing -1 column lets out-of-range positions gather "nothing" without special cases for empty sets.
-    kept_padded = F.pad(kept_index, (0, 1), value=-1)
-    slot_padded = F.pad(mask_to_indices(contextual_valid), (0, 1), value=-1)  # valid slots, in order
+    n_slots = contextual_valid.sum(1)
+    lengths = n_keep + n_slots
+    if b and (kept_width is None or width is None):
+        # The one host sync: both maxima in one transfer.
+        most_kept, longest = torch.stack([n_keep.max(), lengths.max()]).tolist()
+        kept_width = most_kept if kept_width is None else kept_width
+        width = longest if width is None else width
+    kept_width, width = kept_width or 0, width or 0
+    n_keep_col, n_slots_col = n_keep[:, None], n_slots[:, None]
 
-    # Output position t of image b holds kept token t (t < n_keep), else contextual slot number t - n_keep.
-    t = torch.arange(width, device=device).expand(b, width)
-    kept_src = kept_padded.gather(1, t.clamp_max(kept_padded.shape[1] - 1))
-    ctx_pos = (t - n_keep[:, None]).clamp(0, slot_padded.shape[1] - 1)
-    slot = slot_padded.gather(1, ctx_pos)
-    is_kept = t < n_keep[:, None]
-    tokens = torch.where(
-        is_kept[:, :, None],
-        gather_tokens(hidden, torch.where(is_kept, kept_src, -1)),
-        gather_tokens(contextual.to(hidden.dtype), torch.where(is_kept, -1, slot)),
-    )
+    # Kept tokens in ascending index order: a stable sort puts them (key False) first.
+    kept_order = torch.sort(~keep, dim=1, stable=True).indices[:, :kept_width]
+    kept_index = torch.where(torch.arange(kept_width, device=device) < n_keep_col, kept_order, -1)
 
-    # Source token -> output slot: kept tokens by their rank, merged tokens by their slot's rank.
-    keep_slot = keep.long().cumsum(1) - 1
-    valid_padded = F.pad(contextual_valid, (0, 1), value=False)
-    rank_padded = valid_padded.long().cumsum(1) - 1
-    label = torch.where(contextual_labels >= 0, contextual_labels, s)
-    merged = valid_padded.gather(1, label) & ~keep
-    merged_slot = n_keep[:, None] + rank_padded.gather(1, label)
-    assignment = torch.where(keep, keep_slot, torch.where(merged, merged_slot, -1))
+    # Output position t of image b holds kept token t (t < n_keep), else contextual slot t - n_keep (while
+    # t < lengths[b]), else zeros. Rows are picked by index_select on flattened tensors (a copy per row, many
+    # times faster than an elementwise gather); slot index s (one past the real slots) is a zero row.
+    rows = hidden.reshape(b * n, c)
+    slots = torch.cat([contextual.to(hidden.dtype), hidden.new_zeros(b, 1, c)], dim=1).view(b * (s + 1), c)
+    if kept_per_row is not None:  # every row keeps the same count: kept part, then slots, no per-position choice
+        kept = rows.index_select(0, (kept_order + torch.arange(0, b * n, n, device=device)[:, None]).view(-1))
+        t = torch.arange(width - kept_width, device=device)
+        slot_src = torch.where(t < n_slots_col, t, s) + torch.arange(0, b * (s + 1), s + 1, device=device)[:, None]
+        tokens = torch.cat([kept.view(b, kept_width, c), slots.index_select(0, slot_src.view(-1)).view(b, -1, c)], 1)
+    else:
+        t = torch.arange(width, device=device)
+        is_kept = (t < n_keep_col)[:, :, None]
+        kept_src = F.pad(kept_order, (0, width - kept_width)) + torch.arange(0, b * n, n, device=device)[:, None]
+        slot_pos = t - n_keep_col
+        slot_src = torch.where((slot_pos >= 0) & (slot_pos < n_slots_col), slot_pos, s) \
+            + torch.arange(0, b * (s + 1), s + 1, device=device)[:, None]
+        tokens = torch.where(is_kept, rows.index_select(0, kept_src.view(-1)).view(b, width, c),
+                             slots.index_select(0, slot_src.view(-1)).view(b, width, c))
+
+    # Source token -> output slot: kept tokens by their rank, merged tokens by their (valid) slot.
+    merged = (contextual_labels >= 0) & (contextual_labels < n_slots_col)
+    assignment = torch.where(keep, keep.cumsum(1) - 1,
+                             torch.where(merged, contextual_labels + n_keep_col, -1))
     return CompressionResult(
-        tokens=tokens, lengths=lengths, kept_index=kept_index, assignment=assignment, k=k.long(), info=info or {}
+        tokens=tokens, lengths=lengths, kept_index=kept_index, assignment=assignment, k=k if k.dtype == torch.long else k.long(), info=info or {}
     )

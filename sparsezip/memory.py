@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import resource
 import sys
+from pathlib import Path
 
 import torch
 
@@ -38,11 +40,46 @@ def kv_width(text_config: object) -> int:
     return kv_heads * head_dim
 
 
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def reset_peak_memory(device: torch.device | str) -> bool:
+    """Start a new peak for :func:`peak_memory`, so a run (a benchmark case) reports its own, not the process's.
+
+    CUDA: ``torch.cuda.reset_peak_memory_stats``. CPU on Linux: writing ``5`` to ``/proc/self/clear_refs``
+    resets the resident-set high-water mark (``VmHWM``). Returns whether a reset happened (not on other
+    systems, where the CPU peak stays the process's).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        _CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return _vm_hwm() is not None
+
+
+def _vm_hwm() -> int | None:
+    """``VmHWM`` of ``/proc/self/status`` in bytes, or ``None`` where there is none."""
+    try:
+        match = re.search(r"^VmHWM:\s+(\d+)\s+kB", _STATUS.read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None
+
+
 def peak_memory(device: torch.device | str) -> tuple[int, str]:
-    """``(bytes, what was measured)``: ``torch.cuda.max_memory_allocated`` on CUDA, else the process's
-    resident-set high-water mark (``getrusage``; kilobytes on Linux, bytes on macOS)."""
+    """``(bytes, what was measured)`` since the last :func:`reset_peak_memory` (else since the process began):
+    ``torch.cuda.max_memory_allocated`` on CUDA, else the process's resident-set high-water mark (``VmHWM``
+    on Linux, ``getrusage`` elsewhere: kilobytes on Linux, bytes on macOS)."""
     device = torch.device(device)
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda_max_memory_allocated"
+    hwm = _vm_hwm()
+    if hwm is not None:
+        return hwm, "cpu_rss_high_water"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024), "cpu_rss_high_water"

@@ -1,8 +1,11 @@
 """Stage timers and analytic prefill FLOPs: the cost side of every result (peak memory and KV-cache bytes live
 in ``sparsezip.memory``).
 
-Timing follows evaluation.md ("Timing"): wall-clock ``perf_counter`` with ``torch.cuda.synchronize()`` inside
-the timed region on CUDA, so queued kernels are charged to the stage that launched them.
+Timing follows evaluation.md ("Timing"). On CPU a timestamp is ``perf_counter``. On CUDA it is a CUDA event
+recorded on the current stream (plus the host clock, for reference): the time between two marks is
+``Event.elapsed_time``, i.e. the device's own timeline, which charges queued kernels to the stage that launched
+them without the host waiting for the device at every mark (the old ``synchronize`` + ``perf_counter`` did,
+and so serialised the pipeline it measured). The device is waited for once, when a duration is first read.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -27,24 +31,60 @@ def clock(device: torch.device | str) -> float:
     return time.perf_counter()
 
 
+@dataclass(frozen=True, eq=False)
+class Mark:
+    """A point in time of one device: ``later - earlier`` is the seconds between two marks (a float).
+
+    ``host`` is ``perf_counter`` when the mark was made; ``event`` the CUDA event recorded then on the device's
+    current stream (``None`` on CPU). Subtracting CUDA marks waits for the later event, once.
+    """
+
+    host: float
+    event: torch.cuda.Event | None = None
+
+    def __sub__(self, earlier: Mark) -> float:
+        if not isinstance(earlier, Mark):
+            return NotImplemented
+        if self.event is not None and earlier.event is not None:
+            self.event.synchronize()
+            return earlier.event.elapsed_time(self.event) / 1e3
+        return self.host - earlier.host
+
+
+def mark(device: torch.device | str) -> Mark:
+    """A :class:`Mark` now: a recorded CUDA event on ``device``'s current stream, or the host clock on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(device))
+        return Mark(time.perf_counter(), event)
+    return Mark(time.perf_counter())
+
+
 class StageTimer:
-    """Accumulates wall-clock milliseconds per named stage on one device.
+    """Accumulates milliseconds per named stage on one device (CUDA events there, the host clock on CPU).
 
     Example::
 
         timer = StageTimer(device)
         with timer.stage("vision_ms"):
             run_tower()
-        timer.ms  # {"vision_ms": 12.3}
+        timer.ms  # {"vision_ms": 12.3}; on CUDA reading it waits for the stage's last kernel
     """
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
-        self.ms: dict[str, float] = {}
+        self._spans: list[tuple[str, Mark, Mark]] = []
+        self._added: dict[str, float] = {}
 
-    def now(self) -> float:
-        """A synchronised ``perf_counter`` timestamp in seconds."""
-        return clock(self.device)
+    @property
+    def uses_cuda_events(self) -> bool:
+        """Whether durations come from CUDA events (the device's timeline) rather than the host clock."""
+        return self.device.type == "cuda"
+
+    def now(self) -> Mark:
+        """A :class:`Mark` of this timer's device (no host sync)."""
+        return mark(self.device)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -53,30 +93,38 @@ class StageTimer:
         try:
             yield
         finally:
-            self.add(name, self.now() - start)
+            self._spans.append((name, start, self.now()))
 
     def add(self, name: str, seconds: float) -> None:
         """Add ``seconds`` (measured elsewhere) to ``ms[name]``."""
         if seconds < 0:
             raise ValueError(f"stage {name!r}: negative duration {seconds} s")
-        self.ms[name] = self.ms.get(name, 0.0) + seconds * 1e3
+        self._added[name] = self._added.get(name, 0.0) + seconds * 1e3
+
+    @property
+    def ms(self) -> dict[str, float]:
+        """Milliseconds per stage (a new dict on every read)."""
+        total = dict(self._added)
+        for name, start, end in self._spans:
+            total[name] = total.get(name, 0.0) + (end - start) * 1e3
+        return total
 
 
 class FirstCallClock:
-    """A no-op logits processor that timestamps its first call: inside Hugging Face ``generate`` that is the
-    moment the prefill's logits exist, i.e. time to first token, which splits prefill from decode without
-    touching ``generate`` itself. Pass it in ``logits_processor=[...]``; read ``first_call`` (seconds, or
-    ``None`` if never called).
+    """A no-op logits processor that marks its first call: inside Hugging Face ``generate`` that is the moment
+    the prefill's logits exist, i.e. time to first token, which splits prefill from decode without touching
+    ``generate`` itself. Pass it in ``logits_processor=[...]``; read ``first_call`` (a :class:`Mark`, or
+    ``None`` if never called). On CUDA the mark is an event: no host sync inside generation.
     """
 
     def __init__(self, device: torch.device | str) -> None:
         self.device = torch.device(device)
-        self.first_call: float | None = None
+        self.first_call: Mark | None = None
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """input_ids: ``[B, S]``, scores: ``[B, V]``; returns ``scores`` unchanged."""
         if self.first_call is None:
-            self.first_call = clock(self.device)
+            self.first_call = mark(self.device)
         return scores
 
 

@@ -16,6 +16,11 @@ ZSCORE_EPS = 1e-6
 COSINE_EPS = 1e-8
 
 
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 (itself if it already is: a no-op ``.float()`` is still an op to dispatch)."""
+    return x if x.dtype == torch.float32 else x.float()
+
+
 def _check_ndim(name: str, x: torch.Tensor, ndim: int, shape: str) -> None:
     if x.ndim != ndim:
         raise ValueError(f"{name} must be {shape}, got shape {tuple(x.shape)}")
@@ -27,7 +32,7 @@ def zscore(values: torch.Tensor, eps: float = ZSCORE_EPS) -> torch.Tensor:
     values: ``[B, M]`` -> ``[B, M]`` float32. A constant row gives zeros (not NaN).
     """
     _check_ndim("values", values, 2, "[B, M]")
-    v = values.float()
+    v = _f32(values)
     mean = v.mean(dim=1, keepdim=True)
     std = v.std(dim=1, keepdim=True, correction=0)
     return (v - mean) / (std + eps)
@@ -42,7 +47,7 @@ def cls_attention(cls_attn: torch.Tensor, *, prefix: int) -> torch.Tensor:
     _check_ndim("cls_attn", cls_attn, 3, "[B, H, N]")
     if isinstance(prefix, bool) or not isinstance(prefix, int) or not 0 <= prefix < cls_attn.shape[2]:
         raise ValueError(f"prefix must be an int in [0, N={cls_attn.shape[2]}), got prefix={prefix!r}")
-    return cls_attn[:, :, prefix:].float().mean(dim=1)
+    return _f32(cls_attn[:, :, prefix:]).mean(dim=1)
 
 
 def channel_entropy(keys: torch.Tensor, tau: float) -> torch.Tensor:
@@ -54,7 +59,7 @@ def channel_entropy(keys: torch.Tensor, tau: float) -> torch.Tensor:
     _check_ndim("keys", keys, 3, "[B, M, Dk]")
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
-    log_p = torch.log_softmax(keys.float() / tau, dim=-1)
+    log_p = torch.log_softmax(_f32(keys) / tau, dim=-1)
     entropy = -(log_p.exp() * log_p).sum(dim=-1)
     dk = keys.shape[-1]
     return entropy / math.log(dk) if dk > 1 else torch.zeros_like(entropy)
@@ -72,16 +77,28 @@ def mutual_information_proxy(keys: torch.Tensor, tau: float) -> torch.Tensor:
     _check_ndim("keys", keys, 3, "[B, M, Dk]")
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
-    b, m, _ = keys.shape
-    if m <= 2:
-        return torch.ones(b, m, device=keys.device)
+    if keys.shape[1] <= 2:
+        return torch.ones(keys.shape[:2], device=keys.device)
     k_hat = l2_normalize(keys)
-    sim = torch.bmm(k_hat, k_hat.transpose(1, 2)).div_(tau)
-    eye = torch.eye(m, dtype=torch.bool, device=keys.device)
-    log_q = torch.log_softmax(sim.masked_fill_(eye, float("-inf")), dim=-1)
-    # exp(-inf) * -inf = NaN on the diagonal: zero those terms explicitly.
-    plogp = (log_q.exp() * log_q).masked_fill(eye, 0.0)
-    entropy = -plogp.sum(dim=-1)
+    return mutual_information_from_gram(torch.bmm(k_hat, k_hat.transpose(1, 2)), tau)
+
+
+def mutual_information_from_gram(gram: torch.Tensor, tau: float) -> torch.Tensor:
+    """:func:`mutual_information_proxy` from the unit keys' cosines ``S = k̂ k̂^T`` ``[B, M, M]`` float32
+    (M > 2), which it overwrites: callers that share ``S`` (SparseZip's k-means) hand it over last. -> ``[B, M]``.
+
+    One exponential pass and no masks: with ``e_ij = exp((S_ij - peak_i) / tau)`` over the other patches
+    (``peak_i`` their largest cosine; the diagonal gives ``e_ii = 0``), ``Z_i = sum_j e_ij``, ``q = e / Z`` and
+    ``H_i = -sum_j q_ij log q_ij = ln Z_i - (sum_j e_ij S_ij / Z_i - peak_i) / tau``.
+    """
+    m = gram.shape[-1]
+    diagonal = gram.diagonal(dim1=1, dim2=2)
+    diagonal.fill_(float("-inf"))  # q_i is over the other patches
+    peak = gram.amax(dim=-1, keepdim=True)
+    weights = torch.sub(gram, peak).div_(tau).exp_()  # 0 on the diagonal
+    diagonal.fill_(0.0)  # so that e_ii S_ii is 0 there, not 0 * -inf = NaN
+    total = weights.sum(dim=-1)
+    entropy = total.log() - (weights.mul_(gram).sum(dim=-1) / total - peak[..., 0]) / tau
     return 1.0 - entropy / math.log(m - 1)
 
 
@@ -90,7 +107,7 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
 
     x: ``[..., D]`` -> ``[..., D]`` float32.
     """
-    x = x.float()
+    x = _f32(x)
     return x / x.norm(dim=-1, keepdim=True).clamp_min(COSINE_EPS)
 
 
@@ -105,7 +122,10 @@ def text_relevance(patches: torch.Tensor, text_query: torch.Tensor) -> torch.Ten
         raise ValueError(
             f"text_query must be [B={patches.shape[0]}, C={patches.shape[2]}], got {tuple(text_query.shape)}"
         )
-    return torch.einsum("bmc,bc->bm", l2_normalize(patches), l2_normalize(text_query))
+    # cos = (x . v) / (|x| |v|) with both norms clamped like l2_normalize, without normalising every patch.
+    x = _f32(patches)
+    dots = torch.bmm(x, l2_normalize(text_query)[:, :, None])[:, :, 0]
+    return dots / torch.linalg.vector_norm(x, dim=-1).clamp_min(COSINE_EPS)
 
 
 def text_to_vision_space(text: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -136,23 +156,36 @@ def hybrid_score(
     alpha_mutual: float,
     tau_feat: float,
     tau_sim: float,
+    gram: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``s = a_attn z(attn) + a_ent z(H) + a_mut z(I)`` over patches.
 
-    attn: ``[B, M]`` per-patch CLS attention (:func:`cls_attention`); keys: ``[B, M, Dk]`` patch keys ->
+    attn: ``[B, M]`` per-patch CLS attention (:func:`cls_attention`); keys: ``[B, M, Dk]`` patch keys;
+    gram: ``k̂ k̂^T`` ``[B, M, M]`` of the L2-normalised keys if the caller has it (it is overwritten) ->
     ``[B, M]`` float32. Terms with weight 0 are not computed at all (the MI proxy is the one ``O(M^2)`` term).
     """
     _check_ndim("attn", attn, 2, "[B, M]")
     _check_ndim("keys", keys, 3, "[B, M, Dk]")
     if attn.shape != keys.shape[:2]:
         raise ValueError(f"attn {tuple(attn.shape)} and keys {tuple(keys.shape)} disagree on [B, M]")
-    score = torch.zeros(attn.shape, device=attn.device)
+    terms = []
     if alpha_attn:
-        score = score + alpha_attn * zscore(attn)
+        terms.append(alpha_attn * zscore(attn))
     if alpha_entropy:
-        score = score + alpha_entropy * zscore(channel_entropy(keys, tau_feat))
+        terms.append(alpha_entropy * zscore(channel_entropy(keys, tau_feat)))
     if alpha_mutual:
-        score = score + alpha_mutual * zscore(mutual_information_proxy(keys, tau_sim))
+        if gram is None or keys.shape[1] <= 2:
+            mutual = mutual_information_proxy(keys, tau_sim)
+        else:
+            if tau_sim <= 0:
+                raise ValueError(f"tau must be > 0, got {tau_sim}")
+            mutual = mutual_information_from_gram(gram, tau_sim)
+        terms.append(alpha_mutual * zscore(mutual))
+    if not terms:
+        return torch.zeros(attn.shape, device=attn.device)
+    score = terms[0]
+    for term in terms[1:]:  # t1 + t2 + t3, left to right
+        score = score + term
     return score
 
 
@@ -176,5 +209,7 @@ def iqr_outliers(values: torch.Tensor, whisker: float = 1.5) -> torch.Tensor:
     if whisker < 0:
         raise ValueError(f"whisker must be >= 0, got {whisker}")
     v = values.float()
-    q1, q3 = torch.quantile(v, torch.tensor([0.25, 0.75], device=v.device), dim=1, keepdim=True)
+    # The quantile levels made on the device (0.25, 0.75 exactly): a tensor from host data would be a copy.
+    levels = torch.arange(2, dtype=torch.float32, device=v.device).mul_(0.5).add_(0.25)
+    q1, q3 = torch.quantile(v, levels, dim=1, keepdim=True)
     return v > q3 + whisker * (q3 - q1)

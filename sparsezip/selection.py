@@ -22,7 +22,8 @@ def rank_order(scores: torch.Tensor) -> torch.Tensor:
     """
     _check_scores(scores)
     # Stable sort on float32 keeps float16/bfloat16 ties as ties and is exact for them.
-    return torch.sort(scores.float(), dim=1, descending=True, stable=True).indices
+    values = scores if scores.dtype == torch.float32 else scores.float()
+    return torch.sort(values, dim=1, descending=True, stable=True).indices
 
 
 def topk_mask(scores: torch.Tensor, k: torch.Tensor | int, valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -40,9 +41,25 @@ def topk_mask(scores: torch.Tensor, k: torch.Tensor | int, valid: torch.Tensor |
                          f"{tuple(valid.shape)}")
     if bool(((k < 0) | (k > available)).any()):
         raise ValueError(f"k must lie in [0, valid entries per row = {available.tolist()}], got {k.tolist()}")
+    if valid is None:
+        return rank_mask(scores, k)
     order = rank_order(scores)
-    if valid is not None:  # valid entries first, each group still in rank order (a stable partition)
-        order = order.gather(1, torch.sort((~valid).gather(1, order).int(), dim=1, stable=True).indices)
+    # Valid entries first, each group still in rank order (a stable partition).
+    order = order.gather(1, torch.sort((~valid).gather(1, order).int(), dim=1, stable=True).indices)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(m, device=scores.device).expand(b, m))
+    return ranks < k[:, None]
+
+
+def rank_mask(scores: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+    """:func:`topk_mask` without its checks, so without a host sync: the caller guarantees ``0 <= k[b] <= M``.
+
+    scores: ``[B, M]``; k: int or ``[B]`` int64 on scores' device -> ``[B, M]`` bool, each row's top-``k[b]``
+    (ties: lower index wins).
+    """
+    b, m = scores.shape
+    order = rank_order(scores)
+    if isinstance(k, int):  # the first k of the ranking, no per-row comparison needed
+        return torch.zeros(b, m, dtype=torch.bool, device=scores.device).scatter_(1, order[:, :k], True)
     ranks = torch.empty_like(order).scatter_(1, order, torch.arange(m, device=scores.device).expand(b, m))
     return ranks < k[:, None]
 
@@ -74,9 +91,8 @@ def mask_to_indices(mask: torch.Tensor, width: int | None = None) -> torch.Tenso
     if mask.ndim != 2 or mask.dtype != torch.bool:
         raise ValueError(f"mask must be a [B, M] bool tensor, got {mask.dtype} {tuple(mask.shape)}")
     b, m = mask.shape
-    counts = mask.sum(dim=1)
     if width is None:
-        width = int(counts.max()) if b else 0
+        width = int(mask.sum(dim=1).max()) if b else 0
     index = torch.arange(m, device=mask.device).expand(b, m)
     # Selected entries sort by their index; unselected ones are pushed behind all of them.
     key = torch.where(mask, index, index + m)
@@ -125,21 +141,23 @@ def max_min_greedy(distance: torch.Tensor, k: int) -> torch.Tensor:
     b, m, _ = distance.shape
     if not 0 <= k <= m:
         raise ValueError(f"k must lie in [0, M={m}], got k={k}")
-    d = distance.float()
-    picks = torch.empty(b, k, dtype=torch.long, device=d.device)
+    d = distance if distance.dtype == torch.float32 else distance.float()
     if k == 0:
-        return picks
-    rows_flat = d.reshape(b * m, m)
-    row_offset = torch.arange(b, device=d.device) * m
-    score = torch.topk(d, 2, dim=1, largest=False).values[:, 1] if m > 1 else d.new_zeros(b, m)
-    nearest = torch.full((b, m), float("inf"), device=d.device)
-    for i in range(k):
-        pick = torch.argmax(score, dim=1)  # first maximum: lower index on ties
-        picks[:, i] = pick
-        nearest = torch.minimum(nearest, rows_flat.index_select(0, row_offset + pick))
+        return torch.empty(b, 0, dtype=torch.long, device=d.device)
+    images = torch.arange(b, device=d.device)[:, None]  # [B, 1]
+    # score / nearest: [B, 1, M]; four ops per pick (argmax, one row, minimum, the picked one to -inf).
+    score = (torch.topk(d, 2, dim=1, largest=False).values[:, 1] if m > 1 else d.new_zeros(b, m))[:, None, :]
+    nearest = torch.full((b, 1, m), float("inf"), device=d.device)
+    zero, minus_inf = torch.zeros_like(images), torch.full((), float("-inf"), device=d.device)
+    picks = []
+    for _ in range(k):
+        pick = torch.argmax(score, dim=2)  # [B, 1]; first maximum: lower index on ties
+        picks.append(pick)
+        torch.minimum(nearest, d[images, pick], out=nearest)
         # A picked token never comes back (its own distance, ~0, would otherwise keep it low but not -inf).
-        score = nearest = nearest.scatter_(1, pick[:, None], float("-inf"))
-    return picks
+        nearest.index_put_((images, zero, pick), minus_inf)
+        score = nearest
+    return torch.cat(picks, dim=1)
 
 
 def dpp_greedy_map(kernel: torch.Tensor, k: int, rank_tol: float = 1e-5) -> torch.Tensor:
@@ -163,25 +181,30 @@ def dpp_greedy_map(kernel: torch.Tensor, k: int, rank_tol: float = 1e-5) -> torc
         raise ValueError(f"k must lie in [0, M={m}], got k={k}")
     if rank_tol < 0:
         raise ValueError(f"rank_tol must be >= 0, got rank_tol={rank_tol}")
-    lk = kernel.float()
-    kernel_rows = lk.reshape(b * m, m)
-    row_offset = torch.arange(b, device=lk.device) * m
+    lk = kernel if kernel.dtype == torch.float32 else kernel.float()
+    if k == 0:
+        return torch.empty(b, 0, dtype=torch.long, device=lk.device)
+    images = torch.arange(b, device=lk.device)[:, None]  # [B, 1]
     chol = lk.new_zeros(b, k, m)  # row i: the i-th pick's Cholesky row over all tokens (later rows still 0)
-    gain = torch.diagonal(lk, dim1=1, dim2=2).clone()
-    floor = rank_tol * gain.amax(dim=1, keepdim=True).clamp_min(0)  # [B, 1]
-    picks = torch.empty(b, k, dtype=torch.long, device=lk.device)
+    gain = torch.diagonal(lk, dim1=1, dim2=2)[:, None, :].clone()  # [B, 1, M]
+    floor = rank_tol * gain.amax(dim=2, keepdim=True).clamp_min(0)  # [B, 1, 1]
+    picked = torch.zeros(b, 1, m, dtype=torch.bool, device=lk.device)
+    zero, true = torch.zeros_like(images), torch.ones((), dtype=torch.bool, device=lk.device)
+    picks = []
     for i in range(k):
-        # Noise-level gains -> exactly 0, so they tie and go by index; picked tokens stay at -inf.
-        gain = torch.where(gain > floor, gain, torch.where(gain == float("-inf"), gain, 0.0))
-        pick = torch.argmax(gain, dim=1)
-        picks[:, i] = pick
-        d2 = gain.gather(1, pick[:, None])  # [B, 1]
-        c_pick = chol.gather(2, pick[:, None, None].expand(-1, k, 1))  # [B, k, 1], zero below row i
-        residual = kernel_rows.index_select(0, row_offset + pick) - torch.bmm(c_pick.transpose(1, 2), chol)[:, 0]
-        e = torch.where(d2 > 0, residual / torch.where(d2 > 0, d2, 1.0).sqrt(), 0.0)
-        chol[:, i] = e
-        gain = (gain - e * e).scatter_(1, pick[:, None], float("-inf"))
-    return picks
+        # Noise-level gains -> exactly 0, so they tie and go by index; picked tokens at -inf.
+        gain = torch.where(gain > floor, gain, 0.0).masked_fill_(picked, float("-inf"))
+        pick = torch.argmax(gain, dim=2)  # [B, 1]
+        picks.append(pick)
+        d2 = gain.gather(2, pick[:, :, None])  # [B, 1, 1]
+        # [B, 1, k] @ [B, k, M]: the new pick's Cholesky coefficients (zero from row i on) times every row.
+        residual = lk[images, pick] - torch.bmm(chol[images, :, pick], chol)  # [B, 1, M]
+        positive = d2 > 0
+        e = torch.where(positive, residual / torch.where(positive, d2, 1.0).sqrt(), 0.0)
+        chol[:, i] = e[:, 0]
+        gain = gain - e * e
+        picked.index_put_((images, zero, pick), true)
+    return torch.cat(picks, dim=1)
 
 
 def remove_duplicates(similarity: torch.Tensor, candidates: torch.Tensor, keep: int, step: int = 8) -> torch.Tensor:
@@ -204,17 +227,19 @@ def remove_duplicates(similarity: torch.Tensor, candidates: torch.Tensor, keep: 
     if step < 1:
         raise ValueError(f"step must be >= 1, got step={step}")
     b, m, _ = similarity.shape
-    # Flattened rows + index_select, and an additive -inf mask over non-B columns: several times faster on
-    # CPU than advanced indexing or a second gather (the rounds dominate VisPruner's cost).
-    rows_flat = similarity.float().reshape(b * m, m)
+    # Flattened rows and an additive -inf mask over non-B columns: several times faster on CPU than a gather
+    # (the rounds dominate VisPruner's cost).
+    sim = similarity if similarity.dtype == torch.float32 else similarity.float()
+    rows_flat = sim.reshape(b * m, m)
     row_offset = torch.arange(b, device=similarity.device)[:, None] * m
+    minus_inf = torch.full((b, 1, m), float("-inf"), device=similarity.device)
     residual = candidates
     while residual.shape[1] > keep:
         drop = min(step, residual.shape[1] - keep)
         set_a, set_b = residual[:, ::2], residual[:, 1::2]
-        rows = rows_flat.index_select(0, (set_a + row_offset).flatten()).view(b, -1, m)  # [B, |A|, M]
-        only_b = torch.full((b, m), float("-inf"), device=similarity.device).scatter_(1, set_b, 0.0)
-        best = (rows + only_b[:, None, :]).amax(dim=-1)  # [B, |A|]; -inf when B is empty
+        rows = rows_flat[set_a + row_offset]  # [B, |A|, M]
+        only_b = minus_inf.scatter(2, set_b[:, None, :], 0.0)  # [B, 1, M]
+        best = (rows + only_b).amax(dim=-1)  # [B, |A|]; -inf when B is empty
         survivors = torch.sort(best, dim=1, descending=True, stable=True).indices[:, drop:]
         residual = torch.cat([set_a.gather(1, survivors), set_b], dim=1)
     return residual

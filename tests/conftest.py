@@ -18,6 +18,15 @@ EMBEDDED_MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "tiny-llava"
 ADAPTER_SPEC = TinyLlavaSpec(text_layers=4)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread for the tests unless ``--torch-threads`` says otherwise: their tensors are small, and on a
+    shared 2-core machine torch's default (every logical CPU) made this suite 4x slower (oversubscription).
+    Subprocesses the tests start choose their own threads (the benchmark matrix: 1 for the embedded model)."""
+    import torch
+
+    torch.set_num_threads(config.getoption("--torch-threads") or 1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_hash_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Checkpoint hashes (run identities) are remembered in a session folder, not in the user's ~/.cache."""

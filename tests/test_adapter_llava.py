@@ -379,3 +379,21 @@ def test_padding_falls_back_to_eos_without_a_pad_token() -> None:
     assert vlm.generate(IMAGES[:1], PROMPTS[:1], method=KeepFirst(16), max_new_tokens=2)[0].new_tokens >= 1
     with pytest.raises(ValueError, match="no pad token, so batches need size 1"):
         vlm.generate(IMAGES[:2], PROMPTS[:2], method=KeepFirst(16))
+
+
+def test_a_batch_encodes_each_distinct_image_once(vlm: LlavaVLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POPE asks several questions about one image in a row: the tower sees each distinct image once per batch,
+    and every question gets the answer it gets alone."""
+    images = [IMAGES[0], IMAGES[1], IMAGES[0].copy(), IMAGES[0]]  # a copy: same pixels, another object
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[2], PROMPTS[1]]
+    questions = [QUESTIONS[0], QUESTIONS[1], QUESTIONS[2], QUESTIONS[1]]
+    method = get_method("sparsezip", budget=16)
+    alone = [vlm.generate([i], [p], method=method, questions=[q], max_new_tokens=MAX_NEW)[0]
+             for i, p, q in zip(images, prompts, questions, strict=True)]
+    tower_call, seen = type(vlm.tap).__call__, []
+    monkeypatch.setattr(type(vlm.tap), "__call__",
+                        lambda tap, pixels: seen.append(pixels.shape[0]) or tower_call(tap, pixels))
+    together = vlm.generate(images, prompts, method=method, questions=questions, max_new_tokens=MAX_NEW)
+    assert seen == [2]
+    assert [o.extra["token_ids"] for o in together] == [o.extra["token_ids"] for o in alone]
+    assert [o.extra["k"] for o in together] == [o.extra["k"] for o in alone]

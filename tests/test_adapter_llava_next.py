@@ -144,8 +144,8 @@ def test_bad_input_is_refused_with_one_clear_error(tiny_next_vlm, batch) -> None
     images, prompts = batch
     with pytest.raises(ValueError, match=r"image 0 is 5x40 px; LLaVA-NeXT needs at least 8 px"):
         tiny_next_vlm.generate([Image.new("RGB", (5, 40))], prompts[:1], method=get_method("none"))
-    with pytest.raises(ValueError, match="prunes inside the LLM"):
-        tiny_next_vlm.generate(images[:1], prompts[:1], method=get_method("sparsevlm", budget=8))
+    with pytest.raises(ValueError, match="greedy decoding only; got num_beams=2"):  # in-LLM methods: greedy
+        tiny_next_vlm.generate(images[:1], prompts[:1], method=get_method("sparsevlm"), num_beams=2)
     with pytest.raises(ValueError, match=r"budget 2 cannot be spread over images of \[5\] crops"):
         tiny_next_vlm.generate(images[:1], prompts[:1], method=get_method("random", budget=2))
     with pytest.raises(ValueError, match="holds 0 <image> placeholders"):
@@ -179,3 +179,19 @@ def test_a_processor_crop_grid_the_config_does_not_allow_is_refused(tiny_next_di
     (copy / "processor_config.json").write_text(json.dumps(processor))
     with pytest.raises(ValueError, match=r"crop grids \[\[96, 32\]\] are not among the config's"):
         load_model(copy)
+
+
+def test_dynamic_k_is_refused_with_the_reason(tiny_next_vlm, batch) -> None:
+    """SparseZip's dynamic K has no per-crop meaning here (README): generation and calibration refuse it."""
+    from sparsezip.data.sample import Sample
+    from sparsezip.eval.calibration import calibrate_on_samples
+
+    images, prompts = batch
+    dynamic = get_method("sparsezip", budget=20, dynamic_k=True, skip_dynamic_k=False, k_min=5, k_max=15)
+    with pytest.raises(ValueError, match=r"dynamic K is refused on LLaVA-NeXT: .* crops"):
+        tiny_next_vlm.generate(images[:1], prompts[:1], method=dynamic)
+    sample = Sample(id="0", image_ref="unused.png", question="Is there a red circle?", answers=("yes",))
+    with pytest.raises(ValueError, match="dynamic K is refused on LLaVA-NeXT"):
+        calibrate_on_samples(dynamic, tiny_next_vlm, [sample], "pope")
+    fixed = get_method("sparsezip", budget=20)  # fixed K runs
+    assert tiny_next_vlm.generate(images[:1], prompts[:1], method=fixed, max_new_tokens=1)[0].visual_tokens <= 20

@@ -186,8 +186,8 @@ def test_bad_input_is_refused_with_one_clear_error(tiny_qwen_vlm, batch) -> None
         tiny_qwen_vlm.generate([Image.new("RGB", (12, 40))], prompts[:1], method=get_method("none"))
     with pytest.raises(ValueError, match="aspect ratio below 200"):
         tiny_qwen_vlm.generate([Image.new("RGB", (16, 3400))], prompts[:1], method=get_method("none"))
-    with pytest.raises(ValueError, match="prunes inside the LLM"):
-        tiny_qwen_vlm.generate(images[:1], prompts[:1], method=get_method("sparsevlm", budget=4))
+    with pytest.raises(ValueError, match="greedy decoding only; got num_beams=2"):  # in-LLM methods: greedy
+        tiny_qwen_vlm.generate(images[:1], prompts[:1], method=get_method("sparsevlm"), num_beams=2)
     with pytest.raises(ValueError, match="exactly 1 image is needed"):
         tiny_qwen_vlm.generate(images[:1], ["<image> and <image>"], method=get_method("none"))
     with pytest.raises(ValueError, match="not a multiple of the 2 x 2 merge"):

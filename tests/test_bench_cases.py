@@ -1,6 +1,7 @@
 """Running one matrix case: run folders, fingerprints, dynamic-K calibration, and what a case records."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from sparsezip.data import load_dataset
 from sparsezip.data.prompts import llava_v1_prompt
 from sparsezip.eval.runner import evaluate
 from sparsezip.methods import CompressionMethod, get_method
+from sparsezip.methods.llm_budget import BudgetWarning
 from sparsezip.testing.fake import FakeVisionLanguageModel
 from sparsezip.testing.trees import write_tree
 
@@ -159,10 +161,34 @@ def test_dynamic_k_row_is_calibrated_to_the_budget(tiny_vlm, tmp_path: Path) -> 
     assert none_calibration is None and plain.name == "visionzip"
 
 
-def test_in_llm_methods_run_batched_and_unreachable_budgets_are_named(tiny_vlm) -> None:
+def test_in_llm_methods_run_batched_and_unreachable_schedules_are_named(tiny_vlm) -> None:
     assert batch_size_for(get_method("sparsevlm")) == batch_size_for(get_method("none")) > 1
     assert unreachable_reason(get_method("sparsevlm", budget=48), tiny_vlm) is None
     assert unreachable_reason(get_method("visionzip", budget=16), tiny_vlm) is None
-    reason = unreachable_reason(get_method("sparsevlm", budget=16), tiny_vlm)  # 144 patches x 4 layers
-    assert reason is not None and "out of reach" in reason and "38.50 to 144.00" in reason
+    # a layer-averaged budget out of reach (144 patches x 4 layers: SparseVLM needs >= 38.50) is no reason to
+    # skip: the method runs its paper's nominal setting and warns
+    with pytest.warns(BudgetWarning, match="38.50 to 144.00"):
+        assert unreachable_reason(get_method("sparsevlm", budget=16), tiny_vlm) is None
+    shallow = SimpleNamespace(nominal_visual_tokens=144, config=SimpleNamespace(
+        text_config=SimpleNamespace(num_hidden_layers=2)))
+    assert "too shallow" in unreachable_reason(get_method("sparsevlm", budget=48), shallow)
     assert unreachable_reason(get_method("sparsevlm", budget=16), FakeVisionLanguageModel(grid=12)) is None
+
+
+def test_extra_info_of_an_in_llm_case_records_nominal_layer_averaged_and_per_layer(tiny_vlm, tmp_path: Path) -> None:
+    """FastV at 16 of 144 on 4 layers: out of reach as a layer average, so the nominal 16 kept (a warning), and
+    both figures with the per-layer list are recorded: per sample, in the summary and in the case."""
+    samples = list(load_dataset("pope", write_tree("pope", "files", tmp_path / "data"), category="random"))
+    case = next(c for c in build_matrix("tiny", 144, datasets=["pope-random"], methods=["fastv"]) if c.budget == 16)
+    method, _ = build_method(case, tiny_vlm, samples)
+    with pytest.warns(BudgetWarning, match="fastv budget 16"):
+        summary = evaluate(tiny_vlm, method, samples, tmp_path / "run", dataset=case.dataset,
+                           batch_size=batch_size_for(method), progress=False)
+    assert summary["tokens"]["visual_nominal_mean"] == 16 and summary["tokens"]["visual"]["mean"] == 80
+    [timed] = tiny_vlm.generate([samples[0].load_image()], [llava_v1_prompt(samples[0].question)], method=method)
+    info = extra_info(case, method, summary, timed, num_patches=144)
+    assert info["visual_tokens"]["nominal"] == 16 and info["visual_tokens"]["mean"] == 80
+    assert info["visual_tokens"]["per_layer"] == [144, 144, 16, 16] and info["visual_tokens"]["llm_input"] == 144
+    budget = info["in_llm_budget"]
+    assert budget["applied"] == "nominal" and budget["layer_averaged"] == 80 and "out of reach" in budget["warning"]
+    assert info["method_config"] == {"budget": 16, "budget_mode": "layer_averaged", "layer": 2}

@@ -1,8 +1,12 @@
-"""Every registered vision-side method (any added later included) on the contexts each model family really makes,
-and through each family's adapter: the generic contract holds per family, budgets are visual tokens per image,
-and a method that cannot run on a family is refused with an error naming it and the model."""
+"""Every registered method (any added later included) on each model family. Vision-side: on the contexts each
+family really makes and through its adapter, the generic contract holds, budgets are visual tokens per image, and
+a method that cannot run on a family is refused with an error naming it and the model. In-LLM: through the
+adapter's layer-wise loop, batched over images of different sizes, each row as at batch size 1, with consistent
+per-layer counts."""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -12,6 +16,7 @@ from sparsezip.methods import get_method, list_methods, method_class
 from sparsezip.testing.contract import check_method
 
 VISION_METHODS = [name for name in list_methods() if method_class(name).stage == "vision"]
+IN_LLM_METHODS = [name for name in list_methods() if method_class(name).stage == "llm"]
 FAMILIES = {
     # fixture, image sizes (height, width), budget per image
     "llava-next": ("tiny_next_vlm", [(40, 64), (30, 90), (64, 40)], 24),  # 5 + 3 + 5 crops of 16 patches
@@ -77,3 +82,19 @@ def test_every_vision_method_runs_through_each_adapter(family, name: str) -> Non
             assert 1 <= out.visual_tokens <= budget
         assert out.prefill_tokens > out.visual_tokens and out.extra["prefill_flops"] > 0
         assert all(out.timings[stage] >= 0 for stage in ("vision_ms", "compress_ms", "prefill_ms", "decode_ms"))
+
+
+@pytest.mark.parametrize("name", IN_LLM_METHODS)
+def test_every_in_llm_method_runs_through_each_adapter(family, name: str) -> None:
+    vlm, images, _, _ = family
+    prompts = [vlm.chat_prompt(QUESTION)] * len(images)
+    layers = vlm.config.text_config.num_hidden_layers
+    for method in (get_method(name), get_method(name, budget=vlm.nominal_visual_tokens // 2)):
+        outs = vlm.generate(images, prompts, method=method, max_new_tokens=2)
+        for image, prompt, out in zip(images, prompts, outs, strict=True):
+            per_layer = out.visual_tokens_per_layer
+            assert len(per_layer) == layers and per_layer[0] == out.uncompressed_visual_tokens
+            assert all(a >= b for a, b in itertools.pairwise(per_layer)) and per_layer[-1] >= 1
+            assert out.visual_tokens == sum(per_layer) / layers and out.extra["prefill_flops"] > 0
+            one = vlm.generate([image], [prompt], method=method, max_new_tokens=2)[0]
+            assert (one.extra["token_ids"], one.visual_tokens_per_layer) == (out.extra["token_ids"], per_layer)

@@ -91,8 +91,11 @@ def test_a_registered_method_is_listed_checked_and_in_the_matrix(
 def test_the_built_in_rows_keep_their_report_order() -> None:
     assert [r.name for r in matrix_rows()] == [
         "none", "sparsezip", "sparsezip-nohybrid", "sparsezip-notext", "sparsezip-dynk", "sparsezip-nomerge",
-        "visionzip", "sparsevlm", "random", "pool",
+        "visionzip", "sparsevlm", "sparsevlm-paper", "fastv", "fastv-paper", "pdrop", "pdrop-paper", "dart",
+        "dart-paper", "random", "pool",
         "tome", "divprune", "prumerge_plus", "vispruner", "cdpruner", "cdpruner-pluscos"]
+    paper = next(r for r in matrix_rows() if r.name == "fastv-paper")  # in-LLM methods' paper N-token settings
+    assert dict(paper.config) == {"budget_mode": "nominal"} and paper.llava_budgets == (64, 128, 192)
     dynk = next(r for r in matrix_rows() if r.name == "sparsezip-dynk")
     # skip_dynamic_k: False as well, since every row starts from the seed's preset, which sets it (K fixed)
     assert dynk.calibrate_dynamic_k and dict(dynk.config) == {"dynamic_k": True, "skip_dynamic_k": False}

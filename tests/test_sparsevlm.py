@@ -18,10 +18,12 @@ from sparsezip.data.prompts import llava_v1_prompt
 from sparsezip.embedded.models import TinyLlavaSpec, build_tiny_llava
 from sparsezip.imageprep import expand2square, mean_fill
 from sparsezip.methods import get_method
+from sparsezip.methods.llm_budget import BudgetWarning
 from sparsezip.methods.sparsevlm import (
     PruningPlan,
     counts_after_pruning,
     layer_averaged,
+    paper_plan,
     recycle,
     recycle_sizes,
     scaled_plan,
@@ -44,7 +46,7 @@ def _image(seed: int = 0) -> Image.Image:
 
 # ---------------------------------------------------------------------------------------------- schedule
 def test_spec_counts_and_layer_averaged_equivalent_for_llava15() -> None:
-    plan = scaled_plan(192, 576, 32)
+    plan = paper_plan(192, 576, 32)
     assert plan == PruningPlan(layers=(2, 6, 15), keep=(300, 200, 110))
     assert counts_after_pruning(plan, 576) == [309, 204, 113]
     per_layer = visual_tokens_per_layer(plan, 576, 32)
@@ -59,7 +61,7 @@ def test_the_documented_numbers_are_the_codes(repo_root: Path) -> None:
 
     readme = (repo_root / "README.md").read_text(encoding="utf-8")
     for budget in (64, 128, 192):
-        plan = scaled_plan(budget, 576, 32)
+        plan = paper_plan(budget, 576, 32)
         counts = " / ".join(map(str, counts_after_pruning(plan, 576)))
         equivalent = f"{layer_averaged(visual_tokens_per_layer(plan, 576, 32)):.2f}"
         assert counts in module.__doc__ and equivalent in module.__doc__
@@ -78,7 +80,7 @@ def test_the_documented_numbers_are_the_codes(repo_root: Path) -> None:
      (128, [312, 117, 39], (3 * 576 + 4 * 312 + 9 * 117 + 16 * 39) / 32)],
 )
 def test_other_budgets(budget: int, after: list[int], equivalent: float) -> None:
-    plan = scaled_plan(budget, 576, 32)
+    plan = paper_plan(budget, 576, 32)
     assert counts_after_pruning(plan, 576) == after
     assert layer_averaged(visual_tokens_per_layer(plan, 576, 32)) == pytest.approx(equivalent)
 
@@ -101,7 +103,20 @@ def test_other_budgets_and_models_hit_the_budget_as_the_layer_averaged_equivalen
 
 
 def test_paper_counts_hold_on_any_depth_with_576_tokens() -> None:
-    assert scaled_plan(192, 576, 16) == PruningPlan(layers=(1, 3, 7), keep=(300, 200, 110))
+    assert paper_plan(192, 576, 16) == PruningPlan(layers=(1, 3, 7), keep=(300, 200, 110))
+
+
+def test_nominal_settings_scale_the_paper_schedule_and_layer_averaged_ones_hit_the_budget() -> None:
+    """budget_mode="nominal" is the paper's N-token schedule (times b / N_paper on another token count); the
+    default reads the budget as the layer-averaged equivalent, also at the paper's own 64 / 128 / 192."""
+    assert paper_plan(16, 144, 4) == PruningPlan(layers=(0, 1, 2), keep=(16, 8, 4))  # 66 / 30 / 17 x 16 / 64
+    nominal = get_method("sparsevlm", budget=64, budget_mode="nominal").budget_plan(576, 32)
+    assert nominal.setting.params["keep"] == [66, 30, 17] and nominal.nominal == 64
+    assert nominal.layer_averaged == 82.25
+    for budget in (64, 128, 192):
+        plan = get_method("sparsevlm", budget=budget).budget_plan(576, 32)
+        assert plan.applied == "layer_averaged" and plan.layer_averaged == pytest.approx(budget, abs=0.5)
+        assert plan.per_layer == tuple(visual_tokens_per_layer(scaled_plan(budget, 576, 32), 576, 32))
 
 
 def test_unreachable_budgets_and_shallow_models_are_refused() -> None:
@@ -113,13 +128,21 @@ def test_unreachable_budgets_and_shallow_models_are_refused() -> None:
             scaled_plan(budget, 144, 4)
     with pytest.raises(ValueError, match="exceeds the model's 144"):
         get_method("sparsevlm", budget=200).plan(144, 4)
+    # the method itself falls back to the paper's nominal setting, with a warning naming the equivalent it gives
+    with pytest.warns(BudgetWarning, match=r"out of reach.*38\.50 to 144\.00.*nominal 16-token.*44\.50"):
+        plan = get_method("sparsevlm", budget=16).budget_plan(144, 4)
+    assert plan.applied == "nominal" and plan.per_layer == (144, 20, 9, 5)
+    with pytest.raises(ValueError, match="too shallow"):
+        get_method("sparsevlm", budget=8).plan(64, 2)
     with pytest.raises(ValueError, match="positive integer"):
         get_method("sparsevlm", budget=0)
 
 
 def test_method_configuration() -> None:
-    assert get_method("sparsevlm").config() == {"budget": None}
+    assert get_method("sparsevlm").config() == {"budget": None, "budget_mode": "layer_averaged"}
     assert get_method("sparsevlm").plan(576, 32) == PruningPlan(layers=(2, 6, 15), keep=(300, 200, 110))
+    with pytest.raises(ValueError, match="budget_mode"):
+        get_method("sparsevlm", budget=64, budget_mode="paper")
     method = get_method("sparsevlm", keep=(10, 5), layers=(0, 3))
     assert method.plan(144, 4) == PruningPlan(layers=(0, 3), keep=(10, 5))
     with pytest.raises(ValueError, match="exceed"):
@@ -222,11 +245,13 @@ def grid_vlm() -> LlavaVLM:
 
 def test_per_layer_counts_on_a_576_token_16_layer_model(grid_vlm: LlavaVLM) -> None:
     assert grid_vlm.num_patches == 576
-    out = grid_vlm.generate([_image()], [PROMPT], method=get_method("sparsevlm", budget=192), max_new_tokens=3)[0]
+    method = get_method("sparsevlm", budget=192, budget_mode="nominal")
+    out = grid_vlm.generate([_image()], [PROMPT], method=method, max_new_tokens=3)[0]
     assert out.extra["counts_after_pruning"] == [309, 204, 113]
     assert out.visual_tokens_per_layer == [576] * 2 + [309] * 2 + [204] * 4 + [113] * 8  # layers (1, 3, 7)
     assert out.visual_tokens == pytest.approx(layer_averaged(out.visual_tokens_per_layer))
-    assert out.visual_tokens_per_layer == visual_tokens_per_layer(scaled_plan(192, 576, 16), 576, 16)
+    assert out.visual_tokens_per_layer == visual_tokens_per_layer(paper_plan(192, 576, 16), 576, 16)
+    assert out.extra["nominal_visual_tokens"] == 192
     assert out.prefill_tokens > 576
 
 
@@ -235,7 +260,7 @@ def test_the_pruning_layers_keep_their_full_cache_and_decoding_follows_each_cach
     A decoded token's position in every layer is that layer's own cache length."""
     images = [_image(7), _image(8)]
     prompts = [PROMPT, llava_v1_prompt("Which shape is the largest one here?")]
-    method = get_method("sparsevlm", budget=192)
+    method = get_method("sparsevlm", budget=192, budget_mode="nominal")
     prepared = grid_vlm.prepare(images, prompts, method=method)
     decoder = grid_vlm.model.model.language_model
     positions: dict[int, list[torch.Tensor]] = {i: [] for i in range(16)}
@@ -263,7 +288,7 @@ def test_the_pruning_layers_keep_their_full_cache_and_decoding_follows_each_cach
 
 
 def test_generation_is_deterministic_and_eager_matches_sdpa(grid_vlm: LlavaVLM) -> None:
-    method = get_method("sparsevlm", budget=64)
+    method = get_method("sparsevlm", budget=64, budget_mode="nominal")
     runs = [grid_vlm.generate([_image(1)], [PROMPT], method=method, max_new_tokens=5)[0] for _ in range(2)]
     assert runs[0].extra["token_ids"] == runs[1].extra["token_ids"]
     model, processor = build_tiny_llava(GRID_SPEC, seed=5)
@@ -278,7 +303,7 @@ def test_batched_generation_equals_one_prompt_at_a_time(grid_vlm: LlavaVLM) -> N
     images = [_image(4), _image(5), _image(6)]
     prompts = [PROMPT, llava_v1_prompt("What colour is the large shape on the left of the picture?"),
                llava_v1_prompt("Count.")]
-    method = get_method("sparsevlm", budget=64)
+    method = get_method("sparsevlm", budget=64, budget_mode="nominal")
     batched = grid_vlm.generate(images, prompts, method=method, max_new_tokens=4)
     singles = [grid_vlm.generate([i], [p], method=method, max_new_tokens=4)[0]
                for i, p in zip(images, prompts, strict=True)]

@@ -1,10 +1,13 @@
-"""What the LLaVA-NeXT and Qwen2.5-VL adapters share: request checks, EOS handling, stage timings, the mean
-question embedding, analytic prefill FLOPs and the per-image result checks. (The LLaVA-1.5 adapter has its own
-copies of these, older than this module.)"""
+"""What the three adapters (LLaVA-1.5, LLaVA-NeXT, Qwen2.5-VL) share: request checks, EOS handling, stage timings,
+the mean question embedding, analytic prefill FLOPs, the per-image result checks, per-image seeds and the
+run-identity helpers."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -15,6 +18,17 @@ from sparsezip.profiling import StageTimer, decoder_prefill_flops
 
 if TYPE_CHECKING:
     from PIL import Image
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A host tensor on ``device``: on CUDA through pinned memory and ``non_blocking`` (the copy is queued like a
+    kernel, the host does not wait for the device), elsewhere a plain ``.to``; then cast to ``dtype`` there."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        tensor = tensor.pin_memory().to(device, non_blocking=True)
+    else:
+        tensor = tensor.to(device)
+    return tensor if dtype is None else tensor.to(dtype)
 
 
 def check_request(
@@ -29,16 +43,18 @@ def check_request(
     family: str,
     min_side: int,
 ) -> None:
-    """The checks every ``generate`` call makes before any work: one image per prompt, a vision-stage method
-    (in-LLM methods are refused: see the adapters' docstrings), positive lengths, images at least ``min_side``
+    """The checks every ``generate`` call makes before any work: one image per prompt, a registered kind of method
+    (an in-LLM one must be a ``LayerPruner`` and decode greedily), positive lengths, images at least ``min_side``
     pixels on each side. Each failure is a ``ValueError`` naming the bad value."""
     if not isinstance(method, CompressionMethod):
         raise ValueError(f"method must be a CompressionMethod, got {type(method).__name__}")
-    if method.stage != "vision":
-        raise ValueError(
-            f"method {method.name!r} prunes inside the LLM (stage {method.stage!r}); the {family} adapter runs "
-            f"vision-side methods only (model {model_name!r})"
-        )
+    if method.stage == "llm":
+        from sparsezip.adapters.in_llm import check_in_llm
+
+        check_in_llm(method, num_beams)
+    elif method.stage != "vision":
+        raise ValueError(f"method {method.name!r} has stage {method.stage!r}; the {family} adapter runs 'vision' "
+                         f"and 'llm' methods (model {model_name!r})")
     if len(prompts) == 0:
         raise ValueError("generate needs at least one prompt")
     if len(images) != len(prompts):
@@ -96,7 +112,7 @@ def mean_question_embedding(
     if empty:
         raise ValueError(f"questions {empty} are empty; pass questions=None for no text awareness")
     encoded = tokenizer(list(questions), add_special_tokens=False, padding=True, return_tensors="pt")
-    ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+    ids, mask = to_device(encoded["input_ids"], device), to_device(encoded["attention_mask"], device)
     embeds = embedding(ids).float()
     weights = mask.unsqueeze(-1).float()
     return (embeds * weights).sum(dim=1) / weights.sum(dim=1)
@@ -135,3 +151,27 @@ def method_budget(method: CompressionMethod) -> int | None:
     """The method's ``budget`` (visual tokens per image) when it is an int, else ``None`` (its default)."""
     budget = method.config().get("budget")
     return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
+
+
+def checkpoint_folder(model: torch.nn.Module) -> Path | None:
+    """The checkpoint folder an HF model was loaded from (``from_pretrained`` records it as ``name_or_path``), or
+    ``None`` for a model built in memory. Its weights' content identity goes into ``run.json``."""
+    folder = Path(str(getattr(model, "name_or_path", "") or ""))
+    return folder if str(folder) not in ("", ".") and (folder / "config.json").is_file() else None
+
+
+def image_processor_settings(image_processor: object) -> dict:
+    """The image processor's class (its backend: PIL or torchvision) and every setting, as sorted JSON: what
+    ``run_settings()`` records of the preprocessing."""
+    return {
+        "image_processor_class": type(image_processor).__name__,
+        "image_processor": json.loads(json.dumps(image_processor.to_dict(), sort_keys=True, default=str)),
+    }
+
+
+def image_seed(image: Image.Image) -> int:
+    """A per-image seed from the image's mode, size and pixels (``VisionContext.sample_seeds``): methods that
+    draw random numbers then give an image the same result in any batch, in any run."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
+    digest.update(image.tobytes())
+    return int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)

@@ -56,6 +56,16 @@ def check_llama_like(decoder: nn.Module) -> None:
         )
 
 
+def check_window(layers: nn.ModuleList, longest: int) -> None:
+    """Refuse decoder layers with sliding-window attention whose window is shorter than ``longest`` tokens (the
+    loop's masks are plainly causal; a window that never bites changes nothing)."""
+    windows = {getattr(layer.self_attn, "sliding_window", None) for layer in layers} - {None}
+    short = sorted(w for w in windows if isinstance(w, int) and w < longest)
+    if short:
+        raise ValueError(f"in-LLM pruning uses plain causal masks, but this decoder has sliding-window attention "
+                         f"(window {short[0]} < {longest} tokens of prompt and answer)")
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """Llama's rotary helper: ``[..., Dh] -> [..., Dh]``, the halves swapped and the second negated."""
     half = x.shape[-1] // 2

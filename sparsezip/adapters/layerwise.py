@@ -8,12 +8,20 @@ default, is untouched) on a left-padded batch, with a :class:`LayerwiseKVCache`:
   ``pruning_layers`` the method gets a :class:`~sparsezip.methods.base.LayerState` and returns a
   :class:`~sparsezip.methods.base.LayerDecision`; the surviving tokens, with any merged ones inserted right
   after each row's kept visual tokens, are re-packed left-padded (rows may now differ in length) for the layers
-  after it. Position ids follow the method's ``position_policy``.
+  after it. Position ids follow the method's ``position_policy`` (:mod:`sparsezip.adapters.layer_positions`:
+  1-D RoPE and Qwen2.5-VL's M-RoPE).
 * decoding: every row's new token runs through every layer against that layer's own cache; its position is
-  that layer's per-row cache length (``"renumber"``) or the unpruned continuation (``"original"``). Rows that
-  produced EOS keep running (their later tokens are dropped) until every row is done or ``max_new_tokens``.
+  one past the largest position id in that layer's cache (``"renumber"`` on 1-D RoPE: the layer's per-row cache
+  length; ``"original"``: the unpruned continuation). Rows that produced EOS keep running (their later tokens
+  are dropped) until every row is done or ``max_new_tokens``.
 
-Exactness: with a method that keeps everything, the loop reproduces HF ``generate``'s greedy tokens (tested).
+Decoders: HF Llama-architecture ones (``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``; attention with
+``q_proj`` / ``k_proj``, biases allowed, grouped-query attention read from ``num_key_value_groups``): Llama and
+Mistral (LLaVA-1.5, LLaVA-NeXT) and Qwen2.5-VL's text model, whose rotary embedding takes ``[3, B, S]`` M-RoPE
+ids. Sliding-window layers are refused when the window could matter.
+
+Exactness: with a method that keeps everything, the loop reproduces HF ``generate``'s greedy tokens and logits
+on each family (tested).
 """
 
 from __future__ import annotations
@@ -28,12 +36,15 @@ from torch import nn
 from sparsezip.adapters.layer_cache import (
     LayerwiseKVCache,
     check_llama_like,
+    check_window,
     decode_mask,
     prefill_mask,
     query_attention,
     rotate_half,
 )
+from sparsezip.adapters.layer_positions import decode_positions, initial_positions, renumbered
 from sparsezip.methods.base import LayerDecision, LayerPruner, LayerState
+from sparsezip.methods.llm_budget import BudgetPlan
 from sparsezip.selection import gather_tokens, mask_to_indices
 
 # Segment of every sequence position: prompt text before the image, the image's visual tokens, text after it.
@@ -51,6 +62,10 @@ class LayerwiseGeneration:
         cache_tokens_per_layer: ``[B][L]`` all entries in each layer's KV cache after prefill.
         prefill_tokens_per_layer: ``[B][L]`` tokens each layer processed during prefill.
         counts_after_pruning: ``[B][P]`` visual tokens leaving each of the method's pruning layers.
+        budget: the method's :class:`~sparsezip.methods.llm_budget.BudgetPlan` on this model (nominal count,
+            planned per-layer counts, layer-averaged equivalent), or ``None`` if the method gives none.
+        logits: ``[B, T, V]`` the next-token logits of every step (``T`` = steps run), with ``record_logits``;
+            else ``None``.
     """
 
     tokens: list[list[int]]
@@ -59,6 +74,13 @@ class LayerwiseGeneration:
     cache_tokens_per_layer: list[list[int]]
     prefill_tokens_per_layer: list[list[int]]
     counts_after_pruning: list[list[int]]
+    budget: BudgetPlan | None = None
+    logits: torch.Tensor | None = None
+
+    @property
+    def nominal_visual_tokens(self) -> float | None:
+        """The method's nominal ("N-token") count of this run, ``None`` if it gives none."""
+        return None if self.budget is None else self.budget.nominal
 
 
 def segments(real: torch.Tensor, visual_mask: torch.Tensor) -> torch.Tensor:
@@ -112,11 +134,19 @@ def _gather_seq(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 class _Prefill:
-    """The prefill's running state: the sequence entering the next layer and its bookkeeping."""
+    """The prefill's running state: the sequence entering the next layer and its bookkeeping (``gridded``: the
+    visual tokens that came with the image, i.e. not merged ones)."""
 
-    def __init__(self, hidden: torch.Tensor, real: torch.Tensor, tags: torch.Tensor) -> None:
+    def __init__(self, hidden: torch.Tensor, real: torch.Tensor, tags: torch.Tensor,
+                 rope_positions: torch.Tensor | None) -> None:
         self.hidden, self.real, self.tags = hidden, real, tags
-        self.positions = (real.long().cumsum(dim=1) - 1).clamp_min(0)  # HF's left-padding convention
+        self.ids = initial_positions(real, rope_positions)
+        self.gridded = tags == VISUAL
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """``[B, S]`` the 1-D sequence positions (``LayerState.positions``)."""
+        return self.ids.text
 
     @property
     def visual(self) -> torch.Tensor:
@@ -168,17 +198,17 @@ def _apply(run: _Prefill, decision: LayerDecision, visual_index: torch.Tensor, p
     index, real = repack_index(keep, count, insert_at, g)
     with_merged = run.hidden if merged is None else torch.cat([run.hidden, merged.to(run.hidden.dtype)], dim=1)
     tags = torch.cat([run.tags, torch.full((b, g), VISUAL, dtype=run.tags.dtype, device=run.tags.device)], dim=1)
-    original = run.positions
+    gridded = torch.cat([run.gridded, run.gridded.new_zeros(b, g)], dim=1)
+    # Merged slots borrow position ids from column 0 until they are renumbered ("original" has none).
+    ids = run.ids.gather(torch.where(index < s, index, 0))
     run.hidden, run.real, run.tags = _gather_seq(with_merged, index), real, _gather_seq(tags, index)
-    if policy == "original":
-        run.positions = _gather_seq(original, index)  # no merged slots (refused above)
-    else:
-        run.positions = (real.long().cumsum(dim=1) - 1).clamp_min(0)
+    run.gridded = _gather_seq(gridded, index)
+    run.ids = ids if policy == "original" else renumbered(ids, real, run.tags == BEFORE, run.gridded & real)
 
 
 def _state(layer_index: int, num_layers: int, num_patches: int, run: _Prefill, layer_input: torch.Tensor,
            layers: nn.ModuleList, rope: tuple[torch.Tensor, torch.Tensor], cache: LayerwiseKVCache | None,
-           memo: object) -> LayerState:
+           memo: object, final_norm: nn.Module) -> LayerState:
     """The :class:`LayerState` after layer ``layer_index`` (``-1``: before layer 0), with its attention rows."""
     visual_index, text_index = run.indices()
     keys = values = attention = next_attention = None
@@ -209,7 +239,7 @@ def _state(layer_index: int, num_layers: int, num_patches: int, run: _Prefill, l
         layer_index=layer_index, num_layers=num_layers, num_patches=num_patches, hidden=run.hidden,
         layer_input=layer_input, keys=keys, values=values, real=run.real, positions=run.positions,
         visual_index=visual_index, text_index=text_index, attention=attention, next_attention=next_attention,
-        memo=memo,
+        memo=memo, final_norm=final_norm,
     )
 
 
@@ -226,14 +256,18 @@ def generate_layerwise(
     max_new_tokens: int,
     eos_token_ids: set[int],
     clock: Callable[[], float],
+    rope_positions: torch.Tensor | None = None,
+    record_logits: bool = False,
 ) -> LayerwiseGeneration:
     """Greedy generation for a left-padded batch with ``method`` pruning inside ``decoder``.
 
-    decoder: a HF Llama-architecture decoder (``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``); lm_head:
-    its output projection; inputs_embeds: ``[B, S, D]`` layer-0 input; attention_mask: ``[B, S]`` (1 = real,
-    padding on the left); visual_mask: ``[B, S]`` bool, each row's one contiguous run of visual tokens;
-    num_patches: visual tokens per image before pruning (for the method's schedule); ``clock`` returns a
-    synchronised time.
+    decoder: a HF Llama-architecture decoder (``embed_tokens``, ``layers``, ``norm``, ``rotary_emb``; module
+    docstring); lm_head: its output projection; inputs_embeds: ``[B, S, D]`` layer-0 input; attention_mask:
+    ``[B, S]`` (1 = real, padding on the left); visual_mask: ``[B, S]`` bool, each row's one contiguous run of
+    visual tokens; num_patches: visual tokens per image before pruning (for the method's schedule; on families
+    whose images differ, the nominal image's, and methods cap their kept counts at each row's own); ``clock``
+    returns a synchronised time; rope_positions: ``[3, B, S]`` M-RoPE ids of the inputs (Qwen2.5-VL's
+    ``get_rope_index``), ``None`` for 1-D RoPE; record_logits: keep every step's logits (tests).
     """
     check_llama_like(decoder)
     if not isinstance(method, LayerPruner):
@@ -248,6 +282,7 @@ def generate_layerwise(
     if not bool(real[:, -1].all()):
         raise ValueError("rows must be left-padded (every row's last position a real token)")
     layers = decoder.layers[: decoder.config.num_hidden_layers]
+    check_window(layers, inputs_embeds.shape[1] + max_new_tokens)
     num_layers = len(layers)
     acting = tuple(method.pruning_layers(num_patches, num_layers))
     increasing = all(a < b for a, b in pairwise(acting))
@@ -255,27 +290,29 @@ def generate_layerwise(
         raise ValueError(f"method {method.name!r}: pruning layers {acting} must be strictly increasing in "
                          f"[0, {num_layers})")
     attn_impl = decoder.config._attn_implementation
-    run = _Prefill(inputs_embeds, real, segments(real, visual_mask.bool()))
-    rope = decoder.rotary_emb(run.hidden, position_ids=run.positions)
-    memo = method.begin(_state(-1, num_layers, num_patches, run, run.hidden, layers, rope, None, None))
+    run = _Prefill(inputs_embeds, real, segments(real, visual_mask.bool()), rope_positions)
+    rope = decoder.rotary_emb(run.hidden, position_ids=run.ids.rope)
+    memo = method.begin(_state(-1, num_layers, num_patches, run, run.hidden, layers, rope, None, None, decoder.norm))
 
     cache = LayerwiseKVCache(num_layers)
     prefill_tokens, counts_after = [], []
+    next_id: list[torch.Tensor] = []  # per layer: [B] one past the largest position id in its cache
     mask = prefill_mask(run.real, run.hidden.dtype, attn_impl)
     for index, layer in enumerate(layers):
         layer_input = run.hidden
         run.hidden = layer(layer_input, attention_mask=mask, position_ids=run.positions, cache=cache,
                            use_cache=True, position_embeddings=rope)
         cache.real[index], cache.visual[index] = run.real, run.visual
+        next_id.append(run.ids.largest(run.real) + 1)
         prefill_tokens.append(run.real.sum(dim=1))
         if index not in acting:
             continue
-        state = _state(index, num_layers, num_patches, run, layer_input, layers, rope, cache, memo)
+        state = _state(index, num_layers, num_patches, run, layer_input, layers, rope, cache, memo, decoder.norm)
         decision = method.prune(index, state)
         _check_decision(decision, state, method, index)
         _apply(run, decision, state.visual_index, method.position_policy)
         counts_after.append(run.visual.sum(dim=1))
-        rope = decoder.rotary_emb(run.hidden, position_ids=run.positions)
+        rope = decoder.rotary_emb(run.hidden, position_ids=run.ids.rope)
         mask = prefill_mask(run.real, run.hidden.dtype, attn_impl)
 
     # What each layer's cache holds after prefill, read off the cached keys (a pruning layer keeps its whole
@@ -285,27 +322,27 @@ def generate_layerwise(
     cached = [cache.keys[i].shape[2] - (~cache.real[i]).sum(dim=1) for i in range(num_layers)]
     cached_visual = [v.sum(dim=1) for v in cache.visual]
 
-    next_token = lm_head(decoder.norm(run.hidden[:, -1:])).argmax(dim=-1)  # [B, 1]
+    logits = lm_head(decoder.norm(run.hidden[:, -1:]))
+    next_token = logits.argmax(dim=-1)  # [B, 1]
     first_token_time = clock()
-    generated = [next_token]
+    generated, recorded = [next_token], [logits.float()] if record_logits else []
     eos = torch.tensor(sorted(eos_token_ids), dtype=next_token.dtype, device=next_token.device)
     done = torch.isin(next_token[:, 0], eos)
-    unpruned_length = real.sum(dim=1)
     for step in range(1, max_new_tokens):
         if bool(done.all()):
             break
         hidden = decoder.embed_tokens(next_token)
         for index, layer in enumerate(layers):
-            if method.position_policy == "original":
-                position = (unpruned_length + step - 1)[:, None]
-            else:
-                position = cache.tokens(index)[:, None]  # each layer's own per-row cache length
+            position = decode_positions(next_id[index], step, run.ids.mrope)
             step_mask = decode_mask(cache.real[index], hidden.dtype, attn_impl)
-            hidden = layer(hidden, attention_mask=step_mask, position_ids=position, cache=cache, use_cache=True,
-                           position_embeddings=decoder.rotary_emb(hidden, position_ids=position))
+            hidden = layer(hidden, attention_mask=step_mask, position_ids=position.text, cache=cache, use_cache=True,
+                           position_embeddings=decoder.rotary_emb(hidden, position_ids=position.rope))
             cache.real[index] = torch.cat([cache.real[index], cache.real[index].new_ones(hidden.shape[0], 1)], dim=1)
-        next_token = lm_head(decoder.norm(hidden)).argmax(dim=-1)
+        logits = lm_head(decoder.norm(hidden))
+        next_token = logits.argmax(dim=-1)
         generated.append(next_token)
+        if record_logits:
+            recorded.append(logits.float())
         done |= torch.isin(next_token[:, 0], eos)
 
     tokens = torch.cat(generated, dim=1).tolist()
@@ -322,4 +359,6 @@ def generate_layerwise(
         cache_tokens_per_layer=per_layer(cached),
         prefill_tokens_per_layer=per_layer(prefill_tokens),
         counts_after_pruning=per_layer(counts_after),
+        budget=method.budget_plan(num_patches, num_layers),
+        logits=torch.cat(recorded, dim=1) if record_logits else None,
     )

@@ -24,26 +24,39 @@ loop (:mod:`sparsezip.adapters.layerwise`) instead of ``generate``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from sparsezip.adapters.api import GenerationOutput
+from sparsezip.adapters.common import (
+    check_request,
+    checkpoint_folder,
+    eos_ids,
+    image_processor_settings,
+    image_seed,
+    mean_question_embedding,
+    method_budget,
+    prefill_flops,
+    stage_timings,
+    to_device,
+    trim_at_eos,
+)
+from sparsezip.adapters.in_llm import in_llm_outputs, run_in_llm
 from sparsezip.adapters.llava_loader import llava_visual_tokens, load_llava
 from sparsezip.adapters.placeholders import shorten_image_runs
 from sparsezip.adapters.prompt_ids import encode_prompts
 from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.imageprep import aspect_mode, prepare_images
-from sparsezip.methods.base import CompressionMethod, LayerPruner
-from sparsezip.profiling import FirstCallClock, StageTimer, decoder_prefill_flops
+from sparsezip.methods.base import CompressionMethod
+from sparsezip.profiling import FirstCallClock, StageTimer
 
-# load_llava lives with LLaVA's registry entry; it is re-exported here, where users have always imported it.
+# load_llava lives with LLaVA's registry entry, image_seed with the other adapters' shared helpers; both are
+# re-exported here, where users have always imported them.
 __all__ = ["LlavaVLM", "PreparedBatch", "image_seed", "load_llava"]
 
 if TYPE_CHECKING:
@@ -66,6 +79,8 @@ class PreparedBatch:
         compress_end: timestamp when compression finished (prefill is measured from here).
         uncompressed: ``[B]`` int64, each image's visual tokens before compression (its placeholder run as the
             processor expanded it).
+        visual_tokens, dominant, prefill_tokens: per image, on the host (read from the device once per batch):
+            the method's token count and ``k``, and the prompt's real tokens after shortening.
     """
 
     input_ids: torch.Tensor
@@ -77,6 +92,9 @@ class PreparedBatch:
     start: float
     compress_end: float
     uncompressed: torch.Tensor
+    visual_tokens: list[int] = field(default_factory=list)
+    dominant: list[int] = field(default_factory=list)
+    prefill_tokens: list[int] = field(default_factory=list)
 
 
 class LlavaVLM:
@@ -124,8 +142,9 @@ class LlavaVLM:
         self.pad = bool(pad)
         self.image_aspect_ratio = aspect_mode(self.pad)
         # Re-packed batches pad with this id (masked out, so any id works); without a pad token, EOS.
+        self.eos = eos_ids(model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
         pad_id = self.tokenizer.pad_token_id
-        self.pad_token_id = int(pad_id if pad_id is not None else min(self._eos_ids()))
+        self.pad_token_id = int(pad_id if pad_id is not None else min(self.eos))
 
     @property
     def num_patches(self) -> int:
@@ -151,18 +170,15 @@ class LlavaVLM:
     def checkpoint_path(self) -> Path | None:
         """The checkpoint folder the weights were loaded from (``from_pretrained`` records it as
         ``name_or_path``); ``None`` for a model built in memory. Its weights' content identity goes into run.json."""
-        folder = Path(str(getattr(self.model, "name_or_path", "") or ""))
-        return folder if str(folder) not in ("", ".") and (folder / "config.json").is_file() else None
+        return checkpoint_folder(self.model)
 
     def run_settings(self) -> dict:
         """Every adapter setting that changes the answers, as JSON (recorded in ``run.json``; a resumed run with
         different settings is refused): the image processor's class (its backend) and settings, the feature
         layer and selection, the protected prefix, the tokenizer's padding. A new setting belongs here."""
-        image_processor = self.processor.image_processor
         config = self.model.config
         return {
-            "image_processor_class": type(image_processor).__name__,
-            "image_processor": json.loads(json.dumps(image_processor.to_dict(), sort_keys=True, default=str)),
+            **image_processor_settings(self.processor.image_processor),
             "vision_feature_layer": config.vision_feature_layer,
             "vision_feature_select_strategy": config.vision_feature_select_strategy,
             "prefix": self.prefix,
@@ -190,52 +206,43 @@ class LlavaVLM:
         max_new_tokens: int,
         num_beams: int,
     ) -> None:
-        if not isinstance(method, CompressionMethod):
-            raise ValueError(f"method must be a CompressionMethod, got {type(method).__name__}")
-        if len(prompts) == 0:
-            raise ValueError("generate needs at least one prompt")
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; each prompt takes one image")
+        check_request(images, prompts, method, questions, max_new_tokens, num_beams, model_name=self.name,
+                      family="LLaVA-1.5", min_side=1)
         for i, prompt in enumerate(prompts):
             found = prompt.count(self.image_token)
             if found != 1:
                 raise ValueError(f"prompt {i} holds {found} {self.image_token} placeholders; exactly 1 is needed")
-        if questions is not None and len(questions) != len(prompts):
-            raise ValueError(f"got {len(questions)} questions for {len(prompts)} prompts")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if num_beams < 1:
-            raise ValueError(f"num_beams must be >= 1, got {num_beams}")
         if method.needs_attention and self.tap.attention_unavailable is not None:
             raise ValueError(
                 f"method {method.name!r} needs the CLS attention row, but this model's vision tower cannot provide "
                 f"it: {self.tap.attention_unavailable}"
             )
-        budget = method.config().get("budget")
-        if method.stage == "vision" and isinstance(budget, int) and budget > self.nominal_visual_tokens:
+        budget = method_budget(method)
+        if method.stage == "vision" and budget is not None and budget > self.nominal_visual_tokens:
             raise ValueError(
                 f"budget {budget} of method {method.name!r} exceeds the {self.nominal_visual_tokens} visual tokens "
                 f"model {self.name!r} produces per image"
             )
-        if method.stage == "llm" and num_beams != 1:
-            raise ValueError(f"method {method.name!r} prunes inside the LLM with greedy decoding only; got num_beams={num_beams}")
 
     def _check_result(
         self, result: CompressionResult, uncompressed: torch.Tensor, channels: int, method: CompressionMethod
-    ) -> None:
-        """``result`` must hold ``[B, T, C]`` tokens and, per image, 1 to ``uncompressed[b]`` of them."""
+    ) -> tuple[list[int], list[int]]:
+        """``result`` must hold ``[B, T, C]`` tokens and, per image, 1 to ``uncompressed[b]`` of them. Returns the
+        per-image token counts and ``k`` on the host: the batch's one read of the method's result."""
         batch = uncompressed.shape[0]
         if result.tokens.shape[0] != batch or result.tokens.shape[2] != channels:
             raise ValueError(
                 f"method {method.name!r} returned tokens {tuple(result.tokens.shape)}; expected [B={batch}, T, C={channels}]"
             )
-        lengths, limits = result.lengths.tolist(), uncompressed.tolist()
+        lengths, dominant = torch.stack([result.lengths, result.k.to(result.lengths.device)]).tolist()
+        limits = uncompressed.tolist()
         width = result.tokens.shape[1]
         if any(not 1 <= n <= min(width, limit) for n, limit in zip(lengths, limits, strict=True)):
             raise ValueError(
                 f"method {method.name!r} returned {lengths} tokens per image; each must be in "
                 f"[1, that image's {limits} visual tokens] and fit its [B, T={width}, C] tokens"
             )
+        return lengths, dominant
 
     # ------------------------------------------------------------------------------------------ pipeline
     def text_query(self, questions: Sequence[str]) -> torch.Tensor:
@@ -244,27 +251,22 @@ class LlavaVLM:
         Mean of the LLM input embeddings of each question's tokens (no special tokens), ``t [B, D]``, then
         ``W1^T (W2^T t)`` with the projector's two weight matrices (``sparsezip.scoring.text_to_vision_space``).
         """
-        empty = [i for i, q in enumerate(questions) if not q or not q.strip()]
-        if empty:
-            raise ValueError(f"questions {empty} are empty; pass questions=None for no text awareness")
         from sparsezip.scoring import text_to_vision_space
 
-        encoded = self.tokenizer(list(questions), add_special_tokens=False, padding=True, return_tensors="pt")
-        ids, mask = encoded["input_ids"].to(self.device), encoded["attention_mask"].to(self.device)
-        embeds = self.model.get_input_embeddings()(ids).float()
-        weights = mask.unsqueeze(-1).float()
-        mean = (embeds * weights).sum(dim=1) / weights.sum(dim=1)
+        mean = mean_question_embedding(self.tokenizer, self.model.get_input_embeddings(), questions, self.device)
         projector = self.model.model.multi_modal_projector
         return text_to_vision_space(mean, projector.linear_1.weight, projector.linear_2.weight)
 
     def _context(
-        self, images: Sequence[Image.Image], features: TowerFeatures, questions: Sequence[str] | None
+        self, images: Sequence[Image.Image], features: TowerFeatures, questions: Sequence[str] | None,
+        seeds: Sequence[int] | None = None,
     ) -> VisionContext:
-        """The method's input from the feature layer, with the text query when ``questions`` are given."""
+        """The method's input from the feature layer, with the text query when ``questions`` are given; ``seeds``
+        = :func:`image_seed` of each image if already computed."""
         hidden = features.hidden
         text_query = None if questions is None else self.text_query(questions).to(hidden.dtype)
         keys = features.keys if features.keys is not None else hidden.new_zeros(*hidden.shape[:2], 0)
-        seeds = torch.tensor([image_seed(image) for image in images], dtype=torch.long)
+        seeds = torch.tensor([image_seed(image) for image in images] if seeds is None else seeds, dtype=torch.long)
         return VisionContext(
             hidden=hidden, keys=keys, cls_attn=features.cls_attn, text_query=text_query, sample_seeds=seeds,
             prefix=self.prefix,
@@ -279,7 +281,7 @@ class LlavaVLM:
             raise ValueError(f"got {len(questions)} questions for {len(images)} images")
         prepared = prepare_images(images, self.processor.image_processor, self.pad)
         pixel_values = self.processor.image_processor(prepared, return_tensors="pt")["pixel_values"]
-        return self._context(images, self.tap(pixel_values.to(self.device, self.model.dtype)), questions)
+        return self._context(images, self.tap(to_device(pixel_values, self.device, self.model.dtype)), questions)
 
     @torch.inference_mode()
     def prepare(
@@ -298,36 +300,45 @@ class LlavaVLM:
             batched = len(prompts) > 1
             if batched and self.tokenizer.pad_token_id is None:
                 raise ValueError(f"model {self.name!r}: its tokenizer has no pad token, so batches need size 1")
-            prepared_images = prepare_images(images, self.processor.image_processor, self.pad)
+            # A batch asking several questions about one image (POPE: six in a row) preprocesses and encodes it
+            # once: images are told apart by their pixels' hash, which is also their sample seed.
+            seeds = [image_seed(image) for image in images]
+            distinct = {seed: image for seed, image in zip(seeds, images, strict=True)}
+            prepared_images = prepare_images(list(distinct.values()), self.processor.image_processor, self.pad)
             pixel_values = self.processor.image_processor(prepared_images, return_tensors="pt")["pixel_values"]
             # LLaVA's tokenization (text on each side of <image> on its own), not the processor's: see prompt_ids.
             input_ids, attention_mask = encode_prompts(
                 self.tokenizer, prompts, image_token=self.image_token, image_token_id=self.image_token_id,
                 run_length=self.num_patches, pad_token_id=self.pad_token_id,
             )
-            features = self.tap(pixel_values.to(self.device, self.model.dtype))
+            features = self.tap(to_device(pixel_values, self.device, self.model.dtype))
+            if len(distinct) < len(seeds):
+                row = {seed: i for i, seed in enumerate(distinct)}
+                features = features.rows(to_device(torch.tensor([row[s] for s in seeds]), self.device))
         with timer.stage("compress_ms"):
             text_aware = method.needs_text and method.stage == "vision"
-            ctx = self._context(images, features, questions if text_aware else None)
+            ctx = self._context(images, features, questions if text_aware else None, seeds)
             result = method(ctx)
             # One CLIP view per image: every image's uncompressed count is its patches (LLaVA-1.5: all 576).
             uncompressed = torch.full((ctx.batch_size,), ctx.num_patches, dtype=torch.long)
-            self._check_result(result, uncompressed, ctx.hidden.shape[2], method)
+            lengths, dominant = self._check_result(result, uncompressed, ctx.hidden.shape[2], method)
         compress_end = timer.now()
-        ids, mask = shorten_image_runs(
-            input_ids.to(self.device),
-            attention_mask.to(self.device),
-            result.lengths.to(self.device),
-            image_token_id=self.image_token_id,
-            pad_token_id=self.pad_token_id,
-            expected_runs=uncompressed.to(self.device),
-        )
-        projected = self.model.model.multi_modal_projector(result.tokens)
-        real = torch.arange(projected.shape[1], device=self.device)[None, :] < result.lengths.to(self.device)[:, None]
-        embeds = self.model.get_input_embeddings()(ids)
+        # The ids are host data (the tokenizer's): shorten them, and find where each visual token goes, on the
+        # host, so the device only receives finished index tensors (no syncs, no boolean indexing there).
+        ids, mask = shorten_image_runs(input_ids, attention_mask, torch.tensor(lengths), image_token_id=self.image_token_id,
+                                       pad_token_id=self.pad_token_id, expected_runs=uncompressed)
         image_mask = ids == self.image_token_id
-        embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), projected[real].to(embeds.dtype))
-        return PreparedBatch(ids, embeds, mask, image_mask, result, timer, start, compress_end, uncompressed)
+        width = result.tokens.shape[1]
+        real = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).flatten().nonzero().squeeze(1)
+        rows, cols = image_mask.nonzero(as_tuple=True)  # row-major: the order of the real tokens
+        prefill_tokens = mask.sum(1).tolist()
+        ids, mask, image_mask = (to_device(t, self.device) for t in (ids, mask, image_mask))
+        projected = self.model.model.multi_modal_projector(result.tokens)
+        embeds = self.model.get_input_embeddings()(ids)
+        values = projected.flatten(0, 1).index_select(0, to_device(real, self.device)).to(embeds.dtype)
+        embeds = embeds.index_put_((to_device(rows, self.device), to_device(cols, self.device)), values)
+        return PreparedBatch(ids, embeds, mask, image_mask, result, timer, start, compress_end, uncompressed,
+                             visual_tokens=lengths, dominant=dominant, prefill_tokens=prefill_tokens)
 
     def generate(
         self,
@@ -361,13 +372,13 @@ class LlavaVLM:
                 pad_token_id=self.pad_token_id,
             )
         end = prepared.timer.now()
-        timings = self._timings(prepared, first_token.first_call, end)
+        timings = stage_timings(prepared.timer, prepared.start, prepared.compress_end, first_token.first_call, end)
         batch = len(prompts)
         outputs = []
-        for b in range(batch):
-            tokens = self._trim(sequences[b].tolist())
-            visual = int(prepared.result.lengths[b])
-            prefill = int(prepared.attention_mask[b].sum())
+        for b, generated in enumerate(sequences.tolist()):  # one read of the whole batch
+            tokens = trim_at_eos(generated, self.eos)
+            visual = prepared.visual_tokens[b]
+            prefill = prepared.prefill_tokens[b]
             outputs.append(
                 GenerationOutput(
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True),
@@ -379,8 +390,8 @@ class LlavaVLM:
                     batch_size=batch,
                     extra={
                         "token_ids": tokens,
-                        "k": int(prepared.result.k[b]),
-                        "prefill_flops": self._prefill_flops(prefill),
+                        "k": prepared.dominant[b],
+                        "prefill_flops": prefill_flops(self.model.config.text_config, prefill),
                     },
                 )
             )
@@ -389,86 +400,15 @@ class LlavaVLM:
     def _generate_in_llm(
         self, images: Sequence[Image.Image], prompts: Sequence[str], method: CompressionMethod, max_new_tokens: int
     ) -> list[GenerationOutput]:
-        from sparsezip.adapters.layerwise import generate_layerwise
-
-        if not isinstance(method, LayerPruner):
-            raise ValueError(f"method {method.name!r} declares stage 'llm' but is not a LayerPruner, so it has no "
-                             "in-LLM implementation")
-        prepared = self.prepare(images, prompts, method=method)
-        run = generate_layerwise(
-            self.model.model.language_model,
-            self.model.lm_head,
-            prepared.inputs_embeds,
-            prepared.attention_mask,
-            prepared.image_mask,
-            method,
-            num_patches=self.nominal_visual_tokens,
-            max_new_tokens=max_new_tokens,
-            eos_token_ids=self._eos_ids(),
+        prepared = self.prepare(images, prompts, method=method)  # an in-LLM method keeps every visual token here
+        run = run_in_llm(
+            self.model.model.language_model, self.model.lm_head, method, inputs_embeds=prepared.inputs_embeds,
+            attention_mask=prepared.attention_mask, visual_mask=prepared.image_mask,
+            num_patches=self.nominal_visual_tokens, max_new_tokens=max_new_tokens, eos=self.eos,
             clock=prepared.timer.now,
         )
-        timings = self._timings(prepared, run.first_token_time, prepared.timer.now())
-        outputs = []
-        for b, tokens in enumerate(run.tokens):
-            per_layer = run.visual_tokens_per_layer[b]
-            outputs.append(GenerationOutput(
-                text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-                new_tokens=len(tokens),
-                visual_tokens=sum(per_layer) / len(per_layer),
-                uncompressed_visual_tokens=int(prepared.uncompressed[b]),
-                prefill_tokens=int(prepared.attention_mask[b].sum()),
-                timings=dict(timings),
-                visual_tokens_per_layer=per_layer,
-                batch_size=len(prompts),
-                extra={
-                    "token_ids": tokens,
-                    "counts_after_pruning": run.counts_after_pruning[b],
-                    "prefill_flops": self._prefill_flops(run.prefill_tokens_per_layer[b]),
-                },
-            ))
-        return outputs
-
-    # ------------------------------------------------------------------------------------------ helpers
-    def _eos_ids(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
-        if eos is None:
-            eos = self.tokenizer.eos_token_id
-        return set(eos) if isinstance(eos, (list, tuple)) else {int(eos)}
-
-    def _trim(self, tokens: list[int]) -> list[int]:
-        """Generated ids up to and including the first EOS (the padding HF adds after it removed)."""
-        eos = self._eos_ids()
-        for i, token in enumerate(tokens):
-            if token in eos:
-                return tokens[: i + 1]
-        return tokens
-
-    def _prefill_flops(self, seq_lens: int | list[int]) -> int:
-        text = self.model.config.text_config
-        return decoder_prefill_flops(
-            seq_lens,
-            num_layers=text.num_hidden_layers,
-            hidden=text.hidden_size,
-            intermediate=text.intermediate_size,
-            num_heads=text.num_attention_heads,
-            num_kv_heads=getattr(text, "num_key_value_heads", None),
-            vocab_size=text.vocab_size,
-        )
-
-    @staticmethod
-    def _timings(prepared: PreparedBatch, first_token: float | None, end: float) -> dict[str, float]:
-        if first_token is None:  # generate produced no token (cannot happen with max_new_tokens >= 1)
-            raise ValueError("generation produced no token, so time to first token is undefined")
-        timings = dict(prepared.timer.ms)
-        timings["prefill_ms"] = (first_token - prepared.compress_end) * 1e3
-        timings["decode_ms"] = (end - first_token) * 1e3
-        timings["total_ms"] = (end - prepared.start) * 1e3
-        return timings
-
-
-def image_seed(image: Image.Image) -> int:
-    """A per-image seed from the image's mode, size and pixels (``VisionContext.sample_seeds``): methods that
-    draw random numbers then give an image the same result in any batch, in any run."""
-    digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
-    digest.update(image.tobytes())
-    return int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)
+        timings = stage_timings(prepared.timer, prepared.start, prepared.compress_end, run.first_token_time,
+                                prepared.timer.now())
+        return in_llm_outputs(run, tokenizer=self.tokenizer, text_config=self.model.config.text_config,
+                              uncompressed=prepared.uncompressed, attention_mask=prepared.attention_mask,
+                              timings=timings)

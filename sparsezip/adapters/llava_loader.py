@@ -14,6 +14,7 @@ from sparsezip.adapters.api import ModelGeometry
 from sparsezip.adapters.registry import (
     ModelAdapter,
     inspect_checkpoint,
+    llm_layers,
     parse_device,
     register_adapter,
     resolve_dtype,
@@ -85,10 +86,7 @@ def llava_visual_tokens(config: Mapping) -> int:
 def llava_geometry(config: Mapping) -> ModelGeometry:
     """Visual tokens (:func:`llava_visual_tokens`), CLS prefix 1 (the "default" strategy drops it) and the LLM's
     ``text_config.num_hidden_layers`` (transformers' Llama default, 32, when absent) of a LLaVA ``config.json``."""
-    layers = (config.get("text_config") or {}).get("num_hidden_layers", 32)
-    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-        raise ValueError(f"text_config.num_hidden_layers must be a positive int, got {layers!r}")
-    return ModelGeometry(visual_tokens=llava_visual_tokens(config), prefix=1, llm_layers=layers)
+    return ModelGeometry(visual_tokens=llava_visual_tokens(config), prefix=1, llm_layers=llm_layers(config, 32))
 
 
 LLAVA_ADAPTER = register_adapter(ModelAdapter(

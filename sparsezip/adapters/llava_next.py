@@ -16,8 +16,9 @@ Pipeline of :meth:`LlavaNextVLM.generate`:
 4. ``decode_ms``: the remaining tokens.
 
 ``none`` reproduces the plain model (tokens, logits to 1e-5): its tokens go through ``pack_image_features``.
-In-LLM methods (SparseVLM) are refused with a ``ValueError`` for now: the layer-wise seam they need is being
-rebuilt, and wiring it to this adapter is a follow-up (the decoder is a plain Llama/Mistral, positions 1D).
+In-LLM methods (stage ``"llm"``) get the uncompressed image run (``none``'s packing: base view, unpadded tiles,
+newlines) and prune inside the Llama / Mistral decoder through the generic layer-wise loop
+(:mod:`sparsezip.adapters.in_llm`; 1-D positions as on LLaVA-1.5).
 """
 
 from __future__ import annotations
@@ -34,26 +35,43 @@ from sparsezip.adapters.api import GenerationOutput
 from sparsezip.adapters.common import (
     check_request,
     check_rows,
+    checkpoint_folder,
     eos_ids,
+    image_processor_settings,
+    image_seed,
     mean_question_embedding,
     method_budget,
     prefill_flops,
     stage_timings,
+    to_device,
     trim_at_eos,
 )
 from sparsezip.adapters.grouped import RowGroup, budget_groups, compress_grouped
-from sparsezip.adapters.llava import image_seed
+from sparsezip.adapters.in_llm import in_llm_outputs, run_in_llm
 from sparsezip.adapters.placeholders import shorten_image_runs
 from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext
-from sparsezip.methods.base import CompressionMethod
+from sparsezip.methods.base import CompressionMethod, LayerPruner
+from sparsezip.methods.none import NoCompression
 from sparsezip.profiling import FirstCallClock, StageTimer
 
 if TYPE_CHECKING:
     from PIL import Image
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, ProcessorMixin
 
+    from sparsezip.adapters.layerwise import LayerwiseGeneration
+
 FAMILY = "LLaVA-NeXT"
+# What run.json records of the two layout choices (sparsezip.adapters.anyres): change the code, change the name.
+BUDGET_SPREAD = "equal_per_crop"
+# SparseZip's dynamic K on this family: refused, with this reason (README "Two more families").
+DYNAMIC_K_REFUSAL = (
+    "SparseZip's dynamic K is refused on LLaVA-NeXT: it sets every row's dominant count from that row's score "
+    "variance within one [k_min, k_max] range that must hold the budget's dominant split, but an image's budget is "
+    "spread over its 3-5 crops (K // n each), so crops of different images have different splits and no one per-crop "
+    "range fits them, while a per-image range means nothing per crop; use fixed K (skip_dynamic_k)"
+)
+COMPRESSED_LAYOUT = "visionzip_next: base view, tiles' patches in stitched raster order, tiles' CLS, merged; no newlines"
 
 
 @dataclass
@@ -124,6 +142,7 @@ class LlavaNextVLM:
         pad = self.tokenizer.pad_token_id
         self.eos = eos_ids(model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
         self.pad_token_id = int(pad if pad is not None else min(self.eos))
+        self.dynamic_k_refusal = DYNAMIC_K_REFUSAL  # read by dynamic-K calibration (sparsezip.eval.calibration)
 
     def _check_processor(self, image_processor: object) -> None:
         crop = getattr(image_processor, "crop_size", None) or {}
@@ -151,6 +170,30 @@ class LlavaNextVLM:
         """The weights' dtype."""
         return self.model.dtype
 
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint folder the weights were loaded from; ``None`` for a model built in memory. Its weights'
+        content identity goes into run.json."""
+        return checkpoint_folder(self.model)
+
+    def run_settings(self) -> dict:
+        """Every adapter setting that changes the answers, as JSON (recorded in ``run.json``; a resumed run with
+        different settings is refused): the image processor (class = backend, settings), the feature layer and
+        selection, the crop grids, the protected prefix, how a budget is spread over crops and how compressed
+        crops are laid out, the tokenizer's padding."""
+        config = self.model.config
+        return {
+            **image_processor_settings(self.processor.image_processor),
+            "vision_feature_layer": config.vision_feature_layer,
+            "vision_feature_select_strategy": config.vision_feature_select_strategy,
+            "image_grid_pinpoints": self.pinpoints,
+            "prefix": self.prefix,
+            "budget_spread": BUDGET_SPREAD,
+            "compressed_layout": COMPRESSED_LAYOUT,
+            "padding_side": self.tokenizer.padding_side,
+            "pad_token_id": self.pad_token_id,
+        }
+
     def chat_prompt(self, question: str) -> str:
         """The checkpoint's chat template applied to one user turn (``<image>`` + ``question``)."""
         if not getattr(self.processor, "chat_template", None):
@@ -162,6 +205,8 @@ class LlavaNextVLM:
     def _check(self, images, prompts, method, questions, max_new_tokens=1, num_beams=1) -> None:
         check_request(images, prompts, method, questions, max_new_tokens, num_beams, model_name=self.name,
                       family=FAMILY, min_side=self.patch_size)
+        if getattr(method, "dynamic_k_on", False):
+            raise ValueError(f"model {self.name!r}: {DYNAMIC_K_REFUSAL}")
         for i, prompt in enumerate(prompts):
             found = prompt.count(self.image_token)
             if found != 1:
@@ -183,7 +228,7 @@ class LlavaNextVLM:
             raise ValueError(f"the processor gave pixel_values {tuple(pixel_values.shape)}; the config's crop grids "
                              f"need {crops.per_image.tolist()} crops per image")
         real = torch.arange(pixel_values.shape[1])[None, :] < crops.per_image[:, None]
-        return pixel_values[real].to(self.device, self.model.dtype), crops
+        return to_device(pixel_values[real], self.device, self.model.dtype), crops
 
     def _contexts(
         self, images: Sequence[Image.Image], features: TowerFeatures, crops: Crops, text: torch.Tensor | None,
@@ -243,8 +288,8 @@ class LlavaNextVLM:
             limits = torch.full((crops.rows,), self.patches_per_crop, dtype=torch.long)
             check_rows(result, limits, features.hidden.shape[2], method)
         compress_end = timer.now()
-        ids = inputs["input_ids"].to(self.device)
-        mask = inputs["attention_mask"].to(self.device)
+        ids = to_device(inputs["input_ids"], self.device)
+        mask = to_device(inputs["attention_mask"], self.device)
         uncompressed = ((ids == self.image_token_id) & mask.bool()).sum(dim=1)
         tokens, visual = self._layout(result, crops, inputs["image_sizes"])
         ids, mask = shorten_image_runs(ids, mask, visual, image_token_id=self.image_token_id,
@@ -276,6 +321,8 @@ class LlavaNextVLM:
         """Greedy (or beam) generation for a batch of single-image prompts under ``method``; every sample reports
         the batch's stage times (``batch_size`` says how many shared them)."""
         self._check(images, prompts, method, questions, max_new_tokens, num_beams)
+        if method.stage == "llm":
+            return self._generate_in_llm(images, prompts, method, max_new_tokens)
         batch = self.prepare(images, prompts, method=method, questions=questions)
         first_token = FirstCallClock(self.device)
         with torch.inference_mode():
@@ -287,12 +334,14 @@ class LlavaNextVLM:
         end = batch.timer.now()
         timings = stage_timings(batch.timer, batch.start, batch.compress_end, first_token.first_call, end)
         text_config = self.model.config.text_config
+        # One read of the batch from the device (not one per sample).
         per_crop_k = batch.result.k.cpu()
+        generated, prefills = sequences.tolist(), batch.attention_mask.sum(1).tolist()
         outputs = []
         for b in range(len(prompts)):
-            tokens = trim_at_eos(sequences[b].tolist(), self.eos)
-            prefill = int(batch.attention_mask[b].sum())
-            rows = batch.crops.image_index == b
+            tokens = trim_at_eos(generated[b], self.eos)
+            prefill = prefills[b]
+            rows = batch.crops.image_index.cpu() == b
             outputs.append(GenerationOutput(
                 text=self.tokenizer.decode(tokens, skip_special_tokens=True),
                 new_tokens=len(tokens),
@@ -308,4 +357,30 @@ class LlavaNextVLM:
                     "prefill_flops": prefill_flops(text_config, prefill),
                 },
             ))
+        return outputs
+
+    def layerwise(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], method: LayerPruner, max_new_tokens: int, *,
+        record_logits: bool = False,
+    ) -> tuple[NextBatch, LayerwiseGeneration]:
+        """An in-LLM method on a batch: the uncompressed image run (``none``), then the layer-wise loop over the
+        language model's own decoder layers. ``record_logits`` keeps every step's logits (tests)."""
+        self._check(images, prompts, method, None, max_new_tokens, 1)
+        batch = self.prepare(images, prompts, method=NoCompression())
+        run = run_in_llm(
+            self.model.model.language_model, self.model.lm_head, method, inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask, visual_mask=batch.input_ids == self.image_token_id,
+            num_patches=self.nominal_visual_tokens, max_new_tokens=max_new_tokens, eos=self.eos,
+            clock=batch.timer.now, record_logits=record_logits,
+        )
+        return batch, run
+
+    def _generate_in_llm(self, images, prompts, method: LayerPruner, max_new_tokens: int) -> list[GenerationOutput]:
+        batch, run = self.layerwise(images, prompts, method, max_new_tokens)
+        timings = stage_timings(batch.timer, batch.start, batch.compress_end, run.first_token_time, batch.timer.now())
+        outputs = in_llm_outputs(run, tokenizer=self.tokenizer, text_config=self.model.config.text_config,
+                                 uncompressed=batch.uncompressed, attention_mask=batch.attention_mask,
+                                 timings=timings)
+        for b, out in enumerate(outputs):
+            out.extra["crops"] = int(batch.crops.per_image[b])
         return outputs

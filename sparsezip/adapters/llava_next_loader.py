@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sparsezip.adapters.registry import ModelAdapter, register_adapter
+from sparsezip.adapters.api import ModelGeometry
+from sparsezip.adapters.registry import ModelAdapter, llm_layers, register_adapter
 
 if TYPE_CHECKING:
     from sparsezip.adapters.llava_next import LlavaNextVLM
@@ -81,12 +82,18 @@ def next_visual_tokens(config: Mapping) -> int:
     return (most_tiles + 1) * (crop // patch) ** 2
 
 
+def next_geometry(config: Mapping) -> ModelGeometry:
+    """Nominal visual tokens (:func:`next_visual_tokens`), each crop's CLS as the prefix (1) and the LLM's decoder
+    layers (transformers' Llama default, 32, when absent) of a LLaVA-NeXT ``config.json``."""
+    return ModelGeometry(visual_tokens=next_visual_tokens(config), prefix=1, llm_layers=llm_layers(config, 32))
+
+
 LLAVA_NEXT_ADAPTER = register_adapter(ModelAdapter(
     model_type="llava_next",
     family="LLaVA-NeXT (LlavaNextForConditionalGeneration, CLIP tower, anyres crops)",
     load=_load_checkpoint,
     nominal_visual_tokens=next_visual_tokens,
     check_config=check_llava_next_config,
-    stages=("vision",),
+    geometry=next_geometry,
     calibrates_dynamic_k=False,
 ))

@@ -20,7 +20,9 @@ Pipeline of :meth:`QwenVLM.generate`:
 The processor is not ``Qwen2_5_VLProcessor``: transformers builds it only with a video processor, which needs
 torchvision. The adapter uses the checkpoint's tokenizer and image processor directly and expands the image
 placeholders as that processor does. ``none`` reproduces the plain model (tokens, logits to 1e-5). In-LLM
-methods are refused for now (follow-up: the layer-wise seam must carry ``[3, B, S]`` M-RoPE positions and GQA).
+methods (stage ``"llm"``) get the uncompressed sequence with its M-RoPE ids and prune inside the Qwen2 decoder
+through the generic layer-wise loop (:mod:`sparsezip.adapters.in_llm`; what each position policy means for
+M-RoPE: :mod:`sparsezip.adapters.layer_positions`).
 """
 
 from __future__ import annotations
@@ -36,24 +38,31 @@ from sparsezip.adapters.api import GenerationOutput
 from sparsezip.adapters.common import (
     check_request,
     check_rows,
+    checkpoint_folder,
     eos_ids,
+    image_processor_settings,
+    image_seed,
     mean_question_embedding,
     prefill_flops,
     stage_timings,
+    to_device,
     trim_at_eos,
 )
 from sparsezip.adapters.grouped import RowGroup, compress_grouped
-from sparsezip.adapters.llava import image_seed
+from sparsezip.adapters.in_llm import in_llm_outputs, run_in_llm
 from sparsezip.adapters.qwen_sequence import expand_image_runs, keep_mask, raster_order, repack
 from sparsezip.adapters.qwen_tower import QwenFeatures, QwenTowerTap
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.data.prompts import IMAGE_PLACEHOLDER
-from sparsezip.methods.base import CompressionMethod
+from sparsezip.methods.base import CompressionMethod, LayerPruner
+from sparsezip.methods.none import NoCompression
 from sparsezip.profiling import FirstCallClock, StageTimer
 
 if TYPE_CHECKING:
     from PIL import Image
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from sparsezip.adapters.layerwise import LayerwiseGeneration
 
 FAMILY = "Qwen2.5-VL"
 VISION_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -174,6 +183,35 @@ class QwenVLM:
         """The weights' dtype."""
         return self.model.dtype
 
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint folder the weights were loaded from; ``None`` for a model built in memory. Its weights'
+        content identity goes into run.json."""
+        return checkpoint_folder(self.model)
+
+    def run_settings(self) -> dict:
+        """Every adapter setting that changes the answers, as JSON (recorded in ``run.json``; a resumed run with
+        different settings is refused): the image processor (class = backend, resizing bounds, patch and merge
+        sizes), the tapped full-attention block and the substitute attention it yields, where compressed tokens
+        sit and which position ids they carry, the protected prefix (none), the chat template, the tokenizer's
+        padding."""
+        import hashlib
+
+        template = self.chat_template or ""
+        return {
+            **image_processor_settings(self.image_processor),
+            "spatial_merge_size": self.merge,
+            "patch_size": self.patch_size,
+            "attention_block": self.tap.layer_index,
+            "attention_source": "mean_received",
+            "token_order": "raster order of anchor placeholders (qwen_sequence)",
+            "position_ids": "original M-RoPE ids (qwen_sequence)",
+            "prefix": self.prefix,
+            "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None,
+            "padding_side": self.tokenizer.padding_side,
+            "pad_token_id": self.pad_token_id,
+        }
+
     def chat_prompt(self, question: str) -> str:
         """The checkpoint's chat template applied to one user turn (image + ``question``), generation prompt
         appended; the image appears as Qwen's ``<|vision_start|><|image_pad|><|vision_end|>``."""
@@ -203,7 +241,7 @@ class QwenVLM:
             width, height = image.size
             if max(width, height) > 200 * min(width, height):
                 raise ValueError(f"image {i} is {width}x{height} px: Qwen2.5-VL needs an aspect ratio below 200")
-        if method.needs_attention:
+        if method.needs_attention and method.stage == "vision":
             if self.tap.attention_unavailable is not None:
                 raise ValueError(f"method {method.name!r} needs attention, but model {self.name!r} cannot provide "
                                  f"it: {self.tap.attention_unavailable}")
@@ -261,8 +299,8 @@ class QwenVLM:
         if questions is not None and len(questions) != len(images):
             raise ValueError(f"got {len(questions)} questions for {len(images)} images")
         pixels = self.image_processor(list(images), return_tensors="pt")
-        features = self.tap(pixels["pixel_values"].to(self.device, self.model.dtype),
-                            pixels["image_grid_thw"].to(self.device))
+        features = self.tap(to_device(pixels["pixel_values"], self.device, self.model.dtype),
+                            to_device(pixels["image_grid_thw"], self.device))
         text = None if questions is None else self.text_query(questions)
         return [group.context for group in self._groups(images, features, text)]
 
@@ -290,16 +328,16 @@ class QwenVLM:
         start = timer.now()
         with timer.stage("vision_ms"):
             inputs = self.encode(images, prompts)
-            grid = inputs["image_grid_thw"].to(self.device)
-            features = self.tap(inputs["pixel_values"].to(self.device, self.model.dtype), grid,
+            grid = to_device(inputs["image_grid_thw"], self.device)
+            features = self.tap(to_device(inputs["pixel_values"], self.device, self.model.dtype), grid,
                                 attention=method.needs_attention)
         with timer.stage("compress_ms"):
             text = self.text_query(questions) if method.needs_text and questions is not None else None
             result = compress_grouped(method, self._groups(images, features, text), len(images))
             check_rows(result, features.counts, features.tokens.shape[1], method)
         compress_end = timer.now()
-        ids = inputs["input_ids"].to(self.device)
-        mask = inputs["attention_mask"].to(self.device)
+        ids = to_device(inputs["input_ids"], self.device)
+        mask = to_device(inputs["attention_mask"], self.device)
         full_positions, _ = self.model.model.get_rope_index(
             ids, mm_token_type_ids=inputs["mm_token_type_ids"].to(self.device), image_grid_thw=grid,
             attention_mask=mask)
@@ -321,6 +359,8 @@ class QwenVLM:
         """Greedy (or beam) generation for a batch of single-image prompts under ``method``; every sample reports
         the batch's stage times (``batch_size`` says how many shared them)."""
         self._check(images, prompts, method, questions, max_new_tokens, num_beams)
+        if method.stage == "llm":
+            return self._generate_in_llm(images, prompts, method, max_new_tokens)
         batch = self.prepare(images, prompts, method=method, questions=questions)
         first_token = FirstCallClock(self.device)
         with torch.inference_mode():
@@ -332,10 +372,13 @@ class QwenVLM:
         end = batch.timer.now()
         timings = stage_timings(batch.timer, batch.start, batch.compress_end, first_token.first_call, end)
         text_config = self.model.config.text_config
+        # One read of the batch from the device (not one per sample).
+        generated, prefills = sequences.tolist(), batch.attention_mask.sum(1).tolist()
+        dominant = batch.result.k.tolist()
         outputs = []
         for b in range(len(prompts)):
-            tokens = trim_at_eos(sequences[b].tolist(), self.eos)
-            prefill = int(batch.attention_mask[b].sum())
+            tokens = trim_at_eos(generated[b], self.eos)
+            prefill = prefills[b]
             outputs.append(GenerationOutput(
                 text=self.tokenizer.decode(tokens, skip_special_tokens=True),
                 new_tokens=len(tokens),
@@ -344,7 +387,30 @@ class QwenVLM:
                 prefill_tokens=prefill,
                 timings=dict(timings),
                 batch_size=len(prompts),
-                extra={"token_ids": tokens, "k": int(batch.result.k[b]),
+                extra={"token_ids": tokens, "k": dominant[b],
                        "prefill_flops": prefill_flops(text_config, prefill)},
             ))
         return outputs
+
+    def layerwise(
+        self, images: Sequence[Image.Image], prompts: Sequence[str], method: LayerPruner, max_new_tokens: int, *,
+        record_logits: bool = False,
+    ) -> tuple[QwenBatch, LayerwiseGeneration]:
+        """An in-LLM method on a batch: the uncompressed sequence (``none``) with its M-RoPE ids, then the
+        layer-wise loop over the language model's own decoder layers. ``record_logits`` keeps every step's
+        logits (tests)."""
+        self._check(images, prompts, method, None, max_new_tokens, 1)
+        batch = self.prepare(images, prompts, method=NoCompression())
+        run = run_in_llm(
+            self.model.model.language_model, self.model.lm_head, method, inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask, visual_mask=batch.input_ids == self.image_token_id,
+            num_patches=self.nominal_visual_tokens, max_new_tokens=max_new_tokens, eos=self.eos,
+            clock=batch.timer.now, rope_positions=batch.position_ids[1:], record_logits=record_logits,
+        )
+        return batch, run
+
+    def _generate_in_llm(self, images, prompts, method: LayerPruner, max_new_tokens: int) -> list[GenerationOutput]:
+        batch, run = self.layerwise(images, prompts, method, max_new_tokens)
+        timings = stage_timings(batch.timer, batch.start, batch.compress_end, run.first_token_time, batch.timer.now())
+        return in_llm_outputs(run, tokenizer=self.tokenizer, text_config=self.model.config.text_config,
+                              uncompressed=batch.uncompressed, attention_mask=batch.attention_mask, timings=timings)

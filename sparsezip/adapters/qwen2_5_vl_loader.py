@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sparsezip.adapters.registry import ModelAdapter, register_adapter
+from sparsezip.adapters.api import ModelGeometry
+from sparsezip.adapters.registry import ModelAdapter, llm_layers, register_adapter
 
 if TYPE_CHECKING:
     from sparsezip.adapters.qwen2_5_vl import QwenVLM
@@ -108,12 +109,19 @@ def _config_only_nominal(config: Mapping) -> int:
                               int(vision.get("spatial_merge_size", 2)))
 
 
+def qwen_geometry(config: Mapping) -> ModelGeometry:
+    """No CLS (prefix 0) and the LLM's decoder layers (``text_config`` or, in older files, top level; transformers'
+    default 80 when absent) of a Qwen2.5-VL ``config.json``; the visual tokens from transformers' default processor
+    settings (the registry replaces them by :func:`qwen_nominal_tokens` of the checkpoint folder)."""
+    return ModelGeometry(visual_tokens=_config_only_nominal(config), prefix=0, llm_layers=llm_layers(config, 80))
+
+
 QWEN2_5_VL_ADAPTER = register_adapter(ModelAdapter(
     model_type="qwen2_5_vl",
     family="Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration, no CLS, 2x2 merger, M-RoPE)",
     load=_load_checkpoint,
     nominal_visual_tokens=_config_only_nominal,
     check_config=check_qwen_config,
+    geometry=qwen_geometry,
     nominal_visual_tokens_at=qwen_nominal_tokens,
-    stages=("vision",),
 ))

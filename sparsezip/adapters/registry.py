@@ -14,6 +14,7 @@ Adding a model family: one adapter module that calls :func:`register_adapter` at
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -198,11 +199,31 @@ def nominal_visual_tokens(path_or_name: str | Path) -> int:
 
 
 def checkpoint_geometry(checkpoint: Checkpoint) -> ModelGeometry:
-    """The :class:`~sparsezip.adapters.api.ModelGeometry` of a checked checkpoint, from its ``config.json``."""
+    """The :class:`~sparsezip.adapters.api.ModelGeometry` of a checked checkpoint, from its ``config.json`` (and,
+    for families whose nominal count depends on other files, ``nominal_visual_tokens_at``: the same number the
+    loaded model reports, so the run identity known before loading is the one after it)."""
     adapter, config = checkpoint.adapter, checkpoint.config
-    if adapter.geometry is not None:
-        return adapter.geometry(config)
-    return ModelGeometry(visual_tokens=int(adapter.nominal_visual_tokens(config)))
+    geometry = (adapter.geometry(config) if adapter.geometry is not None
+                else ModelGeometry(visual_tokens=int(adapter.nominal_visual_tokens(config))))
+    if adapter.nominal_visual_tokens_at is not None:
+        geometry = dataclasses.replace(
+            geometry, visual_tokens=int(adapter.nominal_visual_tokens_at(checkpoint.path, config)))
+    return geometry
+
+
+def llm_layers(config: Mapping, default: int | None) -> int | None:
+    """The language model's decoder layers from a ``config.json`` dict: ``text_config.num_hidden_layers``, else a
+    top-level ``num_hidden_layers`` (older Qwen2.5-VL files), else ``default``. ``ValueError`` for a value that
+    is not a positive int."""
+    text = config.get("text_config") or {}
+    layers = text.get("num_hidden_layers", config.get("num_hidden_layers", default))
+    if layers is None:
+        return None
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise ValueError(f"text_config.num_hidden_layers must be a positive int, got {layers!r}")
+    return layers
+
+
 def checkpoint_adapter(path_or_name: str | Path) -> ModelAdapter:
     """The adapter that would run the checkpoint, from its ``config.json`` alone (refusals as in
     :func:`load_model`); loads nothing."""

@@ -32,6 +32,11 @@ class TowerFeatures:
     keys: torch.Tensor | None
     cls_attn: torch.Tensor | None
 
+    def rows(self, index: torch.Tensor) -> TowerFeatures:
+        """The features of images ``index`` (``[R]`` int64, repeats allowed): ``[R, ...]`` each."""
+        return TowerFeatures(*(None if t is None else t.index_select(0, index)
+                               for t in (self.hidden, self.keys, self.cls_attn)))
+
 
 class FeatureLayerTap:
     """Runs ``tower`` up to ``hidden_states[feature_layer]`` and taps that layer's attention.

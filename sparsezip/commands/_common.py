@@ -43,6 +43,15 @@ def add_pad_argument(parser: argparse.ArgumentParser) -> None:
                              "of the mean colour first (LLaVA-1.5's image_aspect_ratio=pad, the default)")
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: torch's CPU threads (sparsezip.threads)."""
+    from sparsezip.threads import physical_cores
+
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"torch CPU threads (default: the physical cores this process may use, "
+                             f"{physical_cores()} here); recorded in run.json")
+
+
 def load_samples(args: argparse.Namespace) -> list[Sample]:
     """The samples ``--dataset`` / ``--data`` / ``--image-root`` / ``--limit`` select, in dataset order. Only the
     selected samples need their image files (``--limit 100`` runs without the rest of the images); every

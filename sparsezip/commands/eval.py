@@ -8,6 +8,7 @@ from sparsezip.commands._common import (
     CONFIG_HELP,
     add_dataset_arguments,
     add_model_arguments,
+    add_threads_argument,
     load_samples,
     method_config,
     model_plan,
@@ -23,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", required=True, help="a registered method (see `sparsezip methods`)")
     parser.add_argument("--config", default=None, help=CONFIG_HELP)
     parser.add_argument("--budget", type=int, default=None, help="visual tokens per image")
+    parser.add_argument("--budget-mode", default=None, choices=("layer_averaged", "nominal"),
+                        help="in-LLM methods: --budget as the layer-averaged visual tokens (their default) or as "
+                             "the paper's nominal N-token setting")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="samples per generate call (default 1); answers do not depend on it, but it is part "
                              "of the run's identity, so resume with the same value")
@@ -34,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default per dataset: POPE/MME 16, DocVQA 32, captions 64")
     parser.add_argument("--out", required=True, help="output folder (re-running the same command resumes)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from sparsezip.eval.runner import check_questions, evaluate, run_config
     from sparsezip.methods import get_method
     from sparsezip.methods.fit import check_method_fits
+    from sparsezip.threads import use_threads
 
+    use_threads(args.threads)  # before anything runs on torch; evaluate records the count in run.json
     shard = parse_shard(args.shard) if args.shard else None
     out = run_folder(args.out)
     if args.batch_size < 1:
@@ -58,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     config = method_config(args.config)
     if args.budget is not None:
         config["budget"] = args.budget
+    if args.budget_mode is not None:
+        from sparsezip.methods import method_class
+
+        if method_class(args.method).stage != "llm":
+            raise ValueError(f"--budget-mode is for in-LLM methods; {args.method!r} prunes on the vision side")
+        config["budget_mode"] = args.budget_mode
     method = get_method(args.method, **config)
     plan = model_plan(args)
     geometry = plan.geometry()

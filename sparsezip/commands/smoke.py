@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sparsezip.commands._common import add_pad_argument
+from sparsezip.commands._common import add_pad_argument, add_threads_argument
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -32,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", type=Path, default=Path("smoke-out"), help="folder for the PNG (default smoke-out)")
     add_pad_argument(parser)
+    add_threads_argument(parser)
 
 
 def demo_image(size: int = 336) -> Image.Image:
@@ -73,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from sparsezip.imageprep import prepare_images
     from sparsezip.methods import get_method, list_methods
     from sparsezip.overlay import draw_token_overlay, tensor_to_image
+    from sparsezip.threads import use_threads
 
+    threads = use_threads(args.threads)
     if args.image is not None and not args.image.exists():
         raise ValueError(f"--image {args.image} does not exist")
     image = open_image(args.image) if args.image is not None else demo_image()
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     method = get_method(name) if args.budget is None else get_method(name, budget=args.budget)
     vlm, model_note = load_model(args.model_path, str(parse_device(args.device)), pad=not args.no_pad)
     print(model_note + f" (images: {getattr(vlm, 'image_aspect_ratio', 'processor default')})")
-    print(f"method: {method!r}")
+    print(f"method: {method!r}; torch threads: {threads}")
     prompt = llava_v1_prompt(args.prompt)
 
     prepared = vlm.prepare([image], [prompt], method=method, questions=[args.prompt])

@@ -38,7 +38,7 @@ class TinyLlavaNextSpec:
     vision_heads: int = 2
     text_hidden: int = 64
     text_intermediate: int = 128
-    text_layers: int = 2
+    text_layers: int = 4  # in-LLM schedules (SparseVLM: 3 pruning layers) need a few layers
     text_heads: int = 4
     text_kv_heads: int = 2
     vocab_size: int = 512

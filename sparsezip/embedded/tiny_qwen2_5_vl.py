@@ -66,7 +66,7 @@ class TinyQwenSpec:
     fullatt_blocks: tuple[int, ...] = (1, 3)
     text_hidden: int = 64
     text_intermediate: int = 128
-    text_layers: int = 2
+    text_layers: int = 4  # in-LLM schedules (SparseVLM: 3 pruning layers) need a few layers
     text_heads: int = 4
     text_kv_heads: int = 2
     mrope_section: tuple[int, int, int] = (2, 3, 3)

@@ -21,7 +21,8 @@ def calibrate_on_samples(
     """Calibrate SparseZip ``method``'s dynamic K on ``samples`` (their images, and their questions for the
     text term, phrased as dataset ``family`` asks them) so the mean K hits ``target_mean_k`` (default: the
     dominant tokens ``method`` keeps at its budget). Needs a model with ``vision_contexts`` (one context per
-    image shape: Qwen2.5-VL) or ``vision_context`` (one for all images: LLaVA).
+    image shape: Qwen2.5-VL) or ``vision_context`` (one for all images: LLaVA); a model that declares a
+    ``dynamic_k_refusal`` (LLaVA-NeXT) is refused with it.
     """
     from sparsezip.data.prompts import dataset_question
 
@@ -29,6 +30,9 @@ def calibrate_on_samples(
         raise ValueError("dynamic-K calibration needs at least one sample, got none")
     if not hasattr(method, "calibrate"):
         raise ValueError(f"method {method.name!r} has no dynamic K to calibrate (use sparsezip)")
+    refusal = getattr(model, "dynamic_k_refusal", None)
+    if refusal:
+        raise ValueError(f"model {model.name!r}: {refusal}")
     if not hasattr(model, "vision_context") and not hasattr(model, "vision_contexts"):
         raise ValueError(f"model {model.name!r} cannot hand out vision contexts (no vision_context method)")
     images = [s.load_image() for s in samples]

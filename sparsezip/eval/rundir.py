@@ -91,6 +91,11 @@ def _has_a_line(path: Path) -> bool:
     return False
 
 
+# run.json fields that do not decide whether a folder holds the same run: the label files (compared by content
+# below) and the torch thread count (recorded; a resume may use another).
+NOT_IDENTITY = ("sources", "torch_threads")
+
+
 def check_same_run(out_dir: Path, previous: Mapping | None, config: Mapping, *, partial: bool = False) -> None:
     """Refuse ``config`` if ``out_dir`` holds a different run (``previous``), naming each differing field (dotted
     path) and both values. ``partial``: ``config`` holds only what is known so far (before the model loads), so
@@ -98,8 +103,8 @@ def check_same_run(out_dir: Path, previous: Mapping | None, config: Mapping, *, 
     may reach further ones."""
     if previous is None:
         return
-    fields = set(config) - {"sources"} if partial else None
-    problems = config_differences(previous, config, exclude=("sources",), only=fields)
+    fields = set(config) - set(NOT_IDENTITY) if partial else None
+    problems = config_differences(previous, config, exclude=NOT_IDENTITY, only=fields)
     old_sources, new_sources = previous.get("sources") or {}, config.get("sources") or {}
     changed = sorted(f for f in old_sources.keys() & new_sources.keys() if old_sources[f] != new_sources[f])
     if changed:
@@ -239,5 +244,5 @@ def merge_runs(shard_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
 
 
 def _run_identity(config: Mapping) -> dict:
-    """A shard's ``run.json`` without its own index: equal for all shards of one run."""
-    return {**config, "shard": {**config["shard"], "index": None}}
+    """A shard's ``run.json`` without its own index (nor its thread count): equal for all shards of one run."""
+    return {**config, "shard": {**config["shard"], "index": None}, "torch_threads": None}

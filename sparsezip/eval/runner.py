@@ -20,6 +20,7 @@ what its summary holds is ``sparsezip.eval.summary``. Files in ``out_dir``:
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from sparsezip.eval.rundir import (
 )
 from sparsezip.eval.summary import environment, kv_bytes_per_token, library_versions, summarize
 from sparsezip.jsonio import append_jsonl, atomic_write_json
-from sparsezip.memory import peak_memory
+from sparsezip.memory import peak_memory, reset_peak_memory
 from sparsezip.methods.base import CompressionMethod
 from sparsezip.methods.fit import check_method_fits
 
@@ -100,6 +101,7 @@ def evaluate(
                         shard=shard)
 
     with locked(out_dir) as out_dir:
+        reset_peak_memory(model.device)  # this run's peak, not the process's (benchmark cases share one)
         previous = previous_run(out_dir)
         check_same_run(out_dir, previous, config)
         path = out_dir / PREDICTIONS_FILE
@@ -127,7 +129,7 @@ def evaluate(
                 done.update((keys[r["index"]], r) for r in records)
                 bar.update(len(records))
         records = [done[keys[i]] for i in range(start, end)]
-        peak = peak_memory(model.device)
+        peak = peak_memory(model.device) if todo else _previous_peak(out_dir) or peak_memory(model.device)
         summary = summarize(config, records, expected=end - start, peak=peak,
                             environment=environment(model), kv_bytes_per_token=kv_bytes_per_token(model))
         with _kept_on_failure(len(done)):
@@ -135,6 +137,16 @@ def evaluate(
                 write_run_file(out_dir, config, previous)
             atomic_write_json(out_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def _previous_peak(out_dir: Path) -> tuple[int, str] | None:
+    """The peak memory an earlier, finished run of this folder recorded (a resume with nothing left to do
+    measures nothing of the run itself)."""
+    try:
+        memory = json.loads((out_dir / SUMMARY_FILE).read_text(encoding="utf-8"))["memory"]
+        return int(memory["peak_bytes"]), str(memory["peak_kind"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @contextlib.contextmanager
@@ -224,6 +236,9 @@ def run_config(
         "batch_size": batch_size,
         # A shard is only meaningful for one selection, so its size is part of its identity.
         "shard": None if shard is None else {"index": shard[0], "count": shard[1], "of_samples": len(samples)},
+        # Recorded, not part of the identity (a resume may use another count): CPU kernels split their sums by
+        # thread, so the count can move the last bits of a logit.
+        "torch_threads": torch.get_num_threads(),
     }
 
 

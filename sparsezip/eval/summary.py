@@ -32,6 +32,9 @@ def summarize(
     uncompressed = np.array([_uncompressed(r, config) for r in records], dtype=np.float64)
     saved = float((uncompressed - visual).mean()) if len(records) else None
     per_layer = [r["visual_tokens_per_layer"] for r in records if r.get("visual_tokens_per_layer")]
+    # in-LLM methods: the paper's nominal count beside the layer-averaged `visual` (sparsezip.methods.llm_budget)
+    nominal = [r["extra"]["nominal_visual_tokens"] for r in records
+               if (r.get("extra") or {}).get("nominal_visual_tokens") is not None]
     return {
         "dataset": config["dataset"],
         "complete": len(records) == expected,
@@ -45,6 +48,7 @@ def summarize(
             "visual": {"mean": float(visual.mean()), "min": float(visual.min()), "max": float(visual.max())}
             if len(records) else None,
             "visual_per_layer_mean": np.mean(per_layer, axis=0).tolist() if per_layer else None,
+            "visual_nominal_mean": _mean(nominal),
             "uncompressed_mean": float(uncompressed.mean()) if len(records) else None,
             "prefill_mean": _mean([r["prefill_tokens"] for r in records]),
             "new_tokens_mean": _mean([r["new_tokens"] for r in records]),

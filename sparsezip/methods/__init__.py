@@ -2,8 +2,11 @@
 
 from sparsezip.methods import (
     cdpruner,  # noqa: F401  (registration side effect, one line per method)
+    dart,  # noqa: F401
     divprune,  # noqa: F401
+    fastv,  # noqa: F401
     none,  # noqa: F401
+    pdrop,  # noqa: F401
     pool,  # noqa: F401
     prumerge_plus,  # noqa: F401
     random_select,  # noqa: F401

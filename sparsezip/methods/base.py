@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 import torch
 
 from sparsezip.context import CompressionResult, VisionContext, check_finite, finite_check_enabled
+from sparsezip.methods.llm_budget import BudgetPlan
 from sparsezip.methods.rows import BenchmarkRows
 
 Stage = Literal["vision", "llm"]
@@ -42,7 +43,8 @@ class CompressionMethod(abc.ABC):
             ``sparsezip/methods/rows.py``); by default one row at the 64-token budget.
 
     Every method accepts ``budget``: the number of visual tokens fed to the LLM per image (for ``"llm"``
-    methods, the layer-averaged equivalent). ``None`` means the method's own default configuration.
+    methods, the layer-averaged equivalent where the model allows it, else the paper's nominal count, with a
+    warning: :mod:`sparsezip.methods.llm_budget`). ``None`` means the method's own default configuration.
     """
 
     name: ClassVar[str]
@@ -130,7 +132,9 @@ class LayerState:
         layer_input: ``[B, S, D]`` the layer's input.
         keys, values: ``[B, Hkv, S, Dh]`` the layer's own KV cache (keys rotated); it keeps the full sequence.
         real: ``[B, S]`` bool, True at real (non-padding) tokens.
-        positions: ``[B, S]`` int64 position ids the layer used.
+        positions: ``[B, S]`` int64 1-D sequence position ids the layer used (on Qwen2.5-VL, whose rotary
+            embedding takes M-RoPE (t, h, w) ids, these are its text positions; the M-RoPE ids stay in the loop:
+            ``sparsezip.adapters.layer_positions``).
         visual_index: ``[B, V]`` int64 sequence indices of each row's current visual tokens, ascending,
             ``-1`` padded (rows may hold different counts after earlier pruning).
         text_index: ``[B, T]`` int64 sequence indices of each row's text after the image, ascending, ``-1`` padded.
@@ -142,6 +146,8 @@ class LayerState:
             same positions (what the next layer would compute if nothing were pruned; ``None`` after the last
             layer). PyramidDrop ranks this way.
         memo: what :meth:`LayerPruner.begin` returned for this batch.
+        final_norm: the decoder's final norm (the one before ``lm_head``), ``[..., D] -> [..., D]``; DART compares
+            hidden states after it. ``None`` when the caller has none to give.
     """
 
     layer_index: int
@@ -158,6 +164,7 @@ class LayerState:
     attention: Callable[[torch.Tensor], torch.Tensor] | None
     next_attention: Callable[[torch.Tensor], torch.Tensor] | None
     memo: object = None
+    final_norm: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def visual_valid(self) -> torch.Tensor:
@@ -200,7 +207,10 @@ class LayerPruner(CompressionMethod):
             contiguously from 0 and a decoded token's position in layer ``l`` is the number of tokens in layer
             ``l``'s cache for that row (SparseVLM v1.5, PyramidDrop). ``"original"``: survivors keep their
             original position ids and decoded tokens continue the unpruned numbering in every layer (FastV,
-            DART); merged tokens have no original position, so this policy refuses them.
+            DART); merged tokens have no original position, so this policy refuses them. On M-RoPE models
+            (Qwen2.5-VL) ``"renumber"`` is the model's own position rule on the surviving sequence: visual
+            tokens keep their grid cells, the text after the image starts one past the largest surviving id
+            (``sparsezip.adapters.layer_positions``).
     """
 
     stage: ClassVar[Stage] = "llm"
@@ -211,6 +221,12 @@ class LayerPruner(CompressionMethod):
         """0-based decoder layers after which :meth:`prune` is called, strictly increasing, on a model with
         ``num_patches`` visual tokens per image and ``num_layers`` decoder layers. Raises ``ValueError`` when the
         method's configuration cannot run on such a model (e.g. a budget out of reach)."""
+
+    def budget_plan(self, num_patches: int, num_layers: int) -> BudgetPlan | None:
+        """How the method spends its budget on such a model: the nominal count, the per-layer visual tokens and
+        their layer-averaged equivalent (:mod:`sparsezip.methods.llm_budget`; recorded with every result).
+        ``None``: the method does not say (a throwaway test method)."""
+        return None
 
     def begin(self, state: LayerState) -> object:
         """Called once per batch before layer 0 (``state.layer_index == -1``, ``hidden`` = input embeddings);

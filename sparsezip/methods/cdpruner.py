@@ -93,7 +93,8 @@ class CDPruner(CompressionMethod):
         kernel = relevance[:, :, None] * cosine_similarity_matrix(patches) * relevance[:, None, :]
         picks = dpp_greedy_map(kernel, budget) + prefix
         keep = torch.zeros(b, n, dtype=torch.bool, device=ctx.hidden.device).scatter_(1, picks, True)
-        return assemble(ctx.hidden, keep, torch.full((b,), budget, dtype=torch.long, device=ctx.hidden.device))
+        return assemble(ctx.hidden, keep, torch.full((b,), budget, dtype=torch.long, device=ctx.hidden.device),
+                        kept_per_row=budget, width=budget)
 
     def config(self) -> dict:
         return {"budget": self.budget, "negate_relevance": self.negate_relevance}

@@ -58,7 +58,8 @@ class DivPrune(CompressionMethod):
         check_budget_fits(self.name, budget, n - prefix)
         picks = divprune_order(ctx.hidden[:, prefix:], budget) + prefix
         keep = torch.zeros(b, n, dtype=torch.bool, device=ctx.hidden.device).scatter_(1, picks, True)
-        return assemble(ctx.hidden, keep, torch.full((b,), budget, dtype=torch.long, device=ctx.hidden.device))
+        return assemble(ctx.hidden, keep, torch.full((b,), budget, dtype=torch.long, device=ctx.hidden.device),
+                        kept_per_row=budget, width=budget)
 
     def config(self) -> dict:
         return {"budget": self.budget}

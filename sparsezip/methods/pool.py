@@ -130,6 +130,9 @@ class GridPool(CompressionMethod):
             contextual_valid=torch.ones(b, budget, dtype=torch.bool, device=device),
             contextual_labels=labels,
             info=info,
+            kept_per_row=0,
+            width=budget,
+            valid_slots_first=True,
         )
 
     def config(self) -> dict:

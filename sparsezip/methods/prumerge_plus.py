@@ -110,10 +110,12 @@ class PruMergePlus(CompressionMethod):
         selected_mask = important | samples
         n_selected = selected_mask.sum(1)
 
+        # The one host sync: per-image counts for `info`, and the output width with them.
+        important_list, selected_list = torch.stack([n_important, n_selected]).tolist() if b else ([], [])
+        width = max(selected_list, default=0)
         # Output order: important by descending attention, then samples by ascending index.
         index = torch.arange(m, device=device)
         key = torch.where(important, rank, torch.where(samples, m + index, 2 * m + index))
-        width = int(n_selected.max()) if b else 0
         order = torch.sort(key, dim=1).indices[:, :width]
         slot_used = torch.arange(width, device=device)[None, :] < n_selected[:, None]
         selected = torch.where(slot_used, order, -1)
@@ -137,7 +139,10 @@ class PruMergePlus(CompressionMethod):
             contextual=tokens,
             contextual_valid=valid,
             contextual_labels=labels,
-            info={"important": n_important.tolist(), "spatial": (n_selected - n_important).tolist()},
+            info={"important": important_list,
+                  "spatial": [s - i for s, i in zip(selected_list, important_list, strict=True)]},
+            kept_per_row=0,
+            width=max((s + (s < m) for s in selected_list), default=0),
         )
 
     def config(self) -> dict:

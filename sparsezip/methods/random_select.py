@@ -14,7 +14,7 @@ from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.layout import assemble, with_prefix
 from sparsezip.methods.base import CompressionMethod, register_method
 from sparsezip.methods.rows import BenchmarkRows
-from sparsezip.selection import topk_mask
+from sparsezip.selection import rank_mask
 
 DEFAULT_BUDGET = 64
 
@@ -25,9 +25,11 @@ class RandomSelection(CompressionMethod):
     are dropped.
 
     Image b draws its patches from a fresh CPU ``torch.Generator`` seeded with ``(seed, sample_seeds[b])``
-    (``VisionContext.sample_seeds``; 0 when absent): the same image always gets the same patches, whatever
-    batch it is in and on CPU or CUDA alike, and different images get different patches. The loop over images
-    draws only ``B`` small random vectors; the selection itself is batched.
+    (``VisionContext.sample_seeds``, host data like the pixels the adapters derive them from; 0 when absent):
+    the same image always gets the same patches, whatever batch it is in and on CPU or CUDA alike, and
+    different images get different patches. The loop over images draws only ``B`` small random vectors on the
+    host (a device-side generator would give CUDA other numbers than the CPU); they reach the device by one
+    pinned, non-blocking copy, and the selection itself is batched. ``sample_seeds`` on a device costs a sync.
     """
 
     name = "random"
@@ -47,11 +49,13 @@ class RandomSelection(CompressionMethod):
         check_budget_fits(self.name, k, ctx.num_patches)
         b, m = ctx.batch_size, ctx.num_patches
         sample_seeds = [0] * b if ctx.sample_seeds is None else ctx.sample_seeds.tolist()
-        keys = torch.stack(
-            [torch.rand(m, generator=_generator(self.seed, s)) for s in sample_seeds]
-        ).to(ctx.hidden.device)
-        keep = with_prefix(topk_mask(keys, k), ctx.prefix, False)
-        return assemble(ctx.hidden, keep, torch.full((b,), k, dtype=torch.long, device=ctx.hidden.device))
+        keys = torch.stack([torch.rand(m, generator=_generator(self.seed, s)) for s in sample_seeds])
+        device = ctx.hidden.device
+        if device.type != "cpu":  # host draws, like the pixels they derive from: a pinned, asynchronous copy
+            keys = keys.pin_memory().to(device, non_blocking=True)
+        keep = with_prefix(rank_mask(keys, k), ctx.prefix, False)
+        return assemble(ctx.hidden, keep, torch.full((b,), k, dtype=torch.long, device=ctx.hidden.device),
+                        kept_per_row=k, width=k)
 
     def config(self) -> dict:
         return {"budget": self.budget, "seed": self.seed}

@@ -48,7 +48,8 @@ class BenchmarkRows:
         budgets: budgets of the plain row, in the LLaVA-1.5 scale (``()`` = no plain row).
         ablations: extra rows, in report order after the plain row.
         order: position of the method's rows in reports (ascending; ties by name). The built-in order is
-            ``none`` 0, ``sparsezip`` 10, ``visionzip`` 20, ``sparsevlm`` 30, ``random`` 40, ``pool`` 50; a
+            ``none`` 0, ``sparsezip`` 10, ``visionzip`` 20, ``sparsevlm`` 30, ``fastv`` 32, ``pdrop`` 34,
+            ``dart`` 36, ``random`` 40, ``pool`` 50; a
             method that says nothing comes after them.
         dataset_config: ``dataset family -> config`` every row of the method starts from on that dataset (the
             row's switches and the budget go on top), e.g. a method's published per-dataset settings; called
@@ -79,3 +80,9 @@ def ablation_of(rows: BenchmarkRows, config: Mapping[str, object]) -> str | None
     matching = [a.name for a in rows.ablations
                 if a.config and all(config.get(k, object()) == v for k, v in a.config.items())]
     return "-".join(matching) or None
+
+
+# The matrix row of an in-LLM method's paper settings (`<method>-paper`): its own "N-token" meaning of the budget
+# (FastV's kept count, DART's truncation, SparseVLM's schedules) next to the layer-averaged plain row
+# (sparsezip/methods/llm_budget.py).
+PAPER_ABLATION = Ablation("paper", {"budget_mode": "nominal"}, llava_budgets=LLAVA15_BUDGETS)

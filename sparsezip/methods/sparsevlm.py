@@ -1,24 +1,27 @@
 """SparseVLM (ICML 2025, code version 1.5): text-guided visual-token pruning inside the LLM (methods.md 3).
 
-This module holds the model-independent parts: the layer schedule, the rater selection, the per-token score
-from the raters' attention, and the recycling of pruned tokens by density-peak kNN clustering. Running them
+This module holds the rater selection, the per-token score from the raters' attention and the recycling of
+pruned tokens by density-peak kNN clustering; the layer schedule is ``sparsevlm_schedule.py``. Running them
 inside the LLM (caches, positions, batching, decoding) is the generic layer-wise loop of
 ``sparsezip.adapters.layerwise``; :class:`SparseVLM` plugs into it as a :class:`~sparsezip.methods.base.LayerPruner`.
 
-Budget. Like every method's, ``budget`` is the visual tokens the LLM sees per image; for an in-LLM method that
-is the *layer-averaged equivalent* (the mean over decoder layers of the visual tokens in each layer's cache).
-For 576 visual tokens and budgets 64 / 128 / 192 the method uses the paper's schedules exactly: tokens kept
-at decoder layers (2, 6, 15) = (66, 30, 17), (303, 110, 36), (300, 200, 110), each pruning layer also
-re-inserting ``floor(n/10) + 1`` merged tokens recycled from the ``n = floor(0.3 * pruned) + 1`` best pruned
-ones. That leaves 82 / 32 / 18, 312 / 117 / 39 and 309 / 204 / 113 tokens after layers 2 / 6 / 15, whose
-layer-averaged equivalents on 32 layers are 82.25, 145.41 and 206.50 (the paper's names 64 / 128 / 192 follow
-its own count, in which a pruning layer already holds the pruned set). On a model of another depth the pruning layers move to the same
-fraction of depth (``floor(l * num_layers / 32)``, pushed apart to stay strictly increasing). Any other budget
-or token count (an approximation, documented rather than tuned): the paper schedule of the nearest relative
-budget (1/9, 2/9 or 1/3 of the tokens), its kept counts scaled by one common factor chosen so the
-layer-averaged equivalent lands as close to ``budget`` as whole tokens allow (:func:`scaled_plan`). Budgets
-below what the first pruning layer allows are refused (every layer up to and including it holds all tokens:
-at least 57.94 on LLaVA-1.5's 576 tokens x 32 layers, 38.50 on the embedded 144 x 4 model).
+Budget (the rule of every in-LLM method, :mod:`sparsezip.methods.llm_budget`). ``budget_mode="layer_averaged"``
+(default): ``budget`` is the *layer-averaged equivalent* (the mean over decoder layers of the visual tokens in
+each layer's cache): the paper schedule of the nearest relative budget (1/9, 2/9 or 1/3 of the tokens), its kept
+counts scaled by one common factor chosen so the equivalent lands as close to ``budget`` as whole tokens allow
+(:func:`scaled_plan`; an approximation, documented rather than tuned). Below what the first pruning layer allows
+(every layer up to and including it holds all tokens: at least 57.94 on LLaVA-1.5's 576 tokens x 32 layers,
+38.50 on the embedded 144 x 4 model) ``budget`` falls back to the nominal meaning, with a warning.
+``budget_mode="nominal"``: the paper's own "N-token" setting (:func:`paper_plan`). For 576 visual tokens and
+budgets 64 / 128 / 192 these are the paper's schedules exactly: tokens kept at decoder layers (2, 6, 15) = (66,
+30, 17), (303, 110, 36), (300, 200, 110), each pruning layer also re-inserting ``floor(n/10) + 1`` merged tokens
+recycled from the ``n = floor(0.3 * pruned) + 1`` best pruned ones. That leaves 82 / 32 / 18, 312 / 117 / 39 and
+309 / 204 / 113 tokens after layers 2 / 6 / 15, whose layer-averaged equivalents on 32 layers are 82.25, 145.41
+and 206.50 (the paper's names 64 / 128 / 192 follow its own count, in which a pruning layer already holds the
+pruned set). Another budget ``b`` or token count: the nearest paper schedule with its kept counts times
+``b / N_paper`` (16 of 144 keeps 16 / 8 / 4). On a model of another depth the pruning layers move to the same
+fraction of depth (``floor(l * num_layers / 32)``, pushed apart to stay strictly increasing). Without a budget:
+the paper's 192 setting (a third of the tokens), nominal.
 
 Token accounting (as upstream v1.5). A pruning layer runs on all its input tokens and its own KV cache keeps
 them; pruning acts on its output, i.e. on the sequence entering the next layer. With pruning layers
@@ -33,141 +36,42 @@ for the 192 setting on LLaVA-1.5 (3 x 576 + 4 x 309 + 9 x 204 + 16 x 113) / 32 =
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from itertools import pairwise
 
 import torch
 
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.merging import density_peak_clusters, weighted_merge
 from sparsezip.methods.base import LayerDecision, LayerPruner, LayerState, register_method
+from sparsezip.methods.llm_budget import (
+    BudgetPlan,
+    Setting,
+    WarnOnce,
+    check_budget,
+    check_budget_mode,
+    default_plan,
+    layer_averaged,
+    plan_budget,
+)
 from sparsezip.methods.none import NoCompression
-from sparsezip.methods.rows import LLAVA15_BUDGETS, BenchmarkRows
+from sparsezip.methods.rows import LLAVA15_BUDGETS, PAPER_ABLATION, BenchmarkRows
+from sparsezip.methods.sparsevlm_schedule import (  # noqa: F401  (re-exported: the schedule is part of the method)
+    DEFAULT_FRACTION,
+    RECYCLE_RATIO,
+    SPEC_KEEP,
+    SPEC_LAYERS,
+    TOKENS_PER_CLUSTER,
+    PruningPlan,
+    counts_after_pruning,
+    paper_plan,
+    reachable,
+    recycle_sizes,
+    scaled_nominal,
+    scaled_plan,
+    schedule_layers,
+    visual_tokens_per_layer,
+)
 from sparsezip.selection import gather_tokens, mask_to_indices, topk_mask
-
-SPEC_NUM_PATCHES = 576
-SPEC_NUM_LAYERS = 32
-SPEC_LAYERS: tuple[int, ...] = (2, 6, 15)
-SPEC_KEEP: dict[int, tuple[int, ...]] = {64: (66, 30, 17), 128: (303, 110, 36), 192: (300, 200, 110)}
-RECYCLE_RATIO = 0.3
-TOKENS_PER_CLUSTER = 10
-DEFAULT_FRACTION = 192 / SPEC_NUM_PATCHES  # without a budget: the paper's 192 setting, relative to the model
-
-
-@dataclass(frozen=True)
-class PruningPlan:
-    """Where and how hard to prune: after decoder layer ``layers[i]`` keep the top ``keep[i]`` visual tokens
-    (before the recycled ones are added). ``layers`` is strictly increasing, 0-based."""
-
-    layers: tuple[int, ...]
-    keep: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.layers) != len(self.keep) or not self.layers:
-            raise ValueError(f"PruningPlan needs one keep count per layer, got layers={self.layers} keep={self.keep}")
-        if any(b <= a for a, b in pairwise(self.layers)) or self.layers[0] < 0:
-            raise ValueError(f"PruningPlan layers must be strictly increasing and >= 0, got {self.layers}")
-        if any(k < 1 for k in self.keep):
-            raise ValueError(f"PruningPlan keep counts must be >= 1, got {self.keep}")
-
-
-def recycle_sizes(num_pruned: int) -> tuple[int, int]:
-    """``(tokens recycled, clusters)`` for ``num_pruned`` pruned tokens: ``floor(0.3 p) + 1`` and
-    ``floor(n / 10) + 1``, capped so neither exceeds what exists (``(0, 0)`` when nothing was pruned)."""
-    if num_pruned < 0:
-        raise ValueError(f"num_pruned must be >= 0, got {num_pruned}")
-    if num_pruned == 0:
-        return 0, 0
-    recycled = min(num_pruned, math.floor(RECYCLE_RATIO * num_pruned) + 1)
-    return recycled, min(recycled, recycled // TOKENS_PER_CLUSTER + 1)
-
-
-def counts_after_pruning(plan: PruningPlan, num_patches: int) -> list[int]:
-    """Visual tokens left after each pruning layer of ``plan``, starting from ``num_patches``.
-    A layer whose ``keep`` is not below the current count prunes nothing."""
-    counts, current = [], num_patches
-    for keep in plan.keep:
-        if keep < current:
-            current = keep + recycle_sizes(current - keep)[1]
-        counts.append(current)
-    return counts
-
-
-def visual_tokens_per_layer(plan: PruningPlan, num_patches: int, num_layers: int) -> list[int]:
-    """Visual tokens in each decoder layer's KV cache after prefill.
-
-    A pruning layer runs on, and caches, all its input tokens; pruning shortens only the sequence leaving it.
-    So with pruning layers ``p_1 < ... < p_k`` and ``c_i`` tokens left after ``p_i``, layer ``l`` holds
-    ``num_patches`` for ``l <= p_1`` and ``c_i`` for ``p_i < l <= p_{i+1}`` (``p_{k+1} = num_layers - 1``).
-    """
-    if plan.layers[-1] >= num_layers:
-        raise ValueError(f"pruning layer {plan.layers[-1]} does not exist in a {num_layers}-layer model")
-    per_layer, current = [], num_patches
-    after = dict(zip(plan.layers, counts_after_pruning(plan, num_patches), strict=True))
-    for layer in range(num_layers):
-        per_layer.append(current)
-        current = after.get(layer, current)
-    return per_layer
-
-
-def layer_averaged(per_layer: list[int]) -> float:
-    """The layer-averaged equivalent visual token count: the mean of ``per_layer`` (the visual tokens in each
-    layer's KV cache), ``E = (1/L) sum_l n_l``."""
-    if not per_layer:
-        raise ValueError("per_layer is empty")
-    return sum(per_layer) / len(per_layer)
-
-
-def scaled_plan(budget: float, num_patches: int, num_layers: int) -> PruningPlan:
-    """The pruning plan whose layer-averaged equivalent is ``budget`` visual tokens on a model with
-    ``num_patches`` visual tokens and ``num_layers`` decoder layers (see the module docstring).
-
-    With 576 visual tokens and budget 64, 128 or 192 the paper's kept counts are used unchanged (at layers moved
-    to the same fraction of depth: the spec's counts hold on any depth, the equivalent is exact on 32 layers, e.g.
-    189.2 instead of 192.03 on 16). Otherwise the reference
-    schedule's kept counts are multiplied by the factor (found by bisection; the equivalent is monotone in it)
-    that brings the equivalent closest to ``budget``. A budget outside what pruning at those layers can reach
-    (every layer up to and including the first pruning layer holds every token) is a ``ValueError`` naming the
-    range.
-    """
-    if num_patches < 1:
-        raise ValueError(f"num_patches must be >= 1, got {num_patches}")
-    if num_layers < len(SPEC_LAYERS):
-        raise ValueError(
-            f"sparsevlm prunes at {len(SPEC_LAYERS)} layers; a {num_layers}-layer language model is too shallow"
-        )
-    layers: list[int] = []
-    for spec_layer in SPEC_LAYERS:
-        layer = spec_layer * num_layers // SPEC_NUM_LAYERS
-        # Pushing apart never overflows: floor(15 L / 32) < L and the push adds at most 2 for L >= 3.
-        layers.append(max(layer, layers[-1] + 1) if layers else layer)
-    if num_patches == SPEC_NUM_PATCHES and budget in SPEC_KEEP:
-        return PruningPlan(layers=tuple(layers), keep=SPEC_KEEP[int(budget)])
-    fraction = budget / num_patches
-    reference = SPEC_KEEP[min(SPEC_KEEP, key=lambda b: abs(b / SPEC_NUM_PATCHES - fraction))]
-
-    def plan_for(factor: float) -> PruningPlan:
-        keep = tuple(min(num_patches, max(1, round(factor * k * num_patches / SPEC_NUM_PATCHES))) for k in reference)
-        return PruningPlan(layers=tuple(layers), keep=keep)
-
-    def equivalent(factor: float) -> float:
-        return layer_averaged(visual_tokens_per_layer(plan_for(factor), num_patches, num_layers))
-
-    high = SPEC_NUM_PATCHES / min(reference)  # every kept count reaches num_patches: nothing is pruned
-    lowest, highest = equivalent(0.0), equivalent(high)
-    if not lowest - 0.5 <= budget <= highest:
-        raise ValueError(
-            f"sparsevlm budget {budget} (layer-averaged visual tokens) is out of reach on a model with "
-            f"{num_patches} visual tokens and {num_layers} layers: pruning at layers {tuple(layers)} gives "
-            f"{lowest:.2f} to {highest:.2f}"
-        )
-    low = 0.0
-    for _ in range(60):
-        mid = (low + high) / 2
-        low, high = (mid, high) if equivalent(mid) < budget else (low, mid)
-    return min((plan_for(low), plan_for(high)), key=lambda plan: abs(
-        layer_averaged(visual_tokens_per_layer(plan, num_patches, num_layers)) - budget))
 
 
 def select_raters(
@@ -235,17 +139,20 @@ class _BatchPlan:
 @register_method
 class SparseVLM(LayerPruner):
     """SparseVLM v1.5: prunes visual tokens inside the LLM at three decoder layers, guided by the prompt's text
-    tokens after the image (it needs no ``text_query``: its raters are the prompt's own tokens).
+    tokens after the image (it needs no ``text_query``: its raters are the prompt's own tokens, the text
+    positions ``LayerState.text_index``).
 
-    ``budget``: the layer-averaged visual tokens per image on the model it runs in (default: a third of the
-    model's visual tokens, 192 on LLaVA-1.5, where 64 / 128 / 192 are the paper's schedules; see
-    :func:`scaled_plan`). ``keep`` / ``layers`` override the schedule (ablations, tests); given, they are used
-    as is, unscaled. Greedy decoding only; batched (rows are independent).
+    ``budget``: the layer-averaged visual tokens per image on the model it runs in, or with
+    ``budget_mode="nominal"`` (or where the layer average is out of reach, with a warning) the paper's own
+    ``budget``-token schedule (module docstring). Default: the paper's 192 setting relative to the model's
+    tokens. ``keep`` / ``layers`` override the schedule (ablations, tests); given, they are used as is.
+    Greedy decoding only; batched (rows are independent).
     """
 
     name = "sparsevlm"
     needs_text = True
-    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=30)  # budgets = layer-averaged tokens
+    # budgets = layer-averaged tokens; the `paper` row runs the paper's own N-token schedules
+    benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, ablations=(PAPER_ABLATION,), order=30)
     position_policy = "renumber"  # v1.5 renumbers the surviving sequence contiguously
 
     def __init__(
@@ -253,24 +160,48 @@ class SparseVLM(LayerPruner):
         budget: int | None = None,
         keep: tuple[int, ...] | None = None,
         layers: tuple[int, ...] | None = None,
+        budget_mode: str = "layer_averaged",
     ) -> None:
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-            raise ValueError(f"sparsevlm budget must be a positive integer, got {budget!r}")
-        self.budget = budget
+        self.budget = check_budget("sparsevlm", budget)
+        self.budget_mode = check_budget_mode("sparsevlm", budget_mode)
         if (keep is None) != (layers is None):
             raise ValueError(f"sparsevlm: give both keep and layers or neither, got keep={keep} layers={layers}")
         self.override = None if keep is None else PruningPlan(layers=tuple(layers), keep=tuple(keep))
+        self._warn = WarnOnce()
+
+    def budget_plan(self, num_patches: int, num_layers: int) -> BudgetPlan:
+        """The schedule that runs and what it costs (nominal count, per-layer tokens, layer-averaged)."""
+        if self.override is not None:
+            if self.override.layers[-1] >= num_layers:
+                raise ValueError(f"sparsevlm layers {self.override.layers} exceed the model's {num_layers} layers")
+            # an explicit schedule has no paper count: its nominal count is its layer-averaged one
+            per_layer = visual_tokens_per_layer(self.override, num_patches, num_layers)
+            setting = self._setting(self.override, num_patches, layer_averaged(per_layer))
+            return default_plan(self.name, setting, self.budget_mode, num_patches, num_layers,
+                                (float(min(per_layer)), float(num_patches)))
+        reach = reachable(num_patches, num_layers)
+        if self.budget is None:
+            budget = round(num_patches * DEFAULT_FRACTION)
+            setting = self._setting(paper_plan(budget, num_patches, num_layers), num_patches, budget)
+            return default_plan(self.name, setting, self.budget_mode, num_patches, num_layers, reach)
+        plan = plan_budget(
+            self.name, self.budget, self.budget_mode, num_patches, num_layers,
+            nominal=lambda b: self._setting(paper_plan(b, num_patches, num_layers), num_patches, b),
+            averaged=lambda b: self._setting(scaled_plan(b, num_patches, num_layers), num_patches,
+                                             scaled_nominal(b, num_patches, num_layers)),
+            reachable=reach,
+        )
+        return self._warn(plan, num_patches, num_layers)
+
+    @staticmethod
+    def _setting(plan: PruningPlan, num_patches: int, nominal: float) -> Setting:
+        return Setting(plan.layers, tuple(counts_after_pruning(plan, num_patches)), float(nominal),
+                       {"keep": list(plan.keep), "layers": list(plan.layers)})
 
     def plan(self, num_patches: int, num_layers: int) -> PruningPlan:
         """The pruning plan for a model with ``num_patches`` visual tokens and ``num_layers`` decoder layers."""
-        if self.override is None:
-            budget = round(num_patches * DEFAULT_FRACTION) if self.budget is None else self.budget
-            if budget > num_patches:
-                raise ValueError(f"sparsevlm budget {budget} exceeds the model's {num_patches} visual tokens")
-            return scaled_plan(budget, num_patches, num_layers)
-        if self.override.layers[-1] >= num_layers:
-            raise ValueError(f"sparsevlm layers {self.override.layers} exceed the model's {num_layers} layers")
-        return self.override
+        params = self.budget_plan(num_patches, num_layers).setting.params
+        return PruningPlan(layers=tuple(params["layers"]), keep=tuple(params["keep"]))
 
     def pruning_layers(self, num_patches: int, num_layers: int) -> tuple[int, ...]:
         return self.plan(num_patches, num_layers).layers
@@ -314,6 +245,7 @@ class SparseVLM(LayerPruner):
         return result
 
     def config(self) -> dict:
-        if self.override is None:
-            return {"budget": self.budget}
-        return {"budget": self.budget, "keep": list(self.override.keep), "layers": list(self.override.layers)}
+        config = {"budget": self.budget, "budget_mode": self.budget_mode}
+        if self.override is not None:
+            config.update(keep=list(self.override.keep), layers=list(self.override.layers))
+        return config

@@ -67,6 +67,9 @@ class ToMe(CompressionMethod):
             contextual=merged,
             contextual_valid=torch.ones(b, budget, dtype=torch.bool, device=device),
             contextual_labels=labels,
+            kept_per_row=0,
+            width=budget,
+            valid_slots_first=True,
         )
 
     def config(self) -> dict:

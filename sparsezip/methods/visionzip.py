@@ -22,7 +22,7 @@ from sparsezip.layout import assemble, with_prefix
 from sparsezip.merging import visionzip_merge
 from sparsezip.methods.base import CompressionMethod, register_method
 from sparsezip.methods.rows import LLAVA15_BUDGETS, BenchmarkRows
-from sparsezip.selection import topk_mask
+from sparsezip.selection import rank_mask
 
 # The paper's LLaVA-1.5 settings 64 = 54+10, 128 = 108+20, 192 = 162+30 all use this split.
 DOMINANT_SHARE = 54 / 64
@@ -68,11 +68,16 @@ class VisionZip(CompressionMethod):
             raise ValueError(f"visionzip: dominant={self.dominant} must count the model's {prefix} prefix token(s)")
         b = ctx.batch_size
         scores = ctx.cls_attn[:, :, prefix:].float().sum(dim=1)  # [B, M] summed over heads, as the paper does
-        keep = with_prefix(topk_mask(scores, self.dominant - prefix), prefix, True)
+        keep = with_prefix(rank_mask(scores, self.dominant - prefix), prefix, True)
         # Only patches are merged: the prefix is kept, so it is never among the remaining tokens.
         contextual, slot_valid, labels = visionzip_merge(ctx.hidden, ctx.keys, ~keep, self.contextual)
         k = torch.full((b,), self.dominant - prefix, dtype=torch.long, device=ctx.hidden.device)
-        return assemble(ctx.hidden, keep, k, contextual, slot_valid, labels)
+        # Every row keeps D tokens and merges the same number of remaining ones, so the widths are known here.
+        remaining = ctx.num_patches - (self.dominant - prefix)
+        step = max(1, remaining // self.contextual) if self.contextual else 1
+        slots = sum(1 for j in range(self.contextual) if j * step < remaining)
+        return assemble(ctx.hidden, keep, k, contextual, slot_valid, labels, kept_per_row=self.dominant,
+                        width=self.dominant + slots, valid_slots_first=True)
 
     def config(self) -> dict:
         return {"dominant": self.dominant, "contextual": self.contextual, "budget": self.budget}

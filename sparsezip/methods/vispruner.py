@@ -12,7 +12,10 @@ Budget: ``budget`` = tokens fed to the LLM per image (default 64) = VisPruner's 
 
 Fidelity notes:
 - Same tensors as the authors: the tapped layer's (layer -2) CLS attention row over the patches averaged over
-  heads, and the patch features of that layer's output for the similarities.
+  heads, and the patch features of that layer's output for the similarities. On a tower without CLS
+  (Qwen2.5-VL) the importance ranks by the mean attention each token receives in the last full-attention block
+  (``attention_source="mean_received"``), the substitute ModelTC/LightCompress's Qwen2.5-VL port of VisPruner
+  uses; the authors' code has no Qwen path.
 - Cosine similarities are computed once per image in float32 (the authors: per round, in the model's fp16);
   sorting is stable, so equal scores keep list order (the authors' ``argsort`` leaves ties unspecified). An odd
   number of remaining candidates is handled (A takes the extra token); the authors' indexing needs it even.
@@ -42,6 +45,9 @@ class VisPruner(CompressionMethod):
 
     name = "vispruner"
     needs_attention = True
+    # On a tower without CLS (Qwen2.5-VL): the mean attention each token receives, as ModelTC/LightCompress's
+    # Qwen2.5-VL port of VisPruner substitutes it.
+    attention_sources = ("cls", "mean_received")
     benchmark = BenchmarkRows(budgets=LLAVA15_BUDGETS, order=63)
 
     def __init__(self, budget: int | None = None, important_ratio: float = DEFAULT_IMPORTANT_RATIO) -> None:
@@ -69,7 +75,7 @@ class VisPruner(CompressionMethod):
             picks = order[:, :important]
         keep = torch.zeros(b, n, dtype=torch.bool, device=ctx.hidden.device).scatter_(1, picks + prefix, True)
         return assemble(ctx.hidden, keep, torch.full((b,), budget, dtype=torch.long, device=ctx.hidden.device),
-                        info={"important": important, "diverse": diverse})
+                        info={"important": important, "diverse": diverse}, kept_per_row=budget, width=budget)
 
     def config(self) -> dict:
         return {"budget": self.budget, "important_ratio": self.important_ratio}

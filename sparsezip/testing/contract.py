@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import torch
 
@@ -153,3 +154,96 @@ def check_budget(method_cls: type[CompressionMethod], ctx: VisionContext, budget
         except ValueError:
             continue
         raise ContractError(f"{name}: budget={bad} with {m} patches was accepted")
+
+
+# ---------------------------------------------------------------------------------------------- in-LLM methods
+def check_budget_semantics(
+    method_cls: type[LayerPruner], num_patches: int, num_layers: int, *, budgets: tuple[int, ...] | None = None,
+    tolerance: float = 4.0,
+) -> None:
+    """The budget rule every in-LLM method shares (``sparsezip.methods.llm_budget``), on a model with
+    ``num_patches`` visual tokens and ``num_layers`` decoder layers.
+
+    For each budget (default: 1, 1/9, 1/4, 1/2 of the tokens and all of them): under ``budget_mode="nominal"``
+    the plan is the paper's ``budget``-token setting (``nominal == budget``, no warning); under the default
+    ``"layer_averaged"`` the plan's layer-averaged equivalent is within ``tolerance`` of a reachable budget (no
+    warning), else the method warns (:class:`~sparsezip.methods.llm_budget.BudgetWarning`) and runs exactly the
+    nominal setting. Always: the per-layer list is what the declared pruning layers and counts leave in each
+    layer's cache, ``pruning_layers`` agrees with the plan, ``config()`` records ``budget_mode``, and budgets
+    ``0`` / ``num_patches + 1`` or an unknown mode are a ``ValueError``.
+    """
+    from sparsezip.methods.llm_budget import BudgetWarning, cache_counts, layer_averaged
+
+    name = method_cls.name
+    n, lyr = num_patches, num_layers
+    for budget in budgets or tuple(sorted({1, max(1, n // 9), max(1, n // 4), max(1, n // 2), n})):
+        plans = {}
+        for mode in ("nominal", "layer_averaged"):
+            method = method_cls(budget=budget, budget_mode=mode)
+            _require(method.config().get("budget_mode") == mode, f"{name}: config() does not record budget_mode")
+            where = f"{name} budget {budget} ({mode}) on {n} tokens x {lyr} layers"
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    plan = method.budget_plan(n, lyr)
+                except ValueError:
+                    # the paper's own setting may not fit the model (DART's M = all tokens): refused, not bent
+                    _require(mode == "nominal", f"{where}: a layer-averaged budget in [1, N] was refused")
+                    plans[mode] = None
+                    continue
+            warned = [w for w in caught if issubclass(w.category, BudgetWarning)]
+            _require(plan is not None, f"{where}: budget_plan returned None")
+            _require(list(plan.per_layer) == cache_counts(plan.setting.layers, plan.setting.counts, n, lyr),
+                     f"{where}: per_layer {list(plan.per_layer)} is not what its pruning layers leave")
+            _require(plan.layer_averaged == layer_averaged(list(plan.per_layer)), f"{where}: layer_averaged")
+            _require(tuple(method.pruning_layers(n, lyr)) == plan.setting.layers, f"{where}: pruning_layers")
+            json.dumps(plan.to_json())
+            if mode == "nominal":
+                _require(plan.applied == "nominal" and plan.nominal == budget and not warned,
+                         f"{where}: the nominal plan must be the {budget}-token setting without a warning")
+            elif plan.applied == "layer_averaged":
+                _require(not warned and abs(plan.layer_averaged - budget) <= tolerance,
+                         f"{where}: equivalent {plan.layer_averaged:.2f} is not within {tolerance} of the budget")
+                _require(budget >= plan.reachable[0] - 0.5, f"{where}: reached below its reachable range")
+            else:
+                _require(plan.applied == "nominal" and len(warned) == 1 and plan.warning is not None,
+                         f"{where}: an unreachable budget must fall back to nominal with one BudgetWarning")
+                _require(plans["nominal"] is not None and plan.setting == plans["nominal"].setting,
+                         f"{where}: the fallback is not the nominal plan")
+                _require(budget < plan.reachable[0], f"{where}: fell back although {plan.reachable} reaches it")
+            plans[mode] = plan
+    for bad in (0, n + 1):
+        try:
+            method_cls(budget=bad).budget_plan(n, lyr)
+        except ValueError:
+            continue
+        raise ContractError(f"{name}: budget={bad} with {n} visual tokens was accepted")
+    try:
+        method_cls(budget=1, budget_mode="bogus")
+    except ValueError:
+        return
+    raise ContractError(f"{name}: budget_mode='bogus' was accepted")
+
+
+def check_layer_pruner(method: LayerPruner, vlm: object, images: list, prompts: list[str],
+                       max_new_tokens: int = 3) -> None:
+    """``method`` run through a model adapter (``vlm.generate``) on a batch of prompts of different lengths:
+    each row's answer, per-layer counts and pruning counts equal its batch-size-1 run; every layer's measured
+    visual tokens are the plan's (``budget_plan``), ``visual_tokens`` is their mean and the nominal count is
+    recorded (``extra["nominal_visual_tokens"]``)."""
+    name = type(method).name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a fallback's BudgetWarning is checked by check_budget_semantics
+        batched = vlm.generate(images, prompts, method=method, max_new_tokens=max_new_tokens)
+        singles = [vlm.generate([image], [prompt], method=method, max_new_tokens=max_new_tokens)[0]
+                   for image, prompt in zip(images, prompts, strict=True)]
+        plan = method.budget_plan(vlm.nominal_visual_tokens, vlm.config.text_config.num_hidden_layers)
+    for row, (out, one) in enumerate(zip(batched, singles, strict=True)):
+        where = f"{name} row {row}"
+        _require(out.extra["token_ids"] == one.extra["token_ids"], f"{where}: batched answer differs from batch 1")
+        _require(out.visual_tokens_per_layer == one.visual_tokens_per_layer, f"{where}: per-layer counts differ")
+        _require(out.extra["counts_after_pruning"] == one.extra["counts_after_pruning"], f"{where}: counts differ")
+        _require(out.visual_tokens_per_layer == list(plan.per_layer),
+                 f"{where}: measured per-layer {out.visual_tokens_per_layer} != planned {list(plan.per_layer)}")
+        _require(out.visual_tokens == plan.layer_averaged, f"{where}: visual_tokens is not the layer average")
+        _require(out.extra.get("nominal_visual_tokens") == plan.nominal, f"{where}: nominal count not recorded")

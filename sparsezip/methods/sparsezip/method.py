@@ -27,8 +27,9 @@ import torch
 from sparsezip import scoring
 from sparsezip.budget import check_budget_fits, check_budget_positive, fixed_k, split_budget
 from sparsezip.context import CompressionResult, VisionContext
+from sparsezip.kmeans import centre_distances, kmeans_assign
 from sparsezip.layout import assemble, with_prefix
-from sparsezip.merging import kmeans_assign, visionzip_merge, weighted_merge
+from sparsezip.merging import visionzip_merge, weighted_merge
 from sparsezip.methods.base import CompressionMethod, register_method
 from sparsezip.methods.rows import LLAVA15_BUDGETS, Ablation, BenchmarkRows
 from sparsezip.methods.sparsezip.config import SparseZipConfig, seed_dataset_config
@@ -38,7 +39,7 @@ from sparsezip.methods.sparsezip.dynamic_k import (
     dynamic_k,
     score_log_variance,
 )
-from sparsezip.selection import topk_mask
+from sparsezip.selection import rank_mask
 
 
 @register_method
@@ -87,6 +88,12 @@ class SparseZip(CompressionMethod):
     def _dynamic(cfg: SparseZipConfig) -> bool:
         return cfg.dynamic_k and not cfg.skip_dynamic_k
 
+    @property
+    def dynamic_k_on(self) -> bool:
+        """Whether K is dynamic (``dynamic_k`` on and not ``skip_dynamic_k``): adapters that cannot give it a
+        meaningful per-row range refuse it (LLaVA-NeXT)."""
+        return self._dynamic(self.cfg)
+
     def config_for(self, prefix: int) -> SparseZipConfig:
         """The configuration used on a context with ``prefix`` protected tokens: ``cfg``, with the budget split
         again when the prefix tokens kept (``prefix`` if ``keep_cls`` else 0) differ from the one assumed."""
@@ -102,17 +109,23 @@ class SparseZip(CompressionMethod):
         """The final per-patch score ``s`` (hybrid + text term), ``[B, N - prefix]`` float32."""
         if ctx.cls_attn is None:
             raise ValueError("sparsezip needs the CLS attention row (VisionContext.cls_attn), got None")
+        return self._scores(ctx, scoring.cls_attention(ctx.cls_attn, prefix=ctx.prefix), None)
+
+    def _scores(self, ctx: VisionContext, attn: torch.Tensor, gram: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`scores` from the patches' CLS attention ``attn [B, M]`` and, if computed, the Gram matrix of
+        their unit keys ``gram [B, M, M]`` (overwritten by the mutual-information term)."""
         cfg = self.cfg
         prefix = ctx.prefix
         alphas = (1.0, 0.0, 0.0) if cfg.skip_hybrid_attn else (cfg.alphas.attn, cfg.alphas.entropy, cfg.alphas.mutual)
         s = scoring.hybrid_score(
-            scoring.cls_attention(ctx.cls_attn, prefix=prefix),
+            attn,
             ctx.keys[:, prefix:],
             alpha_attn=alphas[0],
             alpha_entropy=alphas[1],
             alpha_mutual=alphas[2],
             tau_feat=cfg.tau_feat,
             tau_sim=cfg.tau_sim,
+            gram=gram,
         )
         if cfg.cross_beta and ctx.text_query is not None:
             s = s + cfg.cross_beta * scoring.zscore(scoring.text_relevance(ctx.hidden[:, prefix:], ctx.text_query))
@@ -128,36 +141,66 @@ class SparseZip(CompressionMethod):
         return fixed_k(scores.shape[0], cfg.dominant, scores.shape[1], scores.device)
 
     def compress(self, ctx: VisionContext) -> CompressionResult:
-        """hidden ``[B, N, C]`` -> tokens ``[B, T, C]`` laid out ``[prefix?, dominant ascending, contextual]``."""
+        """hidden ``[B, N, C]`` -> tokens ``[B, T, C]`` laid out ``[prefix?, dominant ascending, contextual]``.
+
+        One host sync (the output width, which depends on how many contextual clusters are non-empty), whatever
+        the configuration; fixed K needs no other. The unit keys' Gram matrix is computed once and shared by the
+        mutual-information score and the k-means distances.
+        """
+        if ctx.cls_attn is None:
+            raise ValueError("sparsezip needs the CLS attention row (VisionContext.cls_attn), got None")
         if self.budget is not None:
             check_budget_fits(self.name, self.budget, ctx.num_patches)
         prefix = ctx.prefix
         cfg = self.config_for(prefix)
         patches, patch_keys = ctx.hidden[:, prefix:], ctx.keys[:, prefix:]
-
-        s = self.scores(ctx)
-        k = self.select_k(s, cfg)
-        dominant = topk_mask(s, k)
-        remaining = ~dominant
+        b, m = patches.shape[:2]
         contextual_num = cfg.merging.contextual_num
+        clustering = not cfg.skip_ctx_merge and contextual_num > 0 and m > 0
+        mutual = not cfg.skip_hybrid_attn and bool(cfg.alphas.mutual) and m > 2
+
+        attn = scoring.cls_attention(ctx.cls_attn, prefix=prefix)
+        unit_keys = scoring.l2_normalize(patch_keys) if clustering or mutual else None
+        gram = torch.bmm(unit_keys, unit_keys.transpose(1, 2)) if unit_keys is not None else None
+        # The k-means distances read the Gram matrix before the MI score overwrites it.
+        distances = centre_distances(unit_keys, gram) if clustering else None
+        s = self._scores(ctx, attn, gram if mutual else None)
+
+        dynamic = self._dynamic(cfg)
+        k_fixed = min(cfg.dominant, m)
+        if dynamic:
+            k = self.select_k(s, cfg)
+            dominant = rank_mask(s, k)
+        else:
+            k = torch.full((b,), k_fixed, dtype=torch.long, device=s.device)
+            dominant = rank_mask(s, k_fixed)
+        remaining = ~dominant
         if cfg.skip_ctx_merge:
             contextual, slot_valid, labels = visionzip_merge(patches, patch_keys, remaining, contextual_num)
         else:
             labels, n_clusters = kmeans_assign(
-                scoring.l2_normalize(patch_keys),
+                unit_keys if unit_keys is not None else scoring.l2_normalize(patch_keys),
                 remaining,
                 contextual_num,
                 init_factor=cfg.merging.kmeans_init_factor,
                 iters=cfg.merging.kmeans_iters,
                 agglomerative=cfg.merging.agglomerative,
-                generator=torch.Generator().manual_seed(cfg.seed),
+                seed=cfg.seed,
+                distances=distances,
             )
-            weights = scoring.cls_attention(ctx.cls_attn, prefix=prefix) if cfg.merging.attention_weighted else None
+            weights = attn if cfg.merging.attention_weighted else None
             contextual = weighted_merge(patches, labels, contextual_num, weights)
             slot_valid = torch.arange(contextual_num, device=s.device) < n_clusters[:, None]
 
         keep = with_prefix(dominant, prefix, cfg.keep_cls)
-        return assemble(ctx.hidden, keep, k, contextual, slot_valid, with_prefix(labels, prefix, -1))
+        kept = (prefix if cfg.keep_cls else 0) + k_fixed
+        width = None
+        if cfg.skip_ctx_merge and not dynamic:  # VisionZip's slots depend on counts alone: a known width
+            remaining_count = m - k_fixed
+            step = max(1, remaining_count // contextual_num) if contextual_num else 1
+            width = kept + sum(1 for j in range(contextual_num) if j * step < remaining_count)
+        return assemble(ctx.hidden, keep, k, contextual, slot_valid, with_prefix(labels, prefix, -1),
+                        kept_per_row=None if dynamic else kept, width=width, valid_slots_first=True)
 
     def calibrate(
         self, contexts: Iterable[VisionContext], target_mean_k: float | None = None, *, scale: float | None = None
