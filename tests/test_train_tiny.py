@@ -22,12 +22,12 @@ from sparsezip.embedded.tower_stage import feature_layer_patches
 from sparsezip.embedded.train import TrainRecipe, build_untrained, train_tiny
 from sparsezip.embedded.training_data import (
     NUM_CLASSES,
+    QUESTION_KINDS,
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
     aux_targets,
     document_pixels,
     render_training_images,
-    QUESTION_KINDS,
     training_questions,
 )
 from sparsezip.embedded.validation import validate, validation_set
