@@ -4,11 +4,24 @@ from sparsezip.data.prompts import build_prompt
 
 
 def test_llava_v1_prompt_is_the_llava15_eval_template() -> None:
+    """conv_vicuna_v1 (``--conv-mode vicuna_v1``), what LLaVA-1.5 was trained and evaluated with."""
     assert build_prompt("pope", "Is there a dog in the image?") == (
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the user's questions. USER: <image>\nIs there a dog in the image?\n"
+        "Answer the question using a single word or phrase. ASSISTANT:"
+    )
+
+
+def test_llava_v1_human_keeps_the_seeds_wording() -> None:
+    """conv_llava_v1's "human" wording, the seed's prompt: only the system prompt differs."""
+    human = build_prompt("pope", "Is there a dog in the image?", "llava_v1_human")
+    assert human == (
         "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
         "detailed, and polite answers to the human's questions. USER: <image>\nIs there a dog in the image?\n"
         "Answer the question using a single word or phrase. ASSISTANT:"
     )
+    default = build_prompt("pope", "Is there a dog in the image?")
+    assert human.split(" USER: ")[1] == default.split(" USER: ")[1]
 
 
 def test_mme_instruction_is_replaced_by_the_short_answer_suffix() -> None:

@@ -13,7 +13,7 @@ from sparsezip.adapters.vision_tower import FeatureLayerTap
 from sparsezip.data.prompts import build_prompt
 from sparsezip.embedded.datasets import SetSizes, docvqa_documents, mme_items, pope_scenes
 from sparsezip.embedded.documents import Document, render_document, word_class
-from sparsezip.embedded.language_stage import question_batch, shared_prefix_hidden
+from sparsezip.embedded.language_stage import lm_order, question_batch, shared_prefix_hidden
 from sparsezip.embedded.models import TinyLlavaSpec
 from sparsezip.embedded.probe import answer_yes, keep_indices
 from sparsezip.embedded.scenes import COLOURS, SHAPES, Scene, existence_question
@@ -22,6 +22,7 @@ from sparsezip.embedded.tower_stage import feature_layer_patches
 from sparsezip.embedded.train import TrainRecipe, build_untrained, train_tiny
 from sparsezip.embedded.training_data import (
     NUM_CLASSES,
+    QUESTION_KINDS,
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
     aux_targets,
@@ -29,6 +30,7 @@ from sparsezip.embedded.training_data import (
     render_training_images,
     training_questions,
 )
+from sparsezip.embedded.validation import validate, validation_set
 from sparsezip.imageprep import prepare_images
 from sparsezip.metrics import parse_pope_answer
 
@@ -55,13 +57,15 @@ def micro() -> tuple:
 
 
 def test_training_is_reproducible(tmp_path) -> None:
+    """Same seed, same weights; validating along the way (its own generators) changes nothing."""
     state = torch.random.get_rng_state()
     threads = torch.get_num_threads()
     a = train_tiny(tmp_path / "a", MICRO, log=lambda _: None)
-    b = train_tiny(tmp_path / "b", MICRO, log=lambda _: None)
+    b = train_tiny(tmp_path / "b", MICRO, log=lambda _: None, validation_images=6, validate_every=1)
     train_tiny(tmp_path / "c", dataclasses.replace(MICRO, seed=1), log=lambda _: None)
     assert torch.equal(torch.random.get_rng_state(), state) and torch.get_num_threads() == threads
-    assert a["language"] == b["language"]
+    assert a["language"] == b["language"] and "validation" not in a
+    assert set(b["validation"]) <= {"images", "all", *QUESTION_KINDS} and b["validation"]["images"] == 6
     weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in "abc"]
     assert weights[0] == weights[1] and weights[0] != weights[2]
     card = (tmp_path / "a" / "README.md").read_text()
@@ -151,10 +155,61 @@ def test_training_questions_are_true_and_balanced(micro) -> None:
                 assert tq.answer == f" {field.value}"
                 continue
             answers.append(tq.answer == " Yes")
-            if tq.question.startswith("Is there a ") and tq.question.endswith(" in the image?"):
+            existence = tq.question.startswith("Is there a ") and tq.question.endswith(" in the image?")
+            assert existence == tq.kind.startswith("existence")
+            if existence:
                 name = tq.question[len("Is there a "):-len(" in the image?")]
                 assert (tq.answer == " Yes") == (name in {o.name for o in item.objects})
+                assert (tq.answer == " Yes") == (tq.kind == "existence_yes")
     assert 0.4 < np.mean(answers) < 0.6
+
+
+def test_question_kinds_follow_the_mix(micro) -> None:
+    """Kinds name what is asked (document kinds the field's row); ``existence_share`` sets the existence share."""
+    _, processor, _ = micro
+    data = _images(40, processor, share=0.3)
+    for share in (0.4, 0.8):
+        rng = np.random.default_rng(1)
+        kinds = [tq for item in data.items for tq in training_questions(item, rng, 8, share)]
+        scene = [tq.kind for tq in kinds if not tq.kind.startswith("document")]
+        assert abs(np.mean([k.startswith("existence") for k in scene]) - share) < 0.1
+        assert set(scene) <= set(QUESTION_KINDS)
+    doc = next(item for item in data.items if isinstance(item, Document))
+    for tq in training_questions(doc, np.random.default_rng(0), 12):
+        row = next(i for i, f in enumerate(doc.fields) if f.question == tq.question)
+        assert tq.kind == ("document_title", "document_number", "document_third_row")[row]
+    with pytest.raises(ValueError, match="existence_share"):
+        training_questions(data.items[0] if isinstance(data.items[0], Scene) else
+                           next(i for i in data.items if isinstance(i, Scene)), rng, 2, 1.5)
+
+
+def test_scene_only_phase_sees_scenes_first(micro) -> None:
+    _, processor, _ = micro
+    data = _images(30, processor, share=0.4)
+    recipe = dataclasses.replace(MICRO, lm_steps=10, lm_batch_images=4, lm_scene_only_steps=6)
+    order = lm_order(data, recipe, torch.Generator().manual_seed(0))
+    assert len(order) == 40
+    assert all(isinstance(data.items[i], Scene) for i in order[:24])
+    assert any(isinstance(data.items[i], Document) for i in order[24:])
+    plain = lm_order(data, dataclasses.replace(recipe, lm_scene_only_steps=0), torch.Generator().manual_seed(0))
+    assert any(isinstance(data.items[i], Document) for i in plain[:24])
+
+
+def test_validation_scores_the_greedy_first_token_per_kind(micro) -> None:
+    """Per-kind accuracy of the first answer token (shared-prefix forward: equal to full prompts, tested
+    above); chunking does not change it, and ``all`` is the question-weighted mean of the kinds."""
+    model, processor, _ = micro
+    vset = validation_set(model, processor, 0, 12)
+    assert vset.features.shape[0] == 12 and len(vset.kinds) == vset.batch.ids.shape[0] == 12 * 8
+    table = validate(model, processor, vset)
+    assert set(table) <= {"all", *QUESTION_KINDS} and all(0 <= v <= 1 for v in table.values())
+    assert validate(model, processor, vset, images_per_chunk=5) == table
+    counts = {k: vset.kinds.count(k) for k in table if k != "all"}
+    weighted = sum(table[k] * n for k, n in counts.items()) / sum(counts.values())
+    assert abs(weighted - table["all"]) < 1e-9
+    with pytest.raises(ValueError, match="n_images"):
+        validation_set(model, processor, 0, 0)
+
 
 
 def test_training_images_are_disjoint_from_the_evaluation_sets(micro) -> None:

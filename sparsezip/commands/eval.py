@@ -13,6 +13,7 @@ from sparsezip.commands._common import (
     method_config,
     model_plan,
 )
+from sparsezip.data.prompts import PROMPT_STYLES
 
 HELP = "evaluate a model + compression method on a dataset (resumable; writes predictions.jsonl + summary.json)"
 
@@ -30,7 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="samples per generate call (default 1); answers do not depend on it, but it is part "
                              "of the run's identity, so resume with the same value")
     parser.add_argument("--shard", default=None, help="i/n: evaluate the i-th of n contiguous slices")
-    parser.add_argument("--prompt-style", default="llava_v1", choices=("llava_v1", "hf_chat"))
+    parser.add_argument("--prompt-style", default="llava_v1", choices=PROMPT_STYLES,
+                        help="llava_v1 (LLaVA-1.5's vicuna_v1 prompt, default), llava_v1_human (the seed's "
+                             "'human' wording), hf_chat (the checkpoint's chat template)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="default per dataset: POPE/MME 16, DocVQA 32, captions 64")
     parser.add_argument("--out", required=True, help="output folder (re-running the same command resumes)")

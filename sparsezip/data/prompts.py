@@ -1,7 +1,9 @@
 """Prompts: the LLaVA-1.5 evaluation protocol (``llava_v1``) or the checkpoint's own chat template.
 
-The ``llava_v1`` template is the conversation format LLaVA-1.5's own eval scripts use (conv_vicuna_v1 with
-the short-answer suffix); the embedded tiny model is trained on exactly these strings.
+The ``llava_v1`` template is the conversation format LLaVA-1.5 was trained and evaluated with
+(``--conv-mode vicuna_v1``: conv_vicuna_v1's system prompt, with the short-answer suffix); the embedded tiny
+model is trained on exactly these strings. ``llava_v1_human`` is the same template with conv_llava_v1's
+"human" wording, which this suite used before: kept only to reproduce the seed's runs.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from sparsezip.data.coco import CAPTION_QUESTION  # noqa: F401  (re-exported: th
 from sparsezip.data.registry import dataset_spec
 
 IMAGE_PLACEHOLDER = "<image>"
-LLAVA_V1_SYSTEM = (
+LLAVA_V1_SYSTEM = (  # conv_vicuna_v1: what LLaVA-1.5 was trained and evaluated with
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+LLAVA_V1_HUMAN_SYSTEM = (  # conv_llava_v1's wording: the seed's prompt (style "llava_v1_human")
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
-PROMPT_STYLES = ("llava_v1", "hf_chat")
+PROMPT_STYLES = ("llava_v1", "llava_v1_human", "hf_chat")
 
 
 def dataset_question(dataset: str, question: str) -> str:
@@ -26,10 +32,11 @@ def dataset_question(dataset: str, question: str) -> str:
     return dataset_spec(dataset).question(question)
 
 
-def llava_v1_prompt(question: str, short_answer: bool = True) -> str:
-    """``SYSTEM USER: <image>\\n{question}\\n{suffix} ASSISTANT:`` (LLaVA-1.5's vicuna_v1 template)."""
+def llava_v1_prompt(question: str, short_answer: bool = True, system: str = LLAVA_V1_SYSTEM) -> str:
+    """``SYSTEM USER: <image>\\n{question}\\n{suffix} ASSISTANT:`` (LLaVA-1.5's vicuna_v1 template; ``system``
+    defaults to conv_vicuna_v1's system prompt)."""
     body = f"{question}\n{SHORT_ANSWER_SUFFIX}" if short_answer else question
-    return f"{LLAVA_V1_SYSTEM} USER: {IMAGE_PLACEHOLDER}\n{body} ASSISTANT:"
+    return f"{system} USER: {IMAGE_PLACEHOLDER}\n{body} ASSISTANT:"
 
 
 def build_prompt(
@@ -50,6 +57,8 @@ def build_prompt(
     text = spec.question(question)
     if style == "llava_v1":
         return llava_v1_prompt(text, short_answer=short)
+    if style == "llava_v1_human":
+        return llava_v1_prompt(text, short_answer=short, system=LLAVA_V1_HUMAN_SYSTEM)
     if style == "hf_chat":
         if chat_prompt is None:
             raise ValueError("prompt_style 'hf_chat' needs the model's chat template (chat_prompt=None given)")

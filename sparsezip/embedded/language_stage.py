@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from sparsezip.embedded.datasets import TRAIN_STREAM
 from sparsezip.embedded.family import LLAVA, TinyFamily
 from sparsezip.embedded.recipe import TrainRecipe, epoch_order, log_window, optimizer, schedule
+from sparsezip.embedded.scenes import Scene
 from sparsezip.embedded.tokens import PromptTokens
 from sparsezip.embedded.training_data import AUX_CLASSES, PRESENCE_CLASSES, TrainingImages, training_questions
 
@@ -118,6 +119,20 @@ def init_language_side(model: nn.Module, features: torch.Tensor, seed: int, fami
     first.bias.copy_(-first.weight @ mean)
 
 
+def lm_order(data: TrainingImages, recipe: TrainRecipe, gen: torch.Generator) -> np.ndarray:
+    """Image indices of stage 2, ``lm_steps * lm_batch_images`` of them: seeded permutations of the scenes
+    for the first ``lm_scene_only_steps`` steps, then of every image."""
+    bsz = recipe.lm_batch_images
+    first = min(recipe.lm_scene_only_steps, recipe.lm_steps) * bsz
+    if not first:
+        return epoch_order(len(data), recipe.lm_steps * bsz, gen)
+    scenes = np.asarray([i for i, item in enumerate(data.items) if isinstance(item, Scene)])
+    if not len(scenes):
+        raise ValueError("lm_scene_only_steps > 0 but the training images hold no scene")
+    return np.concatenate([scenes[epoch_order(len(scenes), first, gen)],
+                           epoch_order(len(data), recipe.lm_steps * bsz - first, gen)])
+
+
 def train_language(
     model: nn.Module,
     processor: object,
@@ -126,9 +141,16 @@ def train_language(
     recipe: TrainRecipe,
     log: Callable[[str], None] = print,
     family: TinyFamily = LLAVA,
+    validation: Callable[[], dict[str, float]] | None = None,
+    validate_every: int = 0,
 ) -> dict[str, float]:
     """Train projector and language model (tower frozen) on questions about ``data``'s images, whose
-    feature-layer patch outputs are ``features: [n, P, C]``.
+    feature-layer patch outputs are ``features: [n, P, C]``. The first ``recipe.lm_scene_only_steps`` steps
+    see scenes only (documents join afterwards); scene questions are ``recipe.existence_share`` existence.
+
+    ``validation`` (optional, e.g. :func:`sparsezip.embedded.validation.validate` bound to a set) is called
+    every ``validate_every`` steps and at the end, and logged; it must not draw from the training generators.
+    The returned means then hold the last validation as ``val_<kind>``.
 
     Auxiliary targets (weight ``recipe.aux_weight``; a linear head, discarded afterwards) on the hidden
     state that predicts the answer's first token: what is present (objects and words), what the question
@@ -151,7 +173,7 @@ def train_language(
     opt = optimizer(params, recipe.lm_lr, recipe.weight_decay)
     model.train()
     q, bsz = recipe.questions_per_image, recipe.lm_batch_images
-    order = epoch_order(len(data), recipe.lm_steps * bsz, gen)
+    order = lm_order(data, recipe, gen)
     window: dict[str, list[float]] = {"loss": [], "aux_loss": [], "answer_acc": []}
     means: dict[str, float] = {}
     start = time.perf_counter()
@@ -159,7 +181,7 @@ def train_language(
         for group in opt.param_groups:
             group["lr"] = recipe.lm_lr * schedule(step, recipe.lm_steps, recipe.warmup)
         idx = order[step * bsz:(step + 1) * bsz]
-        items = [tq for i in idx for tq in training_questions(data.items[i], rng, q)]
+        items = [tq for i in idx for tq in training_questions(data.items[i], rng, q, recipe.existence_share)]
         batch = question_batch(prompts, [(tq.question, tq.answer) for tq in items], pad_id)
         hidden = shared_prefix_hidden(model, prompts, features[idx], batch, q, family)
         logits = head(hidden)
@@ -178,6 +200,12 @@ def train_language(
         window["aux_loss"].append(aux_loss.item())
         window["answer_acc"].append((logits[:, 0].argmax(-1) == batch.targets[:, 0]).float().mean().item())
         means = log_window(log, "lm", step, recipe.lm_steps, start, window) or means
+        last = step + 1 == recipe.lm_steps
+        if validation is not None and (last or (validate_every and (step + 1) % validate_every == 0)):
+            table = validation()
+            log(f"lm step {step + 1} validation " + " ".join(f"{k}={v:.3f}" for k, v in table.items()))
+            if last:
+                means = {**means, **{f"val_{k}": v for k, v in table.items()}}
     model.eval()
     family.tower(model).requires_grad_(True)
     return means

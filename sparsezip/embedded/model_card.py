@@ -55,8 +55,10 @@ def model_card(report: dict) -> str:
         "   the layer -2 patch outputs; which objects and words are present on the layer -2 CLS output.",
         f"2. Projector + LM (tower frozen), {recipe['lm_steps']} steps x {recipe['lm_batch_images']} images x "
         f"{recipe['questions_per_image']} questions, AdamW lr {recipe['lm_lr']}: questions",
-        "   in the exact evaluation prompt, answer (`Yes`/`No`, or the field's word) then `</s>`; existence",
-        "   negatives mostly share a colour or shape with a present object (POPE-adversarial style). Fan-in",
+        "   in the exact evaluation prompt, answer (`Yes`/`No`, or the field's word) then `</s>`; "
+        f"{recipe.get('existence_share', 0.4):.0%} of the scene",
+        "   questions ask whether an object is there, and their negatives mostly share a colour or shape with a",
+        "   present object (POPE-adversarial style); the rest ask colour, count and position. Fan-in",
         "   initialisation, a projector that starts by standardising the layer -2 features, and auxiliary",
         f"   targets at the answer position (weight {recipe['aux_weight']}: what is present, what the question",
         "   asks, where the named objects or region are, which field and word), via a linear head dropped afterwards.",

@@ -31,13 +31,15 @@ class TrainRecipe:
     images: int = 12_000  # rendered once, shared by both stages
     document_share: float = 0.2  # of the training images that are documents (the rest: scenes)
     # stage 1: vision tower
-    tower_steps: int = 700
-    tower_batch: int = 48
+    tower_steps: int = 1000
+    tower_batch: int = 64
     tower_lr: float = 3e-3
     background_weight: float = 0.25  # per-patch loss weight of background patches (objects, words: 1)
     position_weight: float = 0.5  # per-patch row/column targets (keeps where a patch is in its features)
     # stage 2: projector + language model
-    lm_steps: int = 1300
+    lm_steps: int = 2000
+    lm_scene_only_steps: int = 0  # the first stage-2 steps see scenes only (documents join afterwards)
+    existence_share: float = 0.5  # of the scene questions that ask whether an object is there
     lm_batch_images: int = 16
     questions_per_image: int = 8
     lm_lr: float = 2e-3

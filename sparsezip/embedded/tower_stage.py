@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from sparsezip.embedded.family import LLAVA, TinyFamily
 from sparsezip.embedded.recipe import TrainRecipe, epoch_order, log_window, optimizer, schedule
 from sparsezip.embedded.tokens import pixel_values
-from sparsezip.embedded.training_data import PATCH_CLASSES, PRESENCE_CLASSES, TrainingImages
+from sparsezip.embedded.training_data import NUM_CLASSES, PATCH_CLASSES, PRESENCE_CLASSES, TrainingImages
 
 
 def train_tower(
@@ -37,7 +37,7 @@ def train_tower(
     family: TinyFamily = LLAVA,
 ) -> dict[str, float]:
     """Train ``model``'s vision tower in place; returns the last logging window's mean metrics (patch
-    accuracy on labelled patches, position accuracy, presence accuracy)."""
+    accuracy on object and on word patches, position accuracy, presence accuracy)."""
     tower = family.tower(model)
     width = recipe.spec.vision_hidden
     grid = recipe.spec.image_size // recipe.spec.patch_size
@@ -56,7 +56,8 @@ def train_tower(
     cols = torch.arange(grid * grid) % grid
     tower.train()
     order = epoch_order(len(data), recipe.tower_steps * recipe.tower_batch, gen)
-    window: dict[str, list[float]] = {"loss": [], "labelled_patch_acc": [], "position_acc": [], "presence_acc": []}
+    window: dict[str, list[float]] = {"loss": [], "object_patch_acc": [], "word_patch_acc": [], "position_acc": [],
+                                      "presence_acc": []}
     means: dict[str, float] = {}
     start = time.perf_counter()
     for step in range(recipe.tower_steps):
@@ -79,10 +80,12 @@ def train_tower(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
-            labelled = labels > 0
             window["loss"].append(loss.item())
-            window["labelled_patch_acc"].append(
-                (patch_logits.argmax(-1)[labelled] == labels[labelled]).float().mean().item())
+            hit = patch_logits.argmax(-1) == labels
+            for name, labelled in (("object_patch_acc", (labels > 0) & (labels <= NUM_CLASSES)),
+                                   ("word_patch_acc", labels > NUM_CLASSES)):
+                if labelled.any():
+                    window[name].append(hit[labelled].float().mean().item())
             window["position_acc"].append(((row_logits.argmax(-1) == rows) & (col_logits.argmax(-1) == cols))
                                           .float().mean().item())
             window["presence_acc"].append(((cls_logits > 0).float() == presence).all(-1).float().mean().item())

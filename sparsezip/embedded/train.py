@@ -22,6 +22,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from sparsezip.embedded.model_card import model_card
 from sparsezip.embedded.recipe import TINY_SPEC, TrainRecipe
 from sparsezip.embedded.tower_stage import feature_layer_patches, train_tower
 from sparsezip.embedded.training_data import TRAIN_SPLIT, render_training_images, training_corpus
+from sparsezip.embedded.validation import validate, validation_set
 
 __all__ = ["TINY_SPEC", "TrainRecipe", "build_untrained", "task_table", "train_tiny"]
 
@@ -51,6 +53,8 @@ def train_tiny(
     eval_root: str | Path | None = None,
     log: Callable[[str], None] = print,
     family: TinyFamily = LLAVA,
+    validation_images: int = 0,
+    validate_every: int = 0,
 ) -> dict:
     """Train the tiny model with ``recipe`` and write it to ``out_dir`` (``save_pretrained`` safetensors +
     processor + ``README.md`` model card + ``training_report.json``). With ``eval_root`` (a make-fixtures
@@ -71,14 +75,21 @@ def train_tiny(
         log(f"rendered {len(data)} training images in {time.perf_counter() - start:.0f}s")
         tower_metrics = train_tower(model, processor, data, recipe, log, family)
         features = feature_layer_patches(model, processor, data.pixels, family=family)
-        lm_metrics = train_language(model, processor, data, features, recipe, log, family)
+        check = None
+        if validation_images:
+            vset = validation_set(model, processor, recipe.seed, validation_images, family)
+            check = partial(validate, model, processor, vset, family)
+        lm_metrics = train_language(model, processor, data, features, recipe, log, family, check, validate_every)
         minutes = (time.perf_counter() - start) / 60
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
         processor.save_pretrained(out)
         report: dict = {"recipe": recipe.to_json(), "family": family.name, "minutes": round(minutes, 1),
                         "threads": recipe.threads, "torch": torch.__version__, "tower": tower_metrics,
-                        "language": lm_metrics}
+                        "language": {k: v for k, v in lm_metrics.items() if not k.startswith("val_")}}
+        if validation_images:
+            report["validation"] = {"images": validation_images,
+                                    **{k[4:]: v for k, v in lm_metrics.items() if k.startswith("val_")}}
         if eval_root is not None:
             from sparsezip.embedded.probe import compression_table
 

@@ -129,12 +129,23 @@ def render_training_images(seed: int, split: int, n: int, size: int, patch: int,
 # ------------------------------------------------------------------------------------------- questions
 @dataclass(frozen=True)
 class TrainQuestion:
-    """A training question: its text, the answer as generated (``" Yes"``, ``" 4821"``) and its auxiliary
-    targets (``AUX_CLASSES``)."""
+    """A training question: its text, the answer as generated (``" Yes"``, ``" 4821"``), its auxiliary
+    targets (``AUX_CLASSES``) and its kind (one of ``QUESTION_KINDS``, for per-task validation)."""
 
     question: str
     answer: str
     aux: tuple[int, ...]
+    kind: str = ""
+
+
+# What a training question asks (validation accuracy is logged per kind). Existence "no" is split by how its
+# absent object was drawn, as POPE's settings are.
+SCENE_KINDS: tuple[str, ...] = (
+    "existence_yes", "existence_no_adversarial", "existence_no_random", "existence_no_popular",
+    "colour", "region_colour", "count", "position_absolute", "position_relative",
+)  # fmt: skip
+DOCUMENT_KINDS: tuple[str, ...] = ("document_title", "document_number", "document_third_row")
+QUESTION_KINDS: tuple[str, ...] = (*SCENE_KINDS, *DOCUMENT_KINDS)
 
 
 # Auxiliary categorical targets of stage 2 (class counts): objects in the scene (0-4); the asked colour,
@@ -170,22 +181,27 @@ def aux_targets(question: str, item: Scene | Document) -> tuple[int, ...]:
     return (len(scene.objects), colour, shape, count, side, *states, region, region_colour, 0, 0)
 
 
-SCENE_PAIR_MAKERS = (colour_pair, region_colour_pair, count_pair, absolute_position_pair, relative_position_pair)
+SCENE_PAIR_MAKERS = {"colour": colour_pair, "region_colour": region_colour_pair, "count": count_pair,
+                     "position_absolute": absolute_position_pair, "position_relative": relative_position_pair}
 
 
-def scene_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[tuple[str, bool]]:
-    """``n`` yes/no questions about ``scene``, about half "yes": 40% existence (negatives mostly
-    attribute-sharing -- the adversarial kind that forces binding colour to shape -- else random or
-    prior-weighted "popular"), the rest evenly colour (of a shape / of a region), count, and position
-    (absolute / relative)."""
+def scene_questions(scene: Scene, rng: np.random.Generator, n: int,
+                    existence_share: float = 0.4) -> list[tuple[str, bool, str]]:
+    """``n`` yes/no questions about ``scene`` as ``(question, answer, kind)``, about half "yes": a share
+    ``existence_share`` existence (half present objects; half absent ones, mostly attribute-sharing -- the
+    adversarial kind that forces binding colour to shape -- else random or prior-weighted "popular"), the
+    rest evenly colour (of a shape / of a region), count, and position (absolute / relative)."""
+    if not 0 <= existence_share <= 1:
+        raise ValueError(f"existence_share must be in [0, 1], got {existence_share}")
     present = sorted(scene.classes)
     prior = class_prior()
-    out: list[tuple[str, bool]] = []
+    makers = list(SCENE_PAIR_MAKERS.items())
+    out: list[tuple[str, bool, str]] = []
     while len(out) < n:
         kind = rng.random()
-        if kind < 0.2:
-            out.append((existence_question(present[int(rng.integers(len(present)))]), True))
-        elif kind < 0.4:
+        if kind < existence_share / 2:
+            out.append((existence_question(present[int(rng.integers(len(present)))]), True, "existence_yes"))
+        elif kind < existence_share:
             setting = rng.choice(["adversarial", "adversarial", "adversarial", "random", "popular"])
             if setting == "popular":  # frequent absent objects: sample absent classes by the class prior
                 absent = [c for c in range(NUM_CLASSES) if c not in scene.classes]
@@ -193,22 +209,26 @@ def scene_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[tupl
                 cls = int(rng.choice(absent, p=weights))
             else:
                 (cls,) = pope_negatives(scene.classes, setting, 1, rng)
-            out.append((existence_question(cls), False))
+            out.append((existence_question(cls), False, f"existence_no_{setting}"))
         else:
-            pair = SCENE_PAIR_MAKERS[int(rng.integers(len(SCENE_PAIR_MAKERS)))](scene, rng)
+            name, maker = makers[int(rng.integers(len(makers)))]
+            pair = maker(scene, rng)
             if pair is not None:
                 qa = pair[int(rng.integers(2))]
-                out.append((qa.question, qa.answer))
+                out.append((qa.question, qa.answer, name))
     return out
 
 
-def training_questions(item: Scene | Document, rng: np.random.Generator, n: int) -> list[TrainQuestion]:
+def training_questions(item: Scene | Document, rng: np.random.Generator, n: int,
+                       existence_share: float = 0.4) -> list[TrainQuestion]:
     """``n`` questions about a training image: yes/no questions about a scene (:func:`scene_questions`), or
-    fields of a document (drawn with replacement), each with its answer text and auxiliary targets."""
+    fields of a document (drawn with replacement), each with its answer text, auxiliary targets and kind."""
     if isinstance(item, Document):
-        fields = [item.fields[int(rng.integers(len(item.fields)))] for _ in range(n)]
-        return [TrainQuestion(f.question, f" {f.value}", aux_targets(f.question, item)) for f in fields]
-    return [TrainQuestion(q, ANSWER_TEXT[a], aux_targets(q, item)) for q, a in scene_questions(item, rng, n)]
+        rows = [int(rng.integers(len(item.fields))) for _ in range(n)]
+        return [TrainQuestion(item.fields[r].question, f" {item.fields[r].value}",
+                              aux_targets(item.fields[r].question, item), DOCUMENT_KINDS[r]) for r in rows]
+    return [TrainQuestion(q, ANSWER_TEXT[a], aux_targets(q, item), kind)
+            for q, a, kind in scene_questions(item, rng, n, existence_share)]
 
 
 def training_corpus() -> list[str]:

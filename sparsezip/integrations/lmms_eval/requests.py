@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from sparsezip.adapters.api import STAGES
 from sparsezip.data.prompts import (
     IMAGE_PLACEHOLDER,
+    LLAVA_V1_HUMAN_SYSTEM,
     LLAVA_V1_SYSTEM,
     PROMPT_STYLES,
     SHORT_ANSWER_SUFFIX,
@@ -104,17 +105,19 @@ def build_prompt(context: str, style: str = "llava_v1", chat_prompt: Callable[[s
     """The model prompt for one lmms-eval context with one image.
 
     ``llava_v1``: ``SYSTEM USER: <image>\\n{context} ASSISTANT:`` (a context holding its own ``<image>`` keeps
-    it in place). ``hf_chat``: the checkpoint's chat template (``chat_prompt``) on the context without the
-    placeholder. More than one ``<image>`` in a context is a ``ValueError`` (one image per prompt).
+    it in place; ``llava_v1_human``: the same with the seed's "human" system prompt). ``hf_chat``: the
+    checkpoint's chat template (``chat_prompt``) on the context without the placeholder. More than one
+    ``<image>`` in a context is a ``ValueError`` (one image per prompt).
     """
     count = context.count(IMAGE_PLACEHOLDER)
     if count > 1:
         raise ValueError(f"context holds {count} {IMAGE_PLACEHOLDER} placeholders; the adapter takes one image "
                          f"per prompt: {context[:120]!r}")
-    if style == "llava_v1":
+    if style in ("llava_v1", "llava_v1_human"):
+        system = LLAVA_V1_SYSTEM if style == "llava_v1" else LLAVA_V1_HUMAN_SYSTEM
         if count == 0:
-            return llava_v1_prompt(context, short_answer=False)
-        return f"{LLAVA_V1_SYSTEM} USER: {context} ASSISTANT:"
+            return llava_v1_prompt(context, short_answer=False, system=system)
+        return f"{system} USER: {context} ASSISTANT:"
     if style == "hf_chat":
         if chat_prompt is None:
             raise ValueError("prompt_style 'hf_chat' needs the model's chat template (chat_prompt=None given)")
