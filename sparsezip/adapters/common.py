@@ -175,3 +175,31 @@ def image_seed(image: Image.Image) -> int:
     digest = hashlib.sha256(f"{image.mode}:{image.size}".encode())
     digest.update(image.tobytes())
     return int.from_bytes(digest.digest()[:8], "little") & (2**63 - 1)
+
+
+class WrappedModel:
+    """What every adapter exposes about the Hugging Face model it wraps (``self.model``): where and in which dtype
+    its weights live, its config (the runner reads ``text_config`` for the KV-cache bytes) and the checkpoint
+    folder it was loaded from (its weights' content identity goes into ``run.json``)."""
+
+    model: torch.nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights live."""
+        return self.model.device
+
+    @property
+    def config(self) -> object:
+        """The checkpoint's config (``LlavaConfig``, ``LlavaNextConfig``, ``Qwen2_5_VLConfig``)."""
+        return self.model.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype."""
+        return self.model.dtype
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint folder the weights were loaded from; ``None`` for a model built in memory."""
+        return checkpoint_folder(self.model)

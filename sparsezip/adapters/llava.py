@@ -33,8 +33,8 @@ import torch
 
 from sparsezip.adapters.api import GenerationOutput
 from sparsezip.adapters.common import (
+    WrappedModel,
     check_request,
-    checkpoint_folder,
     eos_ids,
     image_processor_settings,
     image_seed,
@@ -61,7 +61,7 @@ __all__ = ["LlavaVLM", "PreparedBatch", "image_seed", "load_llava"]
 
 if TYPE_CHECKING:
     from PIL import Image
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, ProcessorMixin
+    from transformers import LlavaForConditionalGeneration, ProcessorMixin
 
 
 @dataclass
@@ -97,7 +97,7 @@ class PreparedBatch:
     prefill_tokens: list[int] = field(default_factory=list)
 
 
-class LlavaVLM:
+class LlavaVLM(WrappedModel):
     """A loaded LLaVA (``LlavaForConditionalGeneration`` + its processor) implementing
     :class:`sparsezip.adapters.api.VisionLanguageModel`. Wraps, never modifies, the model: hooks live only for
     the duration of a call and nothing is patched, so other models in the process are unaffected.
@@ -151,26 +151,6 @@ class LlavaVLM:
         """Patch tokens per image: every LLaVA-1.5 image has ``nominal_visual_tokens`` (576)."""
         return self.nominal_visual_tokens
 
-    @property
-    def device(self) -> torch.device:
-        """Where the model's weights live."""
-        return self.model.device
-
-    @property
-    def config(self) -> LlavaConfig:
-        """The checkpoint's ``LlavaConfig`` (the runner reads ``text_config`` for the analytic KV-cache bytes)."""
-        return self.model.config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The weights' dtype."""
-        return self.model.dtype
-
-    @property
-    def checkpoint_path(self) -> Path | None:
-        """The checkpoint folder the weights were loaded from (``from_pretrained`` records it as
-        ``name_or_path``); ``None`` for a model built in memory. Its weights' content identity goes into run.json."""
-        return checkpoint_folder(self.model)
 
     def run_settings(self) -> dict:
         """Every adapter setting that changes the answers, as JSON (recorded in ``run.json``; a resumed run with

@@ -33,9 +33,9 @@ import torch
 from sparsezip.adapters.anyres import Crops, crops_for, keeps_every_patch, per_crop_budgets, visionzip_layout
 from sparsezip.adapters.api import GenerationOutput
 from sparsezip.adapters.common import (
+    WrappedModel,
     check_request,
     check_rows,
-    checkpoint_folder,
     eos_ids,
     image_processor_settings,
     image_seed,
@@ -57,7 +57,7 @@ from sparsezip.profiling import FirstCallClock, StageTimer
 
 if TYPE_CHECKING:
     from PIL import Image
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, ProcessorMixin
+    from transformers import LlavaNextForConditionalGeneration, ProcessorMixin
 
     from sparsezip.adapters.layerwise import LayerwiseGeneration
 
@@ -101,7 +101,7 @@ class NextBatch:
     compress_end: float
 
 
-class LlavaNextVLM:
+class LlavaNextVLM(WrappedModel):
     """A loaded LLaVA-NeXT (``LlavaNextForConditionalGeneration`` + ``LlavaNextProcessor``) implementing
     :class:`sparsezip.adapters.api.VisionLanguageModel`. Wraps, never modifies, the model.
 
@@ -155,26 +155,6 @@ class LlavaNextVLM:
             raise ValueError(f"the image processor's crop grids {foreign} are not among the config's "
                              f"image_grid_pinpoints {self.pinpoints}")
 
-    @property
-    def device(self) -> torch.device:
-        """Where the model's weights live."""
-        return self.model.device
-
-    @property
-    def config(self) -> LlavaNextConfig:
-        """The checkpoint's ``LlavaNextConfig`` (the runner reads ``text_config`` for the KV-cache bytes)."""
-        return self.model.config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The weights' dtype."""
-        return self.model.dtype
-
-    @property
-    def checkpoint_path(self) -> Path | None:
-        """The checkpoint folder the weights were loaded from; ``None`` for a model built in memory. Its weights'
-        content identity goes into run.json."""
-        return checkpoint_folder(self.model)
 
     def run_settings(self) -> dict:
         """Every adapter setting that changes the answers, as JSON (recorded in ``run.json``; a resumed run with

@@ -36,9 +36,9 @@ import torch
 
 from sparsezip.adapters.api import GenerationOutput
 from sparsezip.adapters.common import (
+    WrappedModel,
     check_request,
     check_rows,
-    checkpoint_folder,
     eos_ids,
     image_processor_settings,
     image_seed,
@@ -60,7 +60,7 @@ from sparsezip.profiling import FirstCallClock, StageTimer
 
 if TYPE_CHECKING:
     from PIL import Image
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     from sparsezip.adapters.layerwise import LayerwiseGeneration
 
@@ -122,7 +122,7 @@ def pixel_bounds(image_processor: object) -> tuple[int, int]:
     return low, high
 
 
-class QwenVLM:
+class QwenVLM(WrappedModel):
     """A loaded Qwen2.5-VL (model + tokenizer + image processor) implementing
     :class:`sparsezip.adapters.api.VisionLanguageModel`. Wraps, never modifies, the model.
 
@@ -168,26 +168,6 @@ class QwenVLM:
                              f"tower takes {self.patch_size} px patches merged {self.merge} x {self.merge}")
         pixel_bounds(image_processor)
 
-    @property
-    def device(self) -> torch.device:
-        """Where the model's weights live."""
-        return self.model.device
-
-    @property
-    def config(self) -> Qwen2_5_VLConfig:
-        """The checkpoint's ``Qwen2_5_VLConfig`` (``text_config`` gives the GQA KV-cache arithmetic)."""
-        return self.model.config
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The weights' dtype."""
-        return self.model.dtype
-
-    @property
-    def checkpoint_path(self) -> Path | None:
-        """The checkpoint folder the weights were loaded from; ``None`` for a model built in memory. Its weights'
-        content identity goes into run.json."""
-        return checkpoint_folder(self.model)
 
     def run_settings(self) -> dict:
         """Every adapter setting that changes the answers, as JSON (recorded in ``run.json``; a resumed run with
