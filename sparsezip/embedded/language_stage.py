@@ -83,11 +83,14 @@ def shared_prefix_hidden(
     prefix = lm.get_input_embeddings()(prompts.prefix).unsqueeze(0).repeat(b, 1, 1)
     prefix[:, prompts.image_positions] = family.projector(model)(features)
     cache = DynamicCache(config=lm.config)
-    lm(inputs_embeds=prefix, cache=cache, use_cache=True)
+    prefix_positions, start = family.prefix_positions(model, prompts)
+    if prefix_positions is not None:  # M-RoPE: [3, 1, P] -> [3, B, P]
+        prefix_positions = prefix_positions.expand(-1, b, -1)
+    lm(inputs_embeds=prefix, cache=cache, use_cache=True, position_ids=prefix_positions)
     cache.batch_repeat_interleave(questions_per_image)
     p = prompts.prefix.shape[0]
     mask = torch.cat([torch.ones(batch.ids.shape[0], p, dtype=torch.long), batch.mask], dim=1)
-    positions = (torch.arange(batch.ids.shape[1]) + p).unsqueeze(0).expand_as(batch.ids)
+    positions = (torch.arange(batch.ids.shape[1]) + start).unsqueeze(0).expand_as(batch.ids)
     hidden = lm(input_ids=batch.ids, attention_mask=mask, position_ids=positions, cache=cache,
                 use_cache=True).last_hidden_state
     return hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
@@ -112,7 +115,7 @@ def init_language_side(model: nn.Module, features: torch.Tensor, seed: int, fami
                 module.bias.zero_()
     embed = lm.get_input_embeddings()
     embed.weight.copy_(torch.randn(embed.weight.shape, generator=gen))
-    flat = features.reshape(-1, features.shape[-1])
+    flat = family.projector_input(model, features)
     mean, std = flat.mean(0), flat.std(0) + 1e-5
     first = projector.linear_1
     first.weight.div_(std)

@@ -11,6 +11,7 @@ unpadding, plus one image-newline token per row of the stitched tiles).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -60,10 +61,10 @@ class TinyLlavaNextSpec:
 
 
 def build_tiny_llava_next(
-    spec: TinyLlavaNextSpec | None = None, *, seed: int = 0
+    spec: TinyLlavaNextSpec | None = None, *, seed: int = 0, corpus: Iterable[str] | None = None
 ) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
     """A randomly initialised tiny LLaVA-NeXT and its processor, deterministic in ``seed`` (the global torch RNG
-    is left untouched)."""
+    is left untouched); the tokenizer is trained on ``corpus`` (default: the tiny LLaVA's default corpus)."""
     from transformers import (
         CLIPVisionConfig,
         GenerationConfig,
@@ -75,7 +76,7 @@ def build_tiny_llava_next(
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
     spec = spec or TinyLlavaNextSpec()
-    tokenizer = build_tokenizer(vocab_size=spec.vocab_size)
+    tokenizer = build_tokenizer(corpus, vocab_size=spec.vocab_size)
     pinpoints = [list(p) for p in spec.pinpoints]
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": spec.crop_size},

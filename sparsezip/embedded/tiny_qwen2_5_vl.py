@@ -109,15 +109,15 @@ def build_qwen_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 
 
 
 def build_tiny_qwen(
-    spec: TinyQwenSpec | None = None, *, seed: int = 0
+    spec: TinyQwenSpec | None = None, *, seed: int = 0, corpus: Iterable[str] | None = None
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, PreTrainedTokenizerFast, Qwen2VLImageProcessorPil]:
-    """A randomly initialised tiny Qwen2.5-VL, its tokenizer and image processor, deterministic in ``seed`` (the
-    global torch RNG is left untouched)."""
+    """A randomly initialised tiny Qwen2.5-VL, its tokenizer (trained on ``corpus``, default: the tiny LLaVA's
+    default corpus) and image processor, deterministic in ``seed`` (the global torch RNG is left untouched)."""
     from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     spec = spec or TinyQwenSpec()
-    tokenizer = build_qwen_tokenizer(vocab_size=spec.vocab_size)
+    tokenizer = build_qwen_tokenizer(corpus, vocab_size=spec.vocab_size)
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=spec.min_side**2, max_pixels=spec.max_side**2, patch_size=spec.patch_size,
         merge_size=spec.merge_size, temporal_patch_size=2,

@@ -35,9 +35,11 @@ class PromptTokens:
     tokenizer: object
 
     @classmethod
-    def build(cls, processor: LlavaProcessor, dataset: str = "pope") -> PromptTokens:
+    def build(cls, processor: LlavaProcessor, dataset: str = "pope", image_size: int | None = None) -> PromptTokens:
+        """From the processor's own expansion of ``<image>`` for an ``image_size`` px square image (default: the
+        image processor's crop size, LLaVA's only size)."""
         tok = processor.tokenizer
-        ids = _prompt_ids(processor, build_prompt(dataset, "?"))
+        ids = _prompt_ids(processor, build_prompt(dataset, "?"), image_size)
         image_id = tok.convert_tokens_to_ids(processor.image_token)
         last = int((ids == image_id).nonzero().max())
         prefix = ids[: last + 1]
@@ -56,10 +58,11 @@ class PromptTokens:
         return prompt + answer_ids + [self.tokenizer.eos_token_id], len(prompt)
 
 
-def _prompt_ids(processor: LlavaProcessor, prompt: str) -> torch.Tensor:
-    """Token ids of ``prompt`` with the image placeholder expanded, exactly as the processor does."""
+def _prompt_ids(processor: LlavaProcessor, prompt: str, size: int | None = None) -> torch.Tensor:
+    """Token ids of ``prompt`` with the image placeholder expanded for a ``size`` px square image (default: the
+    image processor's crop size), exactly as the processor does."""
     from PIL import Image
 
-    size = processor.image_processor.crop_size["height"]
+    size = size or processor.image_processor.crop_size["height"]
     blank = Image.new("RGB", (size, size))
     return processor(images=[blank], text=[prompt], return_tensors="pt")["input_ids"][0]

@@ -24,7 +24,6 @@ from torch.nn import functional as F
 
 from sparsezip.embedded.family import LLAVA, TinyFamily
 from sparsezip.embedded.recipe import TrainRecipe, epoch_order, log_window, optimizer, schedule
-from sparsezip.embedded.tokens import pixel_values
 from sparsezip.embedded.training_data import NUM_CLASSES, PATCH_CLASSES, PRESENCE_CLASSES, TrainingImages
 
 
@@ -40,7 +39,7 @@ def train_tower(
     accuracy on object and on word patches, position accuracy, presence accuracy)."""
     tower = family.tower(model)
     width = recipe.spec.vision_hidden
-    grid = recipe.spec.image_size // recipe.spec.patch_size
+    grid = family.position_grid(recipe.spec)
     gen = torch.Generator().manual_seed(recipe.seed * 1000 + 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed * 1000 + 2)
@@ -52,8 +51,6 @@ def train_tower(
     opt = optimizer(params, recipe.tower_lr, recipe.weight_decay)
     class_weight = torch.ones(PATCH_CLASSES)
     class_weight[0] = recipe.background_weight
-    rows = torch.arange(grid * grid) // grid
-    cols = torch.arange(grid * grid) % grid
     tower.train()
     order = epoch_order(len(data), recipe.tower_steps * recipe.tower_batch, gen)
     window: dict[str, list[float]] = {"loss": [], "object_patch_acc": [], "word_patch_acc": [], "position_acc": [],
@@ -64,9 +61,10 @@ def train_tower(
         for group in opt.param_groups:
             group["lr"] = recipe.tower_lr * schedule(step, recipe.tower_steps, recipe.warmup)
         idx = order[step * recipe.tower_batch:(step + 1) * recipe.tower_batch]
-        labels = torch.from_numpy(data.patch_labels[idx])
-        presence = torch.from_numpy(data.presence[idx])
-        patches, cls = family.tower_hidden(model, pixel_values(processor, data.pixels[idx]))
+        views = family.tower_views(model, processor, data.pixels[idx], torch.from_numpy(data.patch_labels[idx]),
+                                   torch.from_numpy(data.presence[idx]), recipe.spec)
+        patches, cls, labels, presence, rows, cols = (views.patches, views.global_token, views.labels,
+                                                      views.presence, views.rows, views.cols)
         patch_logits = patch_head(patches)
         row_logits, col_logits = position_head(patches).split(grid, dim=-1)
         cls_logits = cls_head(cls)
@@ -99,7 +97,8 @@ def feature_layer_patches(
     model: nn.Module, processor: object, pixels: np.ndarray, batch: int = 256, family: TinyFamily = LLAVA
 ) -> torch.Tensor:
     """``pixels: [n, S, S, 3]`` uint8 -> the feature layer's patch outputs ``[n, P, C]`` (what the projector
-    reads; LLaVA: layer -2, CLS dropped)."""
-    chunks = [family.tower_hidden(model, pixel_values(processor, pixels[i:i + batch]))[0]
+    reads; LLaVA: layer -2, CLS dropped; LLaVA-NeXT: every crop's, crop-major; Qwen2.5-VL: the last block's, in
+    the merger's order)."""
+    chunks = [family.tower_hidden(model, family.vision_inputs(processor, pixels[i:i + batch]))[0]
               for i in range(0, len(pixels), batch)]
     return torch.cat(chunks)
