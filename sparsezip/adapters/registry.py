@@ -302,3 +302,8 @@ register_embedded_model(
     "tiny-shapes", FIXTURES_DIR / "tiny-llava",
     "the embedded default: a tiny LlavaForConditionalGeneration trained here on synthetic shapes (144 patches)",
 )
+register_embedded_model(
+    "tiny-llava-next", FIXTURES_DIR / "tiny-llava-next",
+    "a tiny LlavaNextForConditionalGeneration trained here by the same recipe (anyres: base view + 2 x 2 tiles, "
+    "192 visual tokens on a 96 px image)",
+)

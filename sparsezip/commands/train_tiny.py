@@ -1,18 +1,23 @@
-"""``sparsezip train-tiny``: train the embedded tiny LLaVA on CPU and write it with ``save_pretrained``."""
+"""``sparsezip train-tiny``: train an embedded tiny model (``--arch``) on CPU and write it with
+``save_pretrained``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-HELP = "train the embedded tiny LLaVA (CPU, minutes, reproducible) and write it with save_pretrained"
+HELP = "train an embedded tiny model (CPU, minutes, reproducible) and write it with save_pretrained"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from sparsezip.embedded.family import FAMILY_NAMES
+
+    parser.add_argument("--arch", default="llava", choices=FAMILY_NAMES,
+                        help="model family to train (default: llava, the embedded default tiny-shapes)")
     parser.add_argument("--out", default=None,
-                        help="output folder; without it, --force writes the committed fixtures/tiny-llava")
+                        help="output folder; without it, --force writes the committed fixtures/<arch's folder>")
     parser.add_argument("--force", action="store_true",
-                        help="without --out: overwrite the committed fixtures/tiny-llava (retraining the default)")
+                        help="without --out: overwrite the committed checkpoint of --arch (retraining it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training data and weights (default: 0)")
     parser.add_argument("--data-root", default="fixtures/data",
                         help="synthetic evaluation data (from make-fixtures) scored for the model card; "
@@ -23,10 +28,12 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from sparsezip.commands.make_fixtures import committed_or_given
+    from sparsezip.embedded.family import family
     from sparsezip.embedded.train import TrainRecipe, train_tiny
 
-    out = committed_or_given(args.out, args.force, "fixtures/tiny-llava", "train-tiny")
+    arch = family(args.arch)
+    out = committed_or_given(args.out, args.force, f"fixtures/{arch.fixture}", "train-tiny")
     recipe = dataclasses.replace(TrainRecipe(), seed=args.seed)
-    report = train_tiny(out, recipe, eval_root=args.data_root or None)
-    print(json.dumps({"out": out, "minutes": report["minutes"], "tasks": report.get("tasks")}))
+    report = train_tiny(out, recipe, eval_root=args.data_root or None, family=arch)
+    print(json.dumps({"out": out, "arch": arch.name, "minutes": report["minutes"], "tasks": report.get("tasks")}))
     return 0

@@ -66,9 +66,11 @@ class NextProjector(nn.Module):
 
     def __init__(self, model: LlavaNextForConditionalGeneration, image_size: int) -> None:
         super().__init__()
-        self.inner = model.model
         self.projector = model.model.multi_modal_projector
+        self.image_newline = model.model.image_newline  # shared with the model: it trains with the projector
         self.image_size = image_size
+        # Not a submodule: its parameters (tower, LM) are not the projector's, and stage 2 must not see them twice.
+        self.__dict__["inner"] = model.model
 
     @property
     def linear_1(self) -> nn.Linear:
@@ -82,7 +84,7 @@ class NextProjector(nn.Module):
         projected = self.projector(crops.flatten(0, 1)).reshape(b, crops.shape[1], per_crop, -1)
         sizes = torch.tensor([[self.image_size, self.image_size]] * b)
         packed, _ = self.inner.pack_image_features(list(projected), sizes, vision_feature_select_strategy="default",
-                                                   image_newline=self.inner.image_newline)
+                                                   image_newline=self.image_newline)
         return torch.stack(packed)
 
 

@@ -4,18 +4,43 @@ report: what it is and is not, spec, recipe, training time and the measured accu
 from __future__ import annotations
 
 
+# Per family: the card's title and opening paragraph, and how its images become visual tokens.
+_FAMILIES: dict[str, tuple[str, list[str], str]] = {
+    "llava": (
+        "tiny-llava: the embedded sanity model of sparsezip",
+        ["A real `LlavaForConditionalGeneration` (CLIP-architecture vision tower with a CLS token, GELU projector,",
+         "Llama-architecture LM, its own byte-level BPE tokenizer and `LlavaProcessor`), trained from scratch by",
+         "`sparsezip train-tiny` on synthetic scenes of coloured shapes and large-print forms. Load it like",
+         "llava-1.5-7b-hf: `LlavaForConditionalGeneration.from_pretrained(path)`, `AutoProcessor.from_pretrained(path)`."],
+        "images {S} px, patches {p} px = {n} patch tokens + CLS; LLaVA reads layer -2, drops CLS",
+    ),
+    "llava-next": (
+        "tiny-llava-next: the embedded LLaVA-NeXT of sparsezip",
+        ["A real `LlavaNextForConditionalGeneration` (CLIP-architecture vision tower with a CLS token per crop, GELU",
+         "projector, anyres packing with image-newline tokens, Llama-architecture LM with grouped-query attention,",
+         "its own byte-level BPE tokenizer and `LlavaNextProcessor`), trained from scratch by",
+         "`sparsezip train-tiny --arch llava-next` by the same recipe on the same data as tiny-llava. Load it like",
+         "llava-v1.6-*-hf: `LlavaNextForConditionalGeneration.from_pretrained(path)`."],
+        "images {S} px as anyres: a base view shrunk to {h} px plus 2 x 2 tiles of {h} px, patches {p} px: "
+        "5 crops x {c} patches (+ CLS each); in the LLM {b} base tokens + {n} tile tokens + {g} image-newline "
+        "tokens; layer -2, CLS dropped per crop",
+    ),
+}
+
+
 def model_card(report: dict) -> str:
     """The card's markdown from a :func:`sparsezip.embedded.train.train_tiny` report."""
     recipe = report["recipe"]
     spec = recipe["spec"]
     grid = spec["image_size"] // spec["patch_size"]
+    title, intro, tokens = _FAMILIES[report.get("family", "llava")]
+    half = spec["image_size"] // 2
+    tokens = tokens.format(S=spec["image_size"], p=spec["patch_size"], n=grid * grid, h=half,
+                           c=(half // spec["patch_size"]) ** 2, b=(half // spec["patch_size"]) ** 2, g=grid)
     lines = [
-        "# tiny-llava: the embedded sanity model of sparsezip",
+        f"# {title}",
         "",
-        "A real `LlavaForConditionalGeneration` (CLIP-architecture vision tower with a CLS token, GELU projector,",
-        "Llama-architecture LM, its own byte-level BPE tokenizer and `LlavaProcessor`), trained from scratch by",
-        "`sparsezip train-tiny` on synthetic scenes of coloured shapes and large-print forms. Load it like",
-        "llava-1.5-7b-hf: `LlavaForConditionalGeneration.from_pretrained(path)`, `AutoProcessor.from_pretrained(path)`.",
+        *intro,
         "",
         "**What it is:** a sanity model for visual-token compression methods. It answers yes/no questions",
         "about 1-4 coloured shapes (existence, colour of a shape or of a quadrant, count, position of one object",
@@ -31,11 +56,10 @@ def model_card(report: dict) -> str:
         "",
         "## Spec",
         "",
-        f"- images {spec['image_size']} px, patches {spec['patch_size']} px = {grid * grid} patch tokens + CLS; "
-        "LLaVA reads layer -2, drops CLS",
+        f"- {tokens}",
         f"- vision tower: {spec['vision_layers']} layers, width {spec['vision_hidden']}, "
         f"MLP {spec['vision_intermediate']}, {spec['vision_heads']} heads (its last layer keeps its random init:",
-        "  LLaVA reads layer -2, so training never runs it)",
+        "  the projector reads layer -2, so training never runs it)",
         f"- language model: {spec['text_layers']} layers, width {spec['text_hidden']}, "
         f"MLP {spec['text_intermediate']}, {spec['text_heads']} heads, vocabulary {spec['vocab_size']}",
         "- why this size: documents are 4:3 pages padded to a square and shrunk 4x, so a capital is ~12 px tall",
@@ -69,7 +93,8 @@ def model_card(report: dict) -> str:
     ]
     if "tasks" in report:
         lines += ["", "## Accuracy per task (all visual tokens, through the adapter and runner)", "",
-                  "What `sparsezip eval --data fixtures/data --model-path fixtures/tiny-llava --method none` gives:",
+                  f"What `sparsezip eval --data fixtures/data --model-path fixtures/{report.get('fixture', 'tiny-llava')} "
+                  "--method none` gives:",
                   "", "| task | metric | value | n |", "|---|---|---|---|"]
         for name, m in report["tasks"].items():
             if name.startswith("pope"):

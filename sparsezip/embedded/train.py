@@ -77,24 +77,25 @@ def train_tiny(
         features = feature_layer_patches(model, processor, data.pixels, family=family)
         check = None
         if validation_images:
-            vset = validation_set(model, processor, recipe.seed, validation_images, family)
+            vset = validation_set(model, processor, recipe.seed, validation_images, family, spec.image_size)
             check = partial(validate, model, processor, vset, family)
         lm_metrics = train_language(model, processor, data, features, recipe, log, family, check, validate_every)
         minutes = (time.perf_counter() - start) / 60
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
         processor.save_pretrained(out)
-        report: dict = {"recipe": recipe.to_json(), "family": family.name, "minutes": round(minutes, 1),
+        report: dict = {"recipe": recipe.to_json(), "family": family.name, "fixture": family.fixture, "minutes": round(minutes, 1),
                         "threads": recipe.threads, "torch": torch.__version__, "tower": tower_metrics,
                         "language": {k: v for k, v in lm_metrics.items() if not k.startswith("val_")}}
         if validation_images:
             report["validation"] = {"images": validation_images,
                                     **{k[4:]: v for k, v in lm_metrics.items() if k.startswith("val_")}}
         if eval_root is not None:
-            from sparsezip.embedded.probe import compression_table
-
             report["tasks"] = task_table(out, eval_root)
-            report["compression"] = compression_table(model, processor, eval_root)
+            if family is LLAVA:  # the standalone probe reads LLaVA-1.5's layout (one view, CLS)
+                from sparsezip.embedded.probe import compression_table
+
+                report["compression"] = compression_table(model, processor, eval_root)
     finally:
         torch.set_num_threads(threads)
     (out / "training_report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
@@ -103,14 +104,15 @@ def train_tiny(
 
 
 def task_table(model_dir: str | Path, data_root: str | Path, batch_size: int = 32) -> dict[str, dict]:
-    """Every synthetic task scored through the suite's adapter and runner (``load_llava``, method ``none``,
-    the default protocol): ``{dataset: metrics}``, the numbers ``sparsezip eval`` gives."""
-    from sparsezip.adapters.llava import load_llava
+    """Every synthetic task scored through the suite's adapter and runner (the model registry's adapter for the
+    checkpoint, method ``none``, the default protocol): ``{dataset: metrics}``, the numbers ``sparsezip eval``
+    gives."""
+    from sparsezip.adapters.registry import load_model
     from sparsezip.data.registry import load_dataset, resolve_dataset
     from sparsezip.eval.runner import evaluate
     from sparsezip.methods import get_method
 
-    vlm = load_llava(model_dir)
+    vlm = load_model(model_dir)
     table = {}
     with tempfile.TemporaryDirectory() as runs:
         for name in CARD_DATASETS:

@@ -45,12 +45,13 @@ class ValidationSet:
 
 
 def validation_set(model: nn.Module, processor: object, seed: int, n_images: int,
-                   family: TinyFamily = LLAVA) -> ValidationSet:
-    """``n_images`` validation images of ``seed`` (features from ``model``'s trained tower) with
+                   family: TinyFamily = LLAVA, image_size: int | None = None) -> ValidationSet:
+    """``n_images`` validation images of ``seed`` at the recipe's ``image_size`` px (default: the image
+    processor's crop size, LLaVA's only size; features from ``model``'s trained tower) with
     ``VALIDATION_QUESTIONS_PER_IMAGE`` questions each."""
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
-    spec_size = processor.image_processor.crop_size["height"]
+    spec_size = image_size or processor.image_processor.crop_size["height"]
     patch = model.config.vision_config.patch_size
     data = render_training_images(seed, VALIDATION_SPLIT, n_images, spec_size, patch, processor.image_processor,
                                   VALIDATION_DOCUMENT_SHARE)
