@@ -172,6 +172,7 @@ def train_language(
         aux_head = nn.Linear(width, PRESENCE_CLASSES + sum(AUX_CLASSES))
     family.tower(model).requires_grad_(False)
     lm, projector, head = family.language_model(model), family.projector(model), family.lm_head(model)
+    projector.requires_grad_(True)  # Qwen2.5-VL's merger is part of its tower module
     params = [*projector.parameters(), *lm.parameters(), *head.parameters(), *aux_head.parameters()]
     opt = optimizer(params, recipe.lm_lr, recipe.weight_decay)
     model.train()

@@ -25,6 +25,17 @@ _FAMILIES: dict[str, tuple[str, list[str], str]] = {
         "5 crops x {c} patches (+ CLS each); in the LLM {b} base tokens + {n} tile tokens + {g} image-newline "
         "tokens; layer -2, CLS dropped per crop",
     ),
+    "qwen2.5-vl": (
+        "tiny-qwen2.5-vl: the embedded Qwen2.5-VL of sparsezip",
+        ["A real `Qwen2_5_VLForConditionalGeneration` (window-attention vision tower without CLS, 2D RoPE, the 2 x 2",
+         "patch merger, Qwen2-architecture LM with M-RoPE and grouped-query attention, its own byte-level BPE",
+         "tokenizer with Qwen's special tokens and chat template, and a `Qwen2VLImageProcessor`), trained from",
+         "scratch by `sparsezip train-tiny --arch qwen2.5-vl` by the same recipe on the same data as tiny-llava.",
+         "Load it like Qwen2.5-VL-*: `Qwen2_5_VLForConditionalGeneration.from_pretrained(path)` (tokenizer and image",
+         "processor from the same folder)."],
+        "images {S} px (dynamic resolution, at most {S} x {S}), patches {p} px = {n} tower patches, merged 2 x 2 "
+        "into {m} LLM tokens; no CLS (the merger reads the last block)",
+    ),
 }
 
 
@@ -36,7 +47,8 @@ def model_card(report: dict) -> str:
     title, intro, tokens = _FAMILIES[report.get("family", "llava")]
     half = spec["image_size"] // 2
     tokens = tokens.format(S=spec["image_size"], p=spec["patch_size"], n=grid * grid, h=half,
-                           c=(half // spec["patch_size"]) ** 2, b=(half // spec["patch_size"]) ** 2, g=grid)
+                           c=(half // spec["patch_size"]) ** 2, b=(half // spec["patch_size"]) ** 2, g=grid,
+                           m=grid * grid // 4)
     lines = [
         f"# {title}",
         "",

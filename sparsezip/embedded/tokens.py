@@ -24,15 +24,18 @@ def pixel_values(processor: LlavaProcessor, pixels: np.ndarray) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PromptTokens:
-    """Token ids of the evaluation prompts, split where LLaVA inserts the image.
+    """Token ids of the evaluation prompts, split after the image's last token.
 
-    ``prefix`` = ``<s>`` + system prompt + ``USER: `` + one ``<image>`` per patch (identical for every
-    question); ``suffix(question, answer)`` = the rest of the prompt, the answer and ``</s>``.
+    ``prefix`` = ``<s>`` + system prompt + ``USER: `` + one ``image_token`` per visual token (identical for every
+    question); ``suffix(question, answer)`` = the rest of the prompt, the answer and the EOS token.
+    ``image_text`` is the image in the prompt text as the tokenizer reads it (Qwen: its vision block).
     """
 
     prefix: torch.Tensor
     image_positions: torch.Tensor
     tokenizer: object
+    image_token: str = "<image>"
+    image_text: str = "<image>"
 
     @classmethod
     def build(cls, processor: LlavaProcessor, dataset: str = "pope", image_size: int | None = None) -> PromptTokens:
@@ -43,13 +46,16 @@ class PromptTokens:
         image_id = tok.convert_tokens_to_ids(processor.image_token)
         last = int((ids == image_id).nonzero().max())
         prefix = ids[: last + 1]
-        return cls(prefix, (prefix == image_id).nonzero().flatten(), tok)
+        # How the tokenizer sees the prompt's one image: LLaVA's ``<image>``; Qwen's vision block.
+        image_text = getattr(processor, "image_text", processor.image_token)
+        return cls(prefix, (prefix == image_id).nonzero().flatten(), tok, processor.image_token, image_text)
 
     def suffix(self, dataset: str, question: str, answer: bool | str | None) -> tuple[list[int], int]:
         """Token ids after the image for ``question`` (plus answer and ``</s>`` if ``answer`` is given: a
         yes/no bool, or the answer text as generated, e.g. ``" 4821"``), and how many of them are the prompt."""
-        full = self.tokenizer(build_prompt(dataset, question), add_special_tokens=True).input_ids
-        image_id = self.tokenizer.convert_tokens_to_ids("<image>")
+        text = build_prompt(dataset, question).replace("<image>", self.image_text)
+        full = self.tokenizer(text, add_special_tokens=True).input_ids
+        image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         prompt = full[full.index(image_id) + 1:]
         if answer is None:
             return prompt, len(prompt)
