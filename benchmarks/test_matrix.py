@@ -26,7 +26,7 @@ import pytest
 
 from sparsezip.bench.cases import batch_size_for, build_method, case_dir, extra_info, unreachable_reason
 from sparsezip.bench.expectations import ExpectationStore, check, expectation_key, headline, make_entry
-from sparsezip.bench.matrix import DEFAULT_MODEL_NAME, Case
+from sparsezip.bench.matrix import EMBEDDED_MODEL_NAMES, Case
 from sparsezip.bench.published import PUBLISHED_PROPERTY, decide
 from sparsezip.data.prompts import build_prompt, dataset_question
 from sparsezip.eval.reproduction import case_payload
@@ -52,7 +52,7 @@ def test_case(case: Case, bench, bench_model, bench_samples, benchmark, bench_pu
     if reason is not None:
         pytest.skip(reason)
     run_dir = case_dir(bench.run_root, case)
-    embedded_cpu = bench.device.type == "cpu" and bench.model == DEFAULT_MODEL_NAME
+    embedded_cpu = bench.device.type == "cpu" and bench.model in EMBEDDED_MODEL_NAMES
     summary = evaluate(bench_model, method, samples, run_dir, dataset=case.dataset,
                        batch_size=batch_size_for(method, embedded_cpu=embedded_cpu), progress=False)
     assert summary["complete"], f"{run_dir}: {summary['n']}/{summary['expected']} samples evaluated"

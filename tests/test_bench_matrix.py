@@ -1,12 +1,14 @@
 """The benchmark matrix's case list: ids, relative budgets, and the narrowing options."""
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from sparsezip.bench.matrix import (
+    EMBEDDED_MODEL_NAMES,
     FULL_BUDGET,
     LLAVA15_BUDGETS,
     build_matrix,
@@ -145,28 +147,33 @@ def test_row_names_are_id_safe() -> None:
 
 
 @pytest.mark.filterwarnings("ignore::sparsezip.methods.llm_budget.BudgetWarning")
-def test_embedded_default_has_an_expectation_for_every_case() -> None:
-    """A new row or dataset must come with recorded expectations (`pytest benchmarks --update-expected`); cases
-    the benchmark skips because the method cannot run on the model would have none (today: no case; an in-LLM
-    layer-averaged budget out of reach runs the paper's nominal setting instead, with a warning)."""
-    from pathlib import Path
+@pytest.mark.parametrize("name", EMBEDDED_MODEL_NAMES)
+def test_embedded_models_have_an_expectation_for_every_case(name: str) -> None:
+    """A new row or dataset must come with recorded expectations (`pytest benchmarks --update-expected`), for
+    every embedded family; cases the benchmark skips because the method cannot run on the model have none (an
+    in-LLM layer-averaged budget out of reach runs the paper's nominal setting instead, with a warning; the
+    family adapter's skips, e.g. dynamic-K calibration on LLaVA-NeXT, are the collection's)."""
     from types import SimpleNamespace
 
     from transformers import AutoConfig
 
+    from sparsezip.adapters.registry import checkpoint_adapter, embedded_model
     from sparsezip.bench.cases import unreachable_reason
     from sparsezip.bench.expectations import ExpectationStore
-    from sparsezip.bench.matrix import DEFAULT_MODEL_NAME, checkpoint_num_patches
+    from sparsezip.bench.matrix import checkpoint_num_patches
     from sparsezip.methods import get_method, method_class
 
-    root = Path(__file__).resolve().parents[1]
-    patches = checkpoint_num_patches(root / "fixtures" / "tiny-llava")
-    cases = build_matrix(DEFAULT_MODEL_NAME, patches)
-    model = SimpleNamespace(nominal_visual_tokens=patches, config=AutoConfig.from_pretrained(root / "fixtures" / "tiny-llava"))
+    path = embedded_model(name).path
+    patches = checkpoint_num_patches(path)
+    adapter = checkpoint_adapter(path)
+    cases = [c for c in build_matrix(name, patches) if method_class(c.row.method).stage in adapter.stages
+             and (adapter.calibrates_dynamic_k or not c.row.calibrate_dynamic_k)]
+    model = SimpleNamespace(nominal_visual_tokens=patches, config=AutoConfig.from_pretrained(path))
     in_llm = [c for c in cases if method_class(c.row.method).stage == "llm"]
     skipped = {c.id for c in in_llm if unreachable_reason(get_method(c.row.method, **c.method_kwargs()), model)}
     runnable = [c for c in cases if c.id not in skipped]
     assert not skipped
-    recorded = ExpectationStore(root / "fixtures" / "expected" / f"{DEFAULT_MODEL_NAME}.json").load()
+    root = Path(__file__).resolve().parents[1]
+    recorded = ExpectationStore(root / "fixtures" / "expected" / f"{name}.json").load()
     assert sorted(recorded) == sorted(c.id for c in runnable)
     assert {entry["device"] for entry in recorded.values()} == {"cpu"}

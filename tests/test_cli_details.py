@@ -49,21 +49,27 @@ def test_eval_batch_size_has_help_text() -> None:
     assert action.help and "resume with the same value" in action.help
 
 
-@pytest.mark.parametrize(("command", "committed"), [("make-fixtures", "fixtures/data"),
-                                                    ("train-tiny", "fixtures/tiny-llava")])
-def test_fixture_commands_write_the_committed_copy_only_when_forced(command: str, committed: str,
+@pytest.mark.parametrize(("command", "committed"), [(["make-fixtures"], "fixtures/data"),
+                                                    (["train-tiny"], "fixtures/tiny-llava"),
+                                                    (["train-tiny", "--arch", "llava-next"], "fixtures/tiny-llava-next"),
+                                                    (["train-tiny", "--arch", "qwen2.5-vl"], "fixtures/tiny-qwen2.5-vl")])
+def test_fixture_commands_write_the_committed_copy_only_when_forced(command: list[str], committed: str,
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture) -> None:
     written: list[str] = []
     monkeypatch.setattr("sparsezip.embedded.datasets.write_synthetic_sets",
                         lambda out, seed: written.append(str(out)) or {})
     monkeypatch.setattr("sparsezip.embedded.train.train_tiny",
-                        lambda out, recipe, eval_root: written.append(str(out)) or {"minutes": 0})
-    assert main([command]) == 2
+                        lambda out, recipe, eval_root, family, **validation: written.append(f"{out}:{family.name}") or {"minutes": 0})
+    assert main(command) == 2
     assert f"would overwrite the committed {committed}" in capsys.readouterr().err and written == []
-    assert main([command, "--out", "elsewhere"]) == 0
-    assert main([command, "--force"]) == 0
-    assert written == ["elsewhere", committed]
+    assert main([*command, "--out", "elsewhere"]) == 0
+    assert main([*command, "--force"]) == 0
+    if command[0] == "train-tiny":
+        arch = command[-1] if "--arch" in command else "llava"
+        assert written == [f"elsewhere:{arch}", f"{committed}:{arch}"]
+    else:
+        assert written == ["elsewhere", committed]
 
 
 def test_an_interrupt_exits_130_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,

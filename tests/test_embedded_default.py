@@ -57,10 +57,14 @@ def test_committed_model_loads_like_a_real_checkpoint_and_answers(embedded_plain
     assert right >= 0.9 * len(rows), f"{right}/{len(rows)} committed questions answered correctly"
 
 
-def test_model_card_says_what_it_is() -> None:
-    card = (MODEL / "README.md").read_text()
+@pytest.mark.parametrize("folder", ["tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl"])
+def test_model_card_says_what_it_is(folder: str) -> None:
+    """Every embedded family's card: what it is and is not, and the accuracy of its own training report."""
+    model = ROOT / "fixtures" / folder
+    card = (model / "README.md").read_text()
     assert "sanity model" in card and "not" in card
-    report = json.loads((MODEL / "training_report.json").read_text())
+    report = json.loads((model / "training_report.json").read_text())
+    assert card.startswith(f"# {folder}") and report["recipe"]["seed"] == 0
     for setting in ("random", "popular", "adversarial"):
         m = report["tasks"][f"pope-{setting}"]
         assert f"| pope-{setting} | F1 (accuracy, yes-ratio) | {m['f1']:.3f} ({m['accuracy']:.3f}," in card

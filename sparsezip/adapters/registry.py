@@ -307,3 +307,8 @@ register_embedded_model(
     "a tiny LlavaNextForConditionalGeneration trained here by the same recipe (anyres: base view + 2 x 2 tiles, "
     "192 visual tokens on a 96 px image)",
 )
+register_embedded_model(
+    "tiny-qwen2.5-vl", FIXTURES_DIR / "tiny-qwen2.5-vl",
+    "a tiny Qwen2_5_VLForConditionalGeneration trained here by the same recipe (no CLS, 2 x 2 merger, M-RoPE: "
+    "36 visual tokens on a 96 px image)",
+)

@@ -25,6 +25,8 @@ from sparsezip.methods import list_methods, method_class
 from sparsezip.methods.rows import FULL_BUDGET, LLAVA15_BUDGETS, LLAVA15_PATCHES  # noqa: F401  (re-exported)
 
 DEFAULT_MODEL_NAME = "tiny-shapes"
+# Without --model-path the matrix runs on every embedded family (``-k qwen``, ``-k llava-next`` select one).
+EMBEDDED_MODEL_NAMES: tuple[str, ...] = (DEFAULT_MODEL_NAME, "tiny-llava-next", "tiny-qwen2.5-vl")
 
 
 @dataclass(frozen=True)

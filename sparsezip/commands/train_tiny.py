@@ -19,6 +19,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="without --out: overwrite the committed checkpoint of --arch (retraining it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training data and weights (default: 0)")
+    parser.add_argument("--validation-images", type=int, default=300,
+                        help="held-out images whose per-kind accuracy is logged during stage 2 and recorded in the "
+                             "report (own generators: the weights do not depend on it; 0 to skip; default: 300)")
+    parser.add_argument("--validate-every", type=int, default=500,
+                        help="stage-2 steps between validations (default: 500; always at the end)")
     parser.add_argument("--data-root", default="fixtures/data",
                         help="synthetic evaluation data (from make-fixtures) scored for the model card; "
                              "'' to skip (default: fixtures/data)")
@@ -34,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
     arch = family(args.arch)
     out = committed_or_given(args.out, args.force, f"fixtures/{arch.fixture}", "train-tiny")
     recipe = dataclasses.replace(TrainRecipe(), seed=args.seed)
-    report = train_tiny(out, recipe, eval_root=args.data_root or None, family=arch)
+    if args.validation_images < 0 or args.validate_every < 0:
+        raise ValueError("--validation-images and --validate-every must be >= 0")
+    report = train_tiny(out, recipe, eval_root=args.data_root or None, family=arch,
+                        validation_images=args.validation_images, validate_every=args.validate_every)
     print(json.dumps({"out": out, "arch": arch.name, "minutes": report["minutes"], "tasks": report.get("tasks")}))
     return 0
