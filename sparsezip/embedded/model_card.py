@@ -3,7 +3,6 @@ report: what it is and is not, spec, recipe, training time and the measured accu
 
 from __future__ import annotations
 
-
 # Per family: the card's title and opening paragraph, and how its images become visual tokens.
 _FAMILIES: dict[str, tuple[str, list[str], str]] = {
     "llava": (
