@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="without --out: overwrite the committed checkpoint of --arch (retraining it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training data and weights (default: 0)")
+    parser.add_argument("--lm-steps", type=int, default=None,
+                        help="stage-2 steps (default: the recipe's 2000, as the committed tiny-llava; the committed "
+                             "LLaVA-NeXT and Qwen2.5-VL models used 3500, see their model cards)")
     parser.add_argument("--validation-images", type=int, default=300,
                         help="held-out images whose per-kind accuracy is logged during stage 2 and recorded in the "
                              "report (own generators: the weights do not depend on it; 0 to skip; default: 300)")
@@ -39,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
     arch = family(args.arch)
     out = committed_or_given(args.out, args.force, f"fixtures/{arch.fixture}", "train-tiny")
     recipe = dataclasses.replace(TrainRecipe(), seed=args.seed)
+    if args.lm_steps is not None:
+        if args.lm_steps < 1:
+            raise ValueError(f"--lm-steps must be >= 1, got {args.lm_steps}")
+        recipe = dataclasses.replace(recipe, lm_steps=args.lm_steps)
     if args.validation_images < 0 or args.validate_every < 0:
         raise ValueError("--validation-images and --validate-every must be >= 0")
     report = train_tiny(out, recipe, eval_root=args.data_root or None, family=arch,

@@ -18,7 +18,7 @@ _FAMILIES: dict[str, tuple[str, list[str], str]] = {
         ["A real `LlavaNextForConditionalGeneration` (CLIP-architecture vision tower with a CLS token per crop, GELU",
          "projector, anyres packing with image-newline tokens, Llama-architecture LM with grouped-query attention,",
          "its own byte-level BPE tokenizer and `LlavaNextProcessor`), trained from scratch by",
-         "`sparsezip train-tiny --arch llava-next` by the same recipe on the same data as tiny-llava. Load it like",
+         "`sparsezip train-tiny` by the same recipe on the same data as tiny-llava. Load it like",
          "llava-v1.6-*-hf: `LlavaNextForConditionalGeneration.from_pretrained(path)`."],
         "images {S} px as anyres: a base view shrunk to {h} px plus 2 x 2 tiles of {h} px, patches {p} px: "
         "5 crops x {c} patches (+ CLS each); in the LLM {b} base tokens + {n} tile tokens + {g} image-newline "
@@ -29,7 +29,7 @@ _FAMILIES: dict[str, tuple[str, list[str], str]] = {
         ["A real `Qwen2_5_VLForConditionalGeneration` (window-attention vision tower without CLS, 2D RoPE, the 2 x 2",
          "patch merger, Qwen2-architecture LM with M-RoPE and grouped-query attention, its own byte-level BPE",
          "tokenizer with Qwen's special tokens and chat template, and a `Qwen2VLImageProcessor`), trained from",
-         "scratch by `sparsezip train-tiny --arch qwen2.5-vl` by the same recipe on the same data as tiny-llava.",
+         "scratch by `sparsezip train-tiny` by the same recipe on the same data as tiny-llava.",
          "Load it like Qwen2.5-VL-*: `Qwen2_5_VLForConditionalGeneration.from_pretrained(path)` (tokenizer and image",
          "processor from the same folder)."],
         "images {S} px (dynamic resolution, at most {S} x {S}), patches {p} px = {n} tower patches, merged 2 x 2 "
@@ -38,12 +38,41 @@ _FAMILIES: dict[str, tuple[str, list[str], str]] = {
 }
 
 
+def reproduce_command(report: dict) -> str:
+    """The ``sparsezip train-tiny`` command line (markdown) that trains the report's model (recipe defaults left
+    out; recipe settings the command line does not take are named)."""
+    from sparsezip.embedded.recipe import TrainRecipe
+
+    recipe = report["recipe"]
+    family = report.get("family", "llava")
+    parts = ["sparsezip train-tiny"]
+    if family != "llava":
+        parts.append(f"--arch {family}")
+    parts.append(f"--out fixtures/{report.get('fixture', 'tiny-llava')} --seed {recipe['seed']}")
+    default = TrainRecipe().to_json()
+    if recipe["lm_steps"] != default["lm_steps"]:
+        parts.append(f"--lm-steps {recipe['lm_steps']}")
+    command = f"`{' '.join(parts)}`"
+    other = sorted(k for k in default if k not in ("seed", "lm_steps") and recipe.get(k) != default[k])
+    if other:  # settings the command line does not take: the recipe above has them
+        command += f" (with {', '.join(other)} as in the recipe above)"
+    return command
+
+
 def model_card(report: dict) -> str:
     """The card's markdown from a :func:`sparsezip.embedded.train.train_tiny` report."""
     recipe = report["recipe"]
     spec = recipe["spec"]
     grid = spec["image_size"] // spec["patch_size"]
-    title, intro, tokens = _FAMILIES[report.get("family", "llava")]
+    family = report.get("family", "llava")
+    title, intro, tokens = _FAMILIES[family]
+    # What the tower objectives and the projector read: the feature layer, and the global token.
+    feature, global_token, last_layer = {
+        "llava": ("the layer -2 patch outputs", "the layer -2 CLS output", True),
+        "llava-next": ("every crop's layer -2 patch outputs", "each crop's layer -2 CLS output (what the crop shows)",
+                       True),
+        "qwen2.5-vl": ("the last block's patch outputs (what the merger reads)", "their mean (no CLS)", False),
+    }[family]
     half = spec["image_size"] // 2
     tokens = tokens.format(S=spec["image_size"], p=spec["patch_size"], n=grid * grid, h=half,
                            c=(half // spec["patch_size"]) ** 2, b=(half // spec["patch_size"]) ** 2, g=grid,
@@ -69,8 +98,9 @@ def model_card(report: dict) -> str:
         "",
         f"- {tokens}",
         f"- vision tower: {spec['vision_layers']} layers, width {spec['vision_hidden']}, "
-        f"MLP {spec['vision_intermediate']}, {spec['vision_heads']} heads (its last layer keeps its random init:",
-        "  the projector reads layer -2, so training never runs it)",
+        f"MLP {spec['vision_intermediate']}, {spec['vision_heads']} heads"
+        + (" (its last layer keeps its random init: the projector reads layer -2, so training never runs it)"
+           if last_layer else ""),
         f"- language model: {spec['text_layers']} layers, width {spec['text_hidden']}, "
         f"MLP {spec['text_intermediate']}, {spec['text_heads']} heads, vocabulary {spec['vocab_size']}",
         "- why this size: documents are 4:3 pages padded to a square and shrunk 4x, so a capital is ~12 px tall",
@@ -87,20 +117,21 @@ def model_card(report: dict) -> str:
         f"1. Vision tower, {recipe['tower_steps']} steps x {recipe['tower_batch']} images, AdamW lr "
         f"{recipe['tower_lr']}: per-patch object or word class (background weighted "
         f"{recipe['background_weight']}) and per-patch row and column (weight {recipe['position_weight']}) on",
-        "   the layer -2 patch outputs; which objects and words are present on the layer -2 CLS output.",
+        f"   {feature}; which objects and words are present on {global_token}.",
         f"2. Projector + LM (tower frozen), {recipe['lm_steps']} steps x {recipe['lm_batch_images']} images x "
         f"{recipe['questions_per_image']} questions, AdamW lr {recipe['lm_lr']}: questions",
-        "   in the exact evaluation prompt, answer (`Yes`/`No`, or the field's word) then `</s>`; "
+        "   in the exact evaluation prompt, answer (`Yes`/`No`, or the field's word) then EOS; "
         f"{recipe.get('existence_share', 0.4):.0%} of the scene",
         "   questions ask whether an object is there, and their negatives mostly share a colour or shape with a",
         "   present object (POPE-adversarial style); the rest ask colour, count and position. Fan-in",
-        "   initialisation, a projector that starts by standardising the layer -2 features, and auxiliary",
+        "   initialisation, a projector that starts by standardising the features it reads, and auxiliary",
         f"   targets at the answer position (weight {recipe['aux_weight']}: what is present, what the question",
         "   asks, where the named objects or region are, which field and word), via a linear head dropped afterwards.",
         "",
         f"Training time: {report['minutes']} min wall clock on the training machine's CPU (torch {report['torch']}; "
         "a shared 2-core",
-        "machine). Same seed and thread count give the same weights.",
+        "machine). Same seed and thread count give the same weights:",
+        f"{reproduce_command(report)}.",
     ]
     if "tasks" in report:
         lines += ["", "## Accuracy per task (all visual tokens, through the adapter and runner)", "",
