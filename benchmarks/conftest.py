@@ -110,6 +110,10 @@ def _skip_unsupported(case: Case, model_path: Path) -> list:
         return [pytest.mark.skip(reason=f"{adapter.family}: no {stage}-stage methods yet (vision-side only)")]
     if case.row.calibrate_dynamic_k and not adapter.calibrates_dynamic_k:
         return [pytest.mark.skip(reason=f"{adapter.family}: dynamic-K calibration is per image, budgets per crop")]
+    cls = method_class(case.row.method)
+    if stage == "vision" and cls.needs_attention and adapter.attention_source not in cls.attention_sources:
+        return [pytest.mark.skip(reason=f"{adapter.family}: {case.row.method} needs attention of kind "
+                                        f"{cls.attention_sources}, the model gives {adapter.attention_source!r}")]
     return []
 
 

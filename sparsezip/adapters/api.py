@@ -66,11 +66,14 @@ class ModelGeometry:
         visual_tokens: uncompressed visual tokens of a nominal image (``nominal_visual_tokens``; 576 for LLaVA-1.5).
         prefix: protected tokens in front of the patches in ``VisionContext.hidden`` (CLIP's CLS: 1; none: 0).
         llm_layers: decoder layers of the language model (in-LLM methods schedule by them); ``None`` = unknown.
+        views: rows a vision-side method sees per nominal image, each of ``visual_tokens // views`` patches with
+            the budget spread equally (LLaVA-NeXT: base view + tiles, 5 for llava-v1.6); 1 elsewhere.
     """
 
     visual_tokens: int
     prefix: int = 1
     llm_layers: int | None = None
+    views: int = 1
 
 
 class VisionLanguageModel(Protocol):
@@ -121,4 +124,5 @@ def model_geometry(model: VisionLanguageModel) -> ModelGeometry:
         visual_tokens=int(model.nominal_visual_tokens),
         prefix=int(getattr(model, "prefix", 1)),
         llm_layers=layers if isinstance(layers, int) else None,
+        views=int(getattr(model, "views_per_image", 1)),
     )

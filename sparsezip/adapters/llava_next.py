@@ -135,6 +135,7 @@ class LlavaNextVLM(WrappedModel):
         self.pinpoints = [list(p) for p in config.image_grid_pinpoints]
         self._check_processor(processor.image_processor)
         self.nominal_visual_tokens = next_visual_tokens(config.to_dict())
+        self.views_per_image = self.nominal_visual_tokens // self.patches_per_crop  # rows a method sees per image
         self.prefix = 1  # each crop's CLS, dropped by the "default" feature selection
         self.image_token = getattr(processor, "image_token", None) or "<image>"
         self.image_token_id = int(config.image_token_id)

@@ -85,7 +85,10 @@ def next_visual_tokens(config: Mapping) -> int:
 def next_geometry(config: Mapping) -> ModelGeometry:
     """Nominal visual tokens (:func:`next_visual_tokens`), each crop's CLS as the prefix (1) and the LLM's decoder
     layers (transformers' Llama default, 32, when absent) of a LLaVA-NeXT ``config.json``."""
-    return ModelGeometry(visual_tokens=next_visual_tokens(config), prefix=1, llm_layers=llm_layers(config, 32))
+    crop, patch = _vision(config)
+    tokens = next_visual_tokens(config)
+    return ModelGeometry(visual_tokens=tokens, prefix=1, llm_layers=llm_layers(config, 32),
+                         views=tokens // (crop // patch) ** 2)
 
 
 LLAVA_NEXT_ADAPTER = register_adapter(ModelAdapter(

@@ -124,4 +124,5 @@ QWEN2_5_VL_ADAPTER = register_adapter(ModelAdapter(
     check_config=check_qwen_config,
     geometry=qwen_geometry,
     nominal_visual_tokens_at=qwen_nominal_tokens,
+    attention_source="mean_received",
 ))

@@ -60,6 +60,9 @@ class ModelAdapter:
             of the others, saying why.
         calibrates_dynamic_k: whether SparseZip's dynamic-K calibration means one thing per image on this family
             (LLaVA-NeXT spreads an image's budget over its crops, so the per-image K range does not carry over).
+        attention_source: the kind of attention row the adapter's contexts carry (``VisionContext.attention_source``:
+            CLIP's ``"cls"``; Qwen2.5-VL's ``"mean_received"``); methods that need attention run only if they
+            declare it in ``attention_sources`` (the benchmark matrix skips the others, saying why).
     """
 
     model_type: str
@@ -71,6 +74,7 @@ class ModelAdapter:
     nominal_visual_tokens_at: Callable[[Path, Mapping], int] | None = field(default=None, repr=False)
     stages: tuple[str, ...] = ("vision", "llm")
     calibrates_dynamic_k: bool = True
+    attention_source: str = "cls"
 
 
 @dataclass(frozen=True)

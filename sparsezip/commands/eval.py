@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     plan = model_plan(args)
     geometry = plan.geometry()
     check_method_fits(method, geometry.visual_tokens, prefix=geometry.prefix, llm_layers=geometry.llm_layers,
-                      model_name=f"model {plan.name!r}")
+                      model_name=f"model {plan.name!r}", views=geometry.views)
     samples = load_samples(args)
     check_questions(samples, args.dataset)
     known = run_config(args.dataset, samples, plan.known_fields(), method, prompt_style=args.prompt_style,

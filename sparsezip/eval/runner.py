@@ -89,7 +89,7 @@ def evaluate(
     check_questions(samples, dataset)
     geometry = model_geometry(model)
     check_method_fits(method, geometry.visual_tokens, prefix=geometry.prefix, llm_layers=geometry.llm_layers,
-                      model_name=f"model {model.name!r}")
+                      model_name=f"model {model.name!r}", views=geometry.views)
     start, end = shard_bounds(samples, *shard) if shard else (0, len(samples))
     keys = [record_key(spec.family, gold_record(spec.family, s)) for s in samples]
     positions = {key: i for i, key in enumerate(keys)}

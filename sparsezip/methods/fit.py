@@ -42,13 +42,28 @@ def check_method_fits(
     prefix: int = 1,
     llm_layers: int | None = None,
     model_name: str = "the model",
+    views: int = 1,
 ) -> None:
     """Raise ``ValueError`` if ``method`` cannot run on a model with ``visual_tokens`` patches per image, ``prefix``
     protected tokens and ``llm_layers`` decoder layers (``None`` = unknown: the in-LLM schedule is not checked).
 
     The vision side runs once on :func:`probe_context` and must return 1 to ``visual_tokens`` tokens; an in-LLM
-    method's schedule (``pruning_layers`` or ``plan``) must exist for the model.
+    method's schedule (``pruning_layers`` or ``plan``) must exist for the model. With ``views > 1`` (LLaVA-NeXT's
+    crops) the vision side runs on one view of ``visual_tokens // views`` patches at each per-view budget the
+    adapter would give it (the budget spread equally, the remainder on the first views).
     """
+    if views < 1 or visual_tokens % views:
+        raise ValueError(f"views must divide the {visual_tokens} visual tokens, got {views}")
+    budget = method.config().get("budget")
+    if views > 1 and method.stage == "vision" and isinstance(budget, int) and not isinstance(budget, bool):
+        if budget < views:
+            raise ValueError(f"method {method.name!r} cannot run on {model_name}: budget {budget} cannot be spread "
+                             f"over {views} views (every view needs at least one token)")
+        per_view = visual_tokens // views
+        for share in sorted({budget // views, -(-budget // views)}):
+            check_method_fits(method.with_budget(share), per_view, prefix=prefix, llm_layers=llm_layers,
+                              model_name=f"{model_name} (one of its {views} views per image)")
+        return
     layers = "" if llm_layers is None else f", {llm_layers} LLM layers"
     where = f"{model_name} ({visual_tokens} visual tokens per image{layers})"
     try:
