@@ -54,17 +54,25 @@ def check_method_fits(
     """
     if views < 1 or visual_tokens % views:
         raise ValueError(f"views must divide the {visual_tokens} visual tokens, got {views}")
+    layers = "" if llm_layers is None else f", {llm_layers} LLM layers"
     budget = method.config().get("budget")
     if views > 1 and method.stage == "vision" and isinstance(budget, int) and not isinstance(budget, bool):
-        if budget < views:
-            raise ValueError(f"method {method.name!r} cannot run on {model_name}: budget {budget} cannot be spread "
-                             f"over {views} views (every view needs at least one token)")
         per_view = visual_tokens // views
+        where = f"{model_name} ({visual_tokens} visual tokens per image in {views} views of {per_view}{layers})"
+        if budget < views:
+            raise ValueError(f"method {method.name!r} cannot run on {where}: budget {budget} cannot be spread over "
+                             f"{views} views (every view needs at least one token)")
         for share in sorted({budget // views, -(-budget // views)}):
-            check_method_fits(method.with_budget(share), per_view, prefix=prefix, llm_layers=llm_layers,
-                              model_name=f"{model_name} (one of its {views} views per image)")
+            try:
+                result = method.with_budget(share)(probe_context(per_view, prefix, text=method.needs_text))
+            except ValueError as err:
+                raise ValueError(f"method {method.name!r} cannot run on {where}: at {share} tokens per view: "
+                                 f"{err}") from None
+            lengths = result.lengths.tolist()
+            if not all(1 <= n <= per_view for n in lengths):
+                raise ValueError(f"method {method.name!r} returns {lengths} tokens per view on {where}; it must "
+                                 f"return 1 to {per_view}")
         return
-    layers = "" if llm_layers is None else f", {llm_layers} LLM layers"
     where = f"{model_name} ({visual_tokens} visual tokens per image{layers})"
     try:
         if method.stage == "llm" and llm_layers is not None:
