@@ -6,7 +6,8 @@ Three objectives on the feature layer (the outputs the projector reads), through
   features carry *what* is where, including which word a patch of text shows;
 - per patch, its row and column in the grid: keeps *where* a patch is in its features, which the language
   model needs for left/right and region questions (without it MME position sat at chance);
-- on the global token (CLS), which objects and words are present (multi-label): the CLS token gathers the
+- on the global token (CLS; Qwen2.5-VL, which has none: the patches' mean), which objects and words are
+  present (multi-label): the CLS token gathers the
   evidence, so its attention -- what VisionZip and SparseZip rank patches by -- points at objects and text.
 
 The heads are thrown away afterwards.

@@ -1,4 +1,4 @@
-"""Training the embedded tiny LLaVA (``sparsezip train-tiny``): CPU, minutes, reproducible.
+"""Training the embedded tiny models (``sparsezip train-tiny --arch``): CPU, under an hour or two, reproducible.
 
 The recipe, in modules of one concept each:
 
