@@ -20,6 +20,7 @@ from sparsezip.bench.matrix import (
     build_matrix,
     checkpoint_num_patches,
     model_name,
+    unsupported_reason,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -102,19 +103,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def _skip_unsupported(case: Case, model_path: Path) -> list:
     """A skip mark (with the reason) for a row the model's family adapter cannot run, else none."""
     from sparsezip.adapters.registry import checkpoint_adapter
-    from sparsezip.methods import method_class
 
-    adapter = checkpoint_adapter(model_path)
-    stage = method_class(case.row.method).stage
-    if stage not in adapter.stages:
-        return [pytest.mark.skip(reason=f"{adapter.family}: no {stage}-stage methods yet (vision-side only)")]
-    if case.row.calibrate_dynamic_k and not adapter.calibrates_dynamic_k:
-        return [pytest.mark.skip(reason=f"{adapter.family}: dynamic-K calibration is per image, budgets per crop")]
-    cls = method_class(case.row.method)
-    if stage == "vision" and cls.needs_attention and adapter.attention_source not in cls.attention_sources:
-        return [pytest.mark.skip(reason=f"{adapter.family}: {case.row.method} needs attention of kind "
-                                        f"{cls.attention_sources}, the model gives {adapter.attention_source!r}")]
-    return []
+    reason = unsupported_reason(case, checkpoint_adapter(model_path))
+    return [] if reason is None else [pytest.mark.skip(reason=reason)]
 
 
 @pytest.fixture

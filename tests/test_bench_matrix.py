@@ -160,19 +160,13 @@ def test_embedded_models_have_an_expectation_for_every_case(name: str) -> None:
     from sparsezip.adapters.registry import checkpoint_adapter, embedded_model
     from sparsezip.bench.cases import unreachable_reason
     from sparsezip.bench.expectations import ExpectationStore
-    from sparsezip.bench.matrix import checkpoint_num_patches
+    from sparsezip.bench.matrix import checkpoint_num_patches, unsupported_reason
     from sparsezip.methods import get_method, method_class
 
     path = embedded_model(name).path
     patches = checkpoint_num_patches(path)
     adapter = checkpoint_adapter(path)
-    def collected(c) -> bool:  # what benchmarks/conftest.py does not skip for the family
-        cls = method_class(c.row.method)
-        return (cls.stage in adapter.stages and (adapter.calibrates_dynamic_k or not c.row.calibrate_dynamic_k)
-                and not (cls.stage == "vision" and cls.needs_attention
-                         and adapter.attention_source not in cls.attention_sources))
-
-    cases = [c for c in build_matrix(name, patches) if collected(c)]
+    cases = [c for c in build_matrix(name, patches) if unsupported_reason(c, adapter) is None]
     model = SimpleNamespace(nominal_visual_tokens=patches, config=AutoConfig.from_pretrained(path))
     in_llm = [c for c in cases if method_class(c.row.method).stage == "llm"]
     skipped = {c.id for c in in_llm if unreachable_reason(get_method(c.row.method, **c.method_kwargs()), model)}
@@ -182,3 +176,21 @@ def test_embedded_models_have_an_expectation_for_every_case(name: str) -> None:
     recorded = ExpectationStore(root / "fixtures" / "expected" / f"{name}.json").load()
     assert sorted(recorded) == sorted(c.id for c in runnable)
     assert {entry["device"] for entry in recorded.values()} == {"cpu"}
+
+
+def test_unsupported_reasons_per_family() -> None:
+    """The rows a family cannot run, with the reason the matrix skips them by: Qwen2.5-VL has no CLS for
+    PruMerge+, LLaVA-NeXT budgets per crop so dynamic-K calibration does not apply; LLaVA-1.5 runs every row."""
+    from sparsezip.adapters.registry import adapter_for
+    from sparsezip.bench.matrix import unsupported_reason
+
+    rows = {row.name: row for row in matrix_rows()}
+    def reason(model_type: str, row: str) -> str | None:
+        from sparsezip.bench.matrix import Case
+        return unsupported_reason(Case("pope-random", "m", rows[row], 64, 16), adapter_for(model_type))
+
+    assert all(reason("llava", name) is None for name in rows)
+    assert "needs attention of kind ('cls',)" in reason("qwen2_5_vl", "prumerge_plus")
+    assert reason("qwen2_5_vl", "visionzip") is None
+    assert "dynamic-K calibration" in reason("llava_next", "sparsezip-dynk")
+    assert reason("llava_next", "prumerge_plus") is None

@@ -19,10 +19,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sparsezip.data.registry import benchmark_datasets, dataset_spec
 from sparsezip.methods import list_methods, method_class
 from sparsezip.methods.rows import FULL_BUDGET, LLAVA15_BUDGETS, LLAVA15_PATCHES  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from sparsezip.adapters.registry import ModelAdapter
 
 DEFAULT_MODEL_NAME = "tiny-shapes"
 # Without --model-path the matrix runs on every embedded family (``-k qwen``, ``-k llava-next`` select one).
@@ -179,6 +183,21 @@ def build_matrix(
                 budget = None if llava_budget == FULL_BUDGET else scale_budget(llava_budget, num_patches)
                 cases.append(Case(dataset, model, row, llava_budget, budget))
     return cases
+
+
+def unsupported_reason(case: Case, adapter: ModelAdapter) -> str | None:
+    """Why the model family of ``adapter`` cannot run ``case``'s row at all (the matrix skips it, saying so), or
+    ``None``: a stage the adapter does not run, dynamic-K calibration where budgets are per crop, or a method
+    that needs an attention kind the family's contexts do not carry."""
+    cls = method_class(case.row.method)
+    if cls.stage not in adapter.stages:
+        return f"{adapter.family}: no {cls.stage}-stage methods yet (vision-side only)"
+    if case.row.calibrate_dynamic_k and not adapter.calibrates_dynamic_k:
+        return f"{adapter.family}: dynamic-K calibration is per image, budgets per crop"
+    if cls.stage == "vision" and cls.needs_attention and adapter.attention_source not in cls.attention_sources:
+        return (f"{adapter.family}: {case.row.method} needs attention of kind {cls.attention_sources}, the model "
+                f"gives {adapter.attention_source!r}")
+    return None
 
 
 def model_name(model_path: str | Path) -> str:
