@@ -65,6 +65,9 @@ def test_model_card_says_what_it_is(folder: str) -> None:
     assert "sanity model" in card and "not" in card
     report = json.loads((model / "training_report.json").read_text())
     assert card.startswith(f"# {folder}") and report["recipe"]["seed"] == 0
+    from sparsezip.embedded.model_card import model_card
+
+    assert card == model_card(report), "the committed card is not the one its report gives: regenerate it"
     for setting in ("random", "popular", "adversarial"):
         m = report["tasks"][f"pope-{setting}"]
         assert f"| pope-{setting} | F1 (accuracy, yes-ratio) | {m['f1']:.3f} ({m['accuracy']:.3f}," in card

@@ -3,17 +3,31 @@ report: what it is and is not, spec, recipe, training time and the measured accu
 
 from __future__ import annotations
 
-# Per family: the card's title and opening paragraph, and how its images become visual tokens.
-_FAMILIES: dict[str, tuple[str, list[str], str]] = {
-    "llava": (
+from typing import NamedTuple
+
+
+class FamilyCard(NamedTuple):
+    """What a family's card says that the others' do not."""
+
+    title: str
+    intro: list[str]
+    tokens: str  # how an image becomes visual tokens (format fields: S p n h c b g m)
+    feature: str  # what the tower objectives and the projector read
+    global_token: str  # what the presence objective reads
+    unused_last_layer: bool  # the projector reads layer -2: the tower's last layer never trains
+
+
+_FAMILIES: dict[str, FamilyCard] = {
+    "llava": FamilyCard(
         "tiny-llava: the embedded sanity model of sparsezip",
         ["A real `LlavaForConditionalGeneration` (CLIP-architecture vision tower with a CLS token, GELU projector,",
          "Llama-architecture LM, its own byte-level BPE tokenizer and `LlavaProcessor`), trained from scratch by",
          "`sparsezip train-tiny` on synthetic scenes of coloured shapes and large-print forms. Load it like",
          "llava-1.5-7b-hf: `LlavaForConditionalGeneration.from_pretrained(path)`, `AutoProcessor.from_pretrained(path)`."],
         "images {S} px, patches {p} px = {n} patch tokens + CLS; LLaVA reads layer -2, drops CLS",
+        "the layer -2 patch outputs", "the layer -2 CLS output", True,
     ),
-    "llava-next": (
+    "llava-next": FamilyCard(
         "tiny-llava-next: the embedded LLaVA-NeXT of sparsezip",
         ["A real `LlavaNextForConditionalGeneration` (CLIP-architecture vision tower with a CLS token per crop, GELU",
          "projector, anyres packing with image-newline tokens, Llama-architecture LM with grouped-query attention,",
@@ -23,8 +37,9 @@ _FAMILIES: dict[str, tuple[str, list[str], str]] = {
         "images {S} px as anyres: a base view shrunk to {h} px plus 2 x 2 tiles of {h} px, patches {p} px: "
         "5 crops x {c} patches (+ CLS each); in the LLM {b} base tokens + {n} tile tokens + {g} image-newline "
         "tokens; layer -2, CLS dropped per crop",
+        "every crop's layer -2 patch outputs", "each crop's layer -2 CLS output (what the crop shows)", True,
     ),
-    "qwen2.5-vl": (
+    "qwen2.5-vl": FamilyCard(
         "tiny-qwen2.5-vl: the embedded Qwen2.5-VL of sparsezip",
         ["A real `Qwen2_5_VLForConditionalGeneration` (window-attention vision tower without CLS, 2D RoPE, the 2 x 2",
          "patch merger, Qwen2-architecture LM with M-RoPE and grouped-query attention, its own byte-level BPE",
@@ -34,6 +49,7 @@ _FAMILIES: dict[str, tuple[str, list[str], str]] = {
          "processor from the same folder)."],
         "images {S} px (dynamic resolution, at most {S} x {S}), patches {p} px = {n} tower patches, merged 2 x 2 "
         "into {m} LLM tokens; no CLS (the merger reads the last block)",
+        "the last block's patch outputs (what the merger reads)", "their mean (no CLS)", False,
     ),
 }
 
@@ -64,15 +80,8 @@ def model_card(report: dict) -> str:
     recipe = report["recipe"]
     spec = recipe["spec"]
     grid = spec["image_size"] // spec["patch_size"]
-    family = report.get("family", "llava")
-    title, intro, tokens = _FAMILIES[family]
-    # What the tower objectives and the projector read: the feature layer, and the global token.
-    feature, global_token, last_layer = {
-        "llava": ("the layer -2 patch outputs", "the layer -2 CLS output", True),
-        "llava-next": ("every crop's layer -2 patch outputs", "each crop's layer -2 CLS output (what the crop shows)",
-                       True),
-        "qwen2.5-vl": ("the last block's patch outputs (what the merger reads)", "their mean (no CLS)", False),
-    }[family]
+    card = _FAMILIES[report.get("family", "llava")]
+    title, intro, tokens, feature, global_token, last_layer = card
     half = spec["image_size"] // 2
     tokens = tokens.format(S=spec["image_size"], p=spec["patch_size"], n=grid * grid, h=half,
                            c=(half // spec["patch_size"]) ** 2, b=(half // spec["patch_size"]) ** 2, g=grid,
