@@ -1,35 +1,29 @@
-"""The benchmark matrix end to end, in a subprocess: a random tiny checkpoint and a 4-question POPE tree,
+"""The benchmark matrix end to end, in a nested pytest session (in this process): a random tiny checkpoint and a 4-question POPE tree,
 two cases; records expectations, then passes against them / fails on a quality drop, resuming its runs."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sparsezip.embedded.models import TinyLlavaSpec, save_tiny_llava
+from sparsezip.testing.inprocess import InProcessRun, run_pytest_in_process
 from sparsezip.testing.trees import write_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CASES = ("pope-random[tiny-test]-none", "pope-random[tiny-test]-visionzip-k16")
 
 
-def _bench(tmp: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable, "-m", "pytest", "benchmarks/test_matrix.py", "-q", "-p", "no:cacheprovider",
+def _bench(tmp: Path, *args: str) -> InProcessRun:
+    return run_pytest_in_process(REPO_ROOT, [
+        "benchmarks/test_matrix.py", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
         "-k", "pope-random and (none or visionzip-k16)", "--model-path", str(tmp / "tiny-test"),
         "--data-root", str(tmp / "data"), "--run-dir", str(tmp / "runs"), "--expected-dir", str(tmp / "expected"),
         "--benchmark-min-rounds=1", *args,
-    ]
-    # Not an xdist worker even when the outer run is parallel (see tests/test_bench_machine.py).
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    ])
 
 
-@pytest.mark.slow  # two pytest subprocesses loading a tiny model: ~15 s
+@pytest.mark.slow  # two nested pytest sessions loading a tiny model
 def test_matrix_records_checks_and_resumes(tmp_path: Path) -> None:
     save_tiny_llava(tmp_path / "tiny-test", TinyLlavaSpec(), seed=0)
     write_tree("pope", "files", tmp_path / "data")

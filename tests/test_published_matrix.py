@@ -1,12 +1,9 @@
-"""Published expectations in the benchmark matrix end to end, in a subprocess: a random tiny checkpoint whose
+"""Published expectations in the benchmark matrix end to end, in a nested pytest session (in this process): a random tiny checkpoint whose
 weights a (fake) published file describes, the POPE tree's three splits; the session lists what reproduces and
 fails on a missed POPE mean of a ``check: fail`` entry, while every case records its part in ``extra_info``."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +11,7 @@ import pytest
 from sparsezip.adapters.checkpoint import identity_from_hashes
 from sparsezip.eval.published import POPE_SPLITS, PUBLISHED_DIR_ENV
 from sparsezip.jsonio import sha256_file
+from sparsezip.testing.inprocess import run_pytest_in_process
 from sparsezip.testing.trees import write_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +26,7 @@ def _entry(row: str, budget: int | None, printed: float, tolerance: float, split
             "tolerance": {"abs": tolerance}, "check": "fail", "label_set": {"version": "tree", "splits": splits}}
 
 
-@pytest.mark.slow  # one pytest subprocess running 6 cases of a tiny model: ~10 s
+@pytest.mark.slow  # a nested pytest session running 6 cases of a tiny model
 def test_the_session_checks_published_pope_means(tiny_llava_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_llava_dir, tmp_path / "tiny-test")
     pope = write_tree("pope", "files", tmp_path / "data")
@@ -49,16 +47,13 @@ def test_the_session_checks_published_pope_means(tiny_llava_dir: Path, tmp_path:
     (tmp_path / "published").mkdir()
     (tmp_path / "published" / "tiny-test.json").write_text(json.dumps(published))
 
-    command = [
-        sys.executable, "-m", "pytest", "benchmarks/test_matrix.py", "-q", "-p", "no:cacheprovider",
+    run = run_pytest_in_process(REPO_ROOT, [
+        "benchmarks/test_matrix.py", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
         "-k", "pope and (none or visionzip-k16)", "--model-path", str(tmp_path / "tiny-test"),
         "--data-root", str(tmp_path / "data"), "--run-dir", str(tmp_path / "runs"),
         "--expected-dir", str(tmp_path / "expected"), "--benchmark-min-rounds=1",
         f"--benchmark-json={tmp_path / 'run.json'}",
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))}
-    env.update(PYTHONPATH=str(REPO_ROOT), **{PUBLISHED_DIR_ENV: str(tmp_path / "published")})
-    run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    ], env={PUBLISHED_DIR_ENV: str(tmp_path / "published")})
     out = run.stdout + run.stderr
     assert run.returncode == 1, out  # the cases xfail (no own expectations); the missed mean fails the session
     assert "6 xfailed" in out and "published expectations" in out
