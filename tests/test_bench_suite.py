@@ -1,5 +1,6 @@
-"""The benchmark matrix end to end, in a nested pytest session (in this process): a random tiny checkpoint and a 4-question POPE tree,
-two cases; records expectations, then passes against them / fails on a quality drop, resuming its runs."""
+"""The benchmark matrix end to end, in a nested pytest session (in this process): a random tiny checkpoint and
+a 4-question POPE tree, two cases; records expectations, then passes against them / fails on a quality drop,
+resuming its runs."""
 
 import json
 from pathlib import Path

@@ -1,6 +1,7 @@
-"""Published expectations in the benchmark matrix end to end, in a nested pytest session (in this process): a random tiny checkpoint whose
-weights a (fake) published file describes, the POPE tree's three splits; the session lists what reproduces and
-fails on a missed POPE mean of a ``check: fail`` entry, while every case records its part in ``extra_info``."""
+"""Published expectations in the benchmark matrix end to end, in a nested pytest session (in this process): a
+random tiny checkpoint whose weights a (fake) published file describes, the POPE tree's three splits; the session
+lists what reproduces and fails on a missed POPE mean of a ``check: fail`` entry, while every case records its
+part in ``extra_info``."""
 
 import json
 import shutil
