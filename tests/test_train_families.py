@@ -117,7 +117,8 @@ def test_next_crop_targets_are_the_crops_patches() -> None:
 
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_training_is_reproducible_per_family(arch, tmp_path) -> None:
-    """Same seed, same weights, for every family."""
+    """Same seed, same weights, for every family (the recipe's name and coordinate targets included: they run
+    through every family's LM, tokenizer and tower views)."""
     from safetensors.torch import load_file
 
     from sparsezip.embedded.train import train_tiny

@@ -13,7 +13,7 @@ from sparsezip.adapters.vision_tower import FeatureLayerTap
 from sparsezip.data.prompts import build_prompt
 from sparsezip.embedded.datasets import SetSizes, docvqa_documents, mme_items, pope_scenes
 from sparsezip.embedded.documents import Document, render_document, word_class
-from sparsezip.embedded.language_stage import lm_order, question_batch, shared_prefix_hidden
+from sparsezip.embedded.language_stage import lm_order, name_positions, question_batch, shared_prefix_hidden
 from sparsezip.embedded.models import TinyLlavaSpec
 from sparsezip.embedded.probe import answer_yes, keep_indices
 from sparsezip.embedded.scenes import COLOURS, SHAPES, Scene, existence_question
@@ -21,12 +21,14 @@ from sparsezip.embedded.tokens import PromptTokens
 from sparsezip.embedded.tower_stage import feature_layer_patches
 from sparsezip.embedded.train import TrainRecipe, build_untrained, train_tiny
 from sparsezip.embedded.training_data import (
+    NAME_BINS,
     NUM_CLASSES,
     QUESTION_KINDS,
     TRAIN_SPLIT,
     VALIDATION_SPLIT,
     aux_targets,
     document_pixels,
+    name_targets,
     render_training_images,
     training_questions,
 )
@@ -63,11 +65,16 @@ def test_training_is_reproducible(tmp_path) -> None:
     a = train_tiny(tmp_path / "a", MICRO, log=lambda _: None)
     b = train_tiny(tmp_path / "b", MICRO, log=lambda _: None, validation_images=6, validate_every=1)
     train_tiny(tmp_path / "c", dataclasses.replace(MICRO, seed=1), log=lambda _: None)
+    unnamed = train_tiny(tmp_path / "d", dataclasses.replace(MICRO, name_weight=0.0), log=lambda _: None)
+    unplaced = train_tiny(tmp_path / "e", dataclasses.replace(MICRO, coordinate_weight=0.0), log=lambda _: None)
     assert torch.equal(torch.random.get_rng_state(), state) and torch.get_num_threads() == threads
     assert a["language"] == b["language"] and "validation" not in a
     assert set(b["validation"]) <= {"images", "all", *QUESTION_KINDS} and b["validation"]["images"] == 6
-    weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in "abc"]
-    assert weights[0] == weights[1] and weights[0] != weights[2]
+    weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in "abcde"]
+    assert weights[0] == weights[1] and all(weights[0] != w for w in weights[2:])
+    # the recipe's name and coordinate targets are on by default; weight 0 turns each off
+    assert "name_loss" in a["language"] and "name_loss" not in unnamed["language"]
+    assert "coordinate_mse" in a["tower"] and "coordinate_mse" not in unplaced["tower"]
     card = (tmp_path / "a" / "README.md").read_text()
     assert "not" in card and "sanity model" in card
 
@@ -247,3 +254,30 @@ def test_aux_targets_read_the_question_and_the_scene(micro) -> None:
     assert region[7] == 4 and region[1] == 1
     doc = next(item for item in data.items if isinstance(item, Document))
     assert aux_targets(doc.fields[1].question, doc)[-2:] == (2, word_class(doc.fields[1].value))
+
+
+def test_name_targets_say_where_each_named_object_is_and_find_its_tokens(micro) -> None:
+    """Name targets: per named object, absent (0) or 1 + the column / row bin of its centre; their positions
+    are each name's last token in the question's suffix."""
+    _, processor, _ = micro
+    data = _images(8, processor, share=0.0)
+    scene = max(data.items, key=lambda s: len(s.objects))
+    first, second = scene.objects[:2]
+    absent = next(c for c in range(NUM_CLASSES) if c not in scene.classes)
+
+    def where(obj):
+        return tuple(1 + min(NAME_BINS - 1, int(v / scene.size * NAME_BINS)) for v in (obj.cx, obj.cy))
+
+    relative = f"Is the {first.name} on the left of the {second.name}?"
+    assert name_targets(relative, scene) == ((first.name, *where(first)), (second.name, *where(second)))
+    assert name_targets(existence_question(absent), scene)[0][1:] == (0, 0)
+    assert name_targets("Are there three shapes in the image?", scene) == ()
+    questions = [q for q in training_questions(scene, np.random.default_rng(0), 40) if q.names]
+    prompts = PromptTokens.build(processor)
+    batch = question_batch(prompts, [(q.question, q.answer) for q in questions], processor.tokenizer.pad_token_id)
+    rows, positions, cols, grid_rows = name_positions(batch, questions, processor.tokenizer)
+    assert len(rows) == sum(len(q.names) for q in questions) and rows.tolist() == sorted(rows.tolist())
+    for r, pos, col in zip(rows.tolist(), positions.tolist(), cols.tolist(), strict=True):
+        text = processor.tokenizer.decode(batch.ids[r, : pos + 1])
+        name = next(n for n, c, _ in questions[r].names if text.endswith(n) and c == col)
+        assert questions[r].question.count(name) == 1

@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-steps", type=int, default=None,
                         help="stage-2 steps (default: the recipe's 2000, as the committed tiny-llava; the committed "
                              "LLaVA-NeXT and Qwen2.5-VL models used 3500, see their model cards)")
+    parser.add_argument("--coordinate-weight", type=float, default=None,
+                        help="weight of the tower's linear x / y coordinate target (0 = off; default: the recipe's, "
+                             "see the model cards)")
+    parser.add_argument("--name-weight", type=float, default=None,
+                        help="weight of the stage-2 name targets (where each named object is, half-way up the LM; "
+                             "0 = off; default: the recipe's, see the model cards)")
     parser.add_argument("--validation-images", type=int, default=300,
                         help="held-out images whose per-kind accuracy is logged during stage 2 and recorded in the "
                              "report (own generators: the weights do not depend on it; 0 to skip; default: 300)")
@@ -46,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
         if args.lm_steps < 1:
             raise ValueError(f"--lm-steps must be >= 1, got {args.lm_steps}")
         recipe = dataclasses.replace(recipe, lm_steps=args.lm_steps)
+    for flag, field in (("--coordinate-weight", "coordinate_weight"), ("--name-weight", "name_weight")):
+        value = getattr(args, field)
+        if value is not None:
+            if value < 0:
+                raise ValueError(f"{flag} must be >= 0, got {value}")
+            recipe = dataclasses.replace(recipe, **{field: value})
     if args.validation_images < 0 or args.validate_every < 0:
         raise ValueError("--validation-images and --validate-every must be >= 0")
     report = train_tiny(out, recipe, eval_root=args.data_root or None, family=arch,

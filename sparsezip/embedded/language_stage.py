@@ -27,7 +27,14 @@ from sparsezip.embedded.family import LLAVA, TinyFamily
 from sparsezip.embedded.recipe import TrainRecipe, epoch_order, log_window, optimizer, schedule
 from sparsezip.embedded.scenes import Scene
 from sparsezip.embedded.tokens import PromptTokens
-from sparsezip.embedded.training_data import AUX_CLASSES, PRESENCE_CLASSES, TrainingImages, training_questions
+from sparsezip.embedded.training_data import (
+    AUX_CLASSES,
+    NAME_BINS,
+    PRESENCE_CLASSES,
+    TrainingImages,
+    TrainQuestion,
+    training_questions,
+)
 
 
 @dataclass
@@ -76,6 +83,20 @@ def shared_prefix_hidden(
     them into logits). Mathematically the same as running every full prompt, since the prefix is causal and
     question-independent: its KV cache is repeated per question and gradients flow through it (tested).
     """
+    hidden = suffix_states(model, prompts, features, batch, questions_per_image, family)[-1]
+    return hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
+def suffix_states(
+    model: nn.Module,
+    prompts: PromptTokens,
+    features: torch.Tensor,
+    batch: QuestionBatch,
+    questions_per_image: int,
+    family: TinyFamily = LLAVA,
+) -> tuple[torch.Tensor, ...]:
+    """Every suffix position's hidden states, as :func:`shared_prefix_hidden` runs them: the input embeddings
+    and each layer's output ``[B * Q, S, D]`` (HF's ``hidden_states``; the last one after the final norm)."""
     from transformers import DynamicCache
 
     lm = family.language_model(model)
@@ -91,9 +112,26 @@ def shared_prefix_hidden(
     p = prompts.prefix.shape[0]
     mask = torch.cat([torch.ones(batch.ids.shape[0], p, dtype=torch.long), batch.mask], dim=1)
     positions = (torch.arange(batch.ids.shape[1]) + start).unsqueeze(0).expand_as(batch.ids)
-    hidden = lm(input_ids=batch.ids, attention_mask=mask, position_ids=positions, cache=cache,
-                use_cache=True).last_hidden_state
-    return hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+    out = lm(input_ids=batch.ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+             output_hidden_states=True)
+    return (*out.hidden_states[:-1], out.last_hidden_state)
+
+
+def name_positions(batch: QuestionBatch, items: Sequence[TrainQuestion], tokenizer: object) -> tuple[torch.Tensor, ...]:
+    """Where the objects the questions name end in ``batch``'s suffixes, and their targets: question rows
+    ``[N]``, suffix positions ``[N]`` (each name's last token) and column / row classes ``[N]`` (see
+    :func:`sparsezip.embedded.training_data.name_targets`)."""
+    rows, positions, cols, grid_rows = [], [], [], []
+    for r, tq in enumerate(items):
+        ids = batch.ids[r].tolist()
+        for name, col, row in tq.names:
+            name_ids = tokenizer(f" {name}", add_special_tokens=False).input_ids
+            end = next((i + len(name_ids) - 1 for i in range(len(ids) - len(name_ids) + 1)
+                        if ids[i:i + len(name_ids)] == name_ids), None)
+            if end is None:
+                raise ValueError(f"training question {tq.question!r}: the tokens of {name!r} are not in its prompt")
+            rows.append(r), positions.append(end), cols.append(col), grid_rows.append(row)
+    return tuple(torch.tensor(v, dtype=torch.long) for v in (rows, positions, cols, grid_rows))
 
 
 @torch.no_grad()
@@ -170,15 +208,22 @@ def train_language(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed * 1000 + 5)
         aux_head = nn.Linear(width, PRESENCE_CLASSES + sum(AUX_CLASSES))
+        # only built when used, so a recipe without it trains exactly the weights it did before
+        name_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * (1 + NAME_BINS))) \
+            if recipe.name_weight else None
+    name_layer = recipe.spec.text_layers // 2
     family.tower(model).requires_grad_(False)
     lm, projector, head = family.language_model(model), family.projector(model), family.lm_head(model)
     projector.requires_grad_(True)  # Qwen2.5-VL's merger is part of its tower module
-    params = [*projector.parameters(), *lm.parameters(), *head.parameters(), *aux_head.parameters()]
+    params = [*projector.parameters(), *lm.parameters(), *head.parameters(), *aux_head.parameters(),
+              *(name_head.parameters() if name_head is not None else ())]
     opt = optimizer(params, recipe.lm_lr, recipe.weight_decay)
     model.train()
     q, bsz = recipe.questions_per_image, recipe.lm_batch_images
     order = lm_order(data, recipe, gen)
     window: dict[str, list[float]] = {"loss": [], "aux_loss": [], "answer_acc": []}
+    if name_head is not None:
+        window |= {"name_loss": [], "name_col_acc": []}
     means: dict[str, float] = {}
     start = time.perf_counter()
     for step in range(recipe.lm_steps):
@@ -187,7 +232,8 @@ def train_language(
         idx = order[step * bsz:(step + 1) * bsz]
         items = [tq for i in idx for tq in training_questions(data.items[i], rng, q, recipe.existence_share)]
         batch = question_batch(prompts, [(tq.question, tq.answer) for tq in items], pad_id)
-        hidden = shared_prefix_hidden(model, prompts, features[idx], batch, q, family)
+        states = suffix_states(model, prompts, features[idx], batch, q, family)
+        hidden = states[-1].gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, width))
         logits = head(hidden)
         loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
         aux = aux_head(hidden[:, 0])
@@ -196,8 +242,16 @@ def train_language(
         aux_loss = F.binary_cross_entropy_with_logits(aux[:, :PRESENCE_CLASSES], presence) + sum(
             F.cross_entropy(logits_j, classes[:, j])
             for j, logits_j in enumerate(aux[:, PRESENCE_CLASSES:].split(AUX_CLASSES, dim=-1)))
+        total = loss + recipe.aux_weight * aux_loss
+        if name_head is not None:
+            rows, pos, cols, grid_rows = name_positions(batch, items, processor.tokenizer)
+            name_logits = name_head(states[name_layer][rows, pos]).split(1 + NAME_BINS, dim=-1)
+            name_loss = F.cross_entropy(name_logits[0], cols) + F.cross_entropy(name_logits[1], grid_rows)
+            total = total + recipe.name_weight * name_loss
+            window["name_loss"].append(name_loss.item())
+            window["name_col_acc"].append((name_logits[0].argmax(-1) == cols).float().mean().item())
         opt.zero_grad(set_to_none=True)
-        (loss + recipe.aux_weight * aux_loss).backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         window["loss"].append(loss.item())

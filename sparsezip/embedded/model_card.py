@@ -54,6 +54,13 @@ _FAMILIES: dict[str, FamilyCard] = {
 }
 
 
+# Recipe settings ``sparsezip train-tiny`` takes on its command line, and the values of settings a report
+# written before they existed trained with (the name targets were off).
+COMMAND_LINE_SETTINGS: dict[str, str] = {"lm_steps": "--lm-steps", "coordinate_weight": "--coordinate-weight",
+                                         "name_weight": "--name-weight"}
+SETTINGS_BEFORE_THEY_EXISTED: dict[str, object] = {"coordinate_weight": 0.0, "name_weight": 0.0}
+
+
 def reproduce_command(report: dict) -> str:
     """The ``sparsezip train-tiny`` command line (markdown) that trains the report's model (recipe defaults left
     out; recipe settings the command line does not take are named)."""
@@ -66,10 +73,12 @@ def reproduce_command(report: dict) -> str:
         parts.append(f"--arch {family}")
     parts.append(f"--out fixtures/{report.get('fixture', 'tiny-llava')} --seed {recipe['seed']}")
     default = TrainRecipe().to_json()
-    if recipe["lm_steps"] != default["lm_steps"]:
-        parts.append(f"--lm-steps {recipe['lm_steps']}")
+    recipe = {**SETTINGS_BEFORE_THEY_EXISTED, **recipe}
+    for key, flag in COMMAND_LINE_SETTINGS.items():
+        if recipe[key] != default[key]:
+            parts.append(f"{flag} {recipe[key]}")
     command = f"`{' '.join(parts)}`"
-    other = sorted(k for k in default if k not in ("seed", "lm_steps") and recipe.get(k) != default[k])
+    other = sorted(k for k in default if k not in ("seed", *COMMAND_LINE_SETTINGS) and recipe.get(k) != default[k])
     if other:  # settings the command line does not take: the recipe above has them
         command += f" (with {', '.join(other)} as in the recipe above)"
     return command
@@ -125,7 +134,9 @@ def model_card(report: dict) -> str:
         "evaluation images (`sparsezip.imageprep.prepare_images`: pad to a square of the mean colour).",
         f"1. Vision tower, {recipe['tower_steps']} steps x {recipe['tower_batch']} images, AdamW lr "
         f"{recipe['tower_lr']}: per-patch object or word class (background weighted "
-        f"{recipe['background_weight']}) and per-patch row and column (weight {recipe['position_weight']}) on",
+        f"{recipe['background_weight']}) and per-patch row and column (weight {recipe['position_weight']}"
+        + (f"; and the x / y coordinate regressed linearly, weight {recipe['coordinate_weight']}"
+           if recipe.get("coordinate_weight") else "") + ") on",
         f"   {feature}; which objects and words are present on {global_token}.",
         f"2. Projector + LM (tower frozen), {recipe['lm_steps']} steps x {recipe['lm_batch_images']} images x "
         f"{recipe['questions_per_image']} questions, AdamW lr {recipe['lm_lr']}: questions",
@@ -136,6 +147,9 @@ def model_card(report: dict) -> str:
         "   initialisation, a projector that starts by standardising the features it reads, and auxiliary",
         f"   targets at the answer position (weight {recipe['aux_weight']}: what is present, what the question",
         "   asks, where the named objects or region are, which field and word), via a linear head dropped afterwards.",
+        *([f"   Name targets (weight {recipe['name_weight']}): at the last token of each object a question names, "
+           "half-way up the LM,", "   whether that object is there and which column and row eighth its centre "
+           "is in (a head dropped afterwards)."] if recipe.get("name_weight") else []),
         "",
         f"Training time: {report['minutes']} min wall clock on the training machine's CPU (torch {report['torch']}; "
         "a shared 2-core",

@@ -36,6 +36,9 @@ class TrainRecipe:
     tower_lr: float = 3e-3
     background_weight: float = 0.25  # per-patch loss weight of background patches (objects, words: 1)
     position_weight: float = 0.5  # per-patch row/column targets (keeps where a patch is in its features)
+    # per-patch x / y coordinate regressed linearly (0 = off): where becomes a direction in feature space, so
+    # comparing two positions is a difference, not a lookup
+    coordinate_weight: float = 1.0
     # stage 2: projector + language model
     lm_steps: int = 2000
     lm_scene_only_steps: int = 0  # the first stage-2 steps see scenes only (documents join afterwards)
@@ -46,6 +49,8 @@ class TrainRecipe:
     warmup: int = 100
     weight_decay: float = 0.01
     aux_weight: float = 1.0  # stage 2 auxiliary targets at the answer position
+    # stage 2 targets at each named object's last token, half-way up the LM: absent, or where its centre is
+    name_weight: float = 1.0
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -1,11 +1,14 @@
 """Stage 1 of the embedded recipe: train the vision tower on dense labels of the training images.
 
-Three objectives on the feature layer (the outputs the projector reads), through the family's own tower tap:
+Four objectives on the feature layer (the outputs the projector reads), through the family's own tower tap:
 
 - per patch, which object or document word covers it (or background): the tower learns fast and its patch
   features carry *what* is where, including which word a patch of text shows;
 - per patch, its row and column in the grid: keeps *where* a patch is in its features, which the language
   model needs for left/right and region questions (without it MME position sat at chance);
+- per patch, its x / y coordinate regressed by a linear map of the features themselves (``coordinate_weight``):
+  *where* becomes a direction in feature space, so that comparing two objects' positions is a difference the
+  language model can take; with the stage-2 name targets it lifted position from chance (see the model card);
 - on the global token (CLS; Qwen2.5-VL, which has none: the patches' mean), which objects and words are
   present (multi-label): the CLS token gathers the
   evidence, so its attention -- what VisionZip and SparseZip rank patches by -- points at objects and text.
@@ -47,7 +50,9 @@ def train_tower(
         patch_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, PATCH_CLASSES))
         position_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 2 * grid))
         cls_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, PRESENCE_CLASSES))
-    heads = (patch_head, position_head, cls_head)
+        # only built when used, so a recipe without it trains exactly the weights it did before
+        coordinate_head = nn.Linear(width, 2) if recipe.coordinate_weight else None
+    heads = (patch_head, position_head, cls_head, *([coordinate_head] if coordinate_head is not None else []))
     params = [*tower.parameters(), *(p for h in heads for p in h.parameters())]
     opt = optimizer(params, recipe.tower_lr, recipe.weight_decay)
     class_weight = torch.ones(PATCH_CLASSES)
@@ -74,6 +79,11 @@ def train_tower(
             F.cross_entropy(col_logits.flatten(0, 1), cols.repeat(b))
         loss = F.cross_entropy(patch_logits.flatten(0, 1), labels.flatten(), weight=class_weight) + \
             recipe.position_weight * position_loss + F.binary_cross_entropy_with_logits(cls_logits, presence)
+        if coordinate_head is not None:  # x, y in [-1, 1], linear in the features themselves (no norm)
+            target = torch.stack([cols, rows], dim=-1).float() * (2 / max(1, grid - 1)) - 1
+            coordinate_loss = F.mse_loss(coordinate_head(patches), target.expand(b, -1, -1))
+            loss = loss + recipe.coordinate_weight * coordinate_loss
+            window.setdefault("coordinate_mse", []).append(coordinate_loss.item())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -136,6 +136,7 @@ class TrainQuestion:
     answer: str
     aux: tuple[int, ...]
     kind: str = ""
+    names: tuple[tuple[str, int, int], ...] = ()  # see name_targets
 
 
 # What a training question asks (validation accuracy is logged per kind). Existence "no" is split by how its
@@ -168,9 +169,8 @@ def aux_targets(question: str, item: Scene | Document) -> tuple[int, ...]:
     shape = next((1 + SHAPES.index(w) for w in words if w in SHAPES), 0)
     count = next((COUNT_WORDS.index(w) for w in words if w in COUNT_WORDS[1:5]), 0)
     side = next((1 + ("left", "right").index(w) for w in words if w in ("left", "right")), 0)
-    named = [f"{a} {b}" for a, b in itertools.pairwise(words) if a in COLOURS and b in SHAPES]
     states = []
-    for name in [*named, None, None][:2]:
+    for name in [*named_objects(question), None, None][:2]:
         obj = next((o for o in scene.objects if o.name == name), None) if name else None
         states.append(0 if name is None else 1 if obj is None else 2 + int(obj.cx >= scene.size / 2))
     region = next((1 + i for i, r in enumerate(REGIONS) if f" {r} " in f" {' '.join(words)} "), 0)
@@ -179,6 +179,30 @@ def aux_targets(question: str, item: Scene | Document) -> tuple[int, ...]:
         obj = next((o for o in scene.objects if region_of(o, scene.size) == region - 1), None)
         region_colour = 0 if obj is None else 1 + list(COLOURS).index(obj.colour)
     return (len(scene.objects), colour, shape, count, side, *states, region, region_colour, 0, 0)
+
+
+def named_objects(question: str) -> list[str]:
+    """The objects a question names (``"red circle"``), in order."""
+    words = question.rstrip("?").split()
+    return [f"{a} {b}" for a, b in itertools.pairwise(words) if a in COLOURS and b in SHAPES]
+
+
+# Column and row bins of a named object's centre (the name-token targets of stage 2).
+NAME_BINS = 8
+
+
+def name_targets(question: str, scene: Scene) -> tuple[tuple[str, int, int], ...]:
+    """Per object ``question`` names: ``(name, column class, row class)``, class 0 if no such object is in
+    ``scene``, else 1 + the bin (of ``NAME_BINS`` across the image) its centre falls in."""
+    out = []
+    for name in named_objects(question):
+        obj = next((o for o in scene.objects if o.name == name), None)
+        if obj is None:
+            out.append((name, 0, 0))
+        else:
+            col, row = (1 + min(NAME_BINS - 1, int(v / scene.size * NAME_BINS)) for v in (obj.cx, obj.cy))
+            out.append((name, col, row))
+    return tuple(out)
 
 
 SCENE_PAIR_MAKERS = {"colour": colour_pair, "region_colour": region_colour_pair, "count": count_pair,
@@ -227,7 +251,7 @@ def training_questions(item: Scene | Document, rng: np.random.Generator, n: int,
         rows = [int(rng.integers(len(item.fields))) for _ in range(n)]
         return [TrainQuestion(item.fields[r].question, f" {item.fields[r].value}",
                               aux_targets(item.fields[r].question, item), DOCUMENT_KINDS[r]) for r in rows]
-    return [TrainQuestion(q, ANSWER_TEXT[a], aux_targets(q, item), kind)
+    return [TrainQuestion(q, ANSWER_TEXT[a], aux_targets(q, item), kind, name_targets(q, item))
             for q, a, kind in scene_questions(item, rng, n, existence_share)]
 
 
