@@ -203,8 +203,9 @@ class CompressionResult:
 
     Attributes:
         tokens: ``[B, T, C]`` compressed pre-projector tokens, image b's real tokens first, zero-padded to
-            the batch maximum T.
-        lengths: ``[B]`` int64, real tokens per image (``lengths.max() == T``).
+            the width T.
+        lengths: ``[B]`` int64, real tokens per image (``<= T``; ``T`` is ``lengths.max()`` unless the method
+            fixes its width from the counts alone, to skip a host sync: then a row may end in zero pad slots).
         kept_index: ``[B, Kmax]`` int64, source index (into N, prefix tokens first) of each dominant / kept
             token, in output order, ``-1`` padded.
         assignment: ``[B, N]`` int64, the output slot (into T) every source token went to; ``-1`` = dropped.

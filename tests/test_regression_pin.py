@@ -3,7 +3,7 @@
 NOT an upstream golden. ``fixtures/golden/regression-pin/`` holds what *this project's own code* returned at
 commit c72ac57 (before the launch-light rewrite of issue 14), on fixed random inputs stored next to them; see
 that folder's ``SOURCE.md``. A change here means a method's results changed: the dominant (kept) set and the
-cluster assignment must stay exactly equal, tokens within 1e-5.
+cluster assignment must stay exactly equal, tokens within 1e-5 (only the zero padding may widen).
 
 Regenerate (only for a deliberate change of results, and say why in the commit):
 ``python tests/test_regression_pin.py --write``.
@@ -129,7 +129,13 @@ def test_outputs_match_the_pin(stored, input_set: str, case: str, method: str, c
     result = get_method(method, **config)(context(inputs))
     for field in ("lengths", "k", "kept_index", "assignment"):  # the dominant set and every cluster, exactly
         assert torch.equal(getattr(result, field), pin[f"{case}/{field}"]), field
-    torch.testing.assert_close(result.tokens, pin[f"{case}/tokens"], rtol=0, atol=1e-5)
+    # The padded width may have grown (fixed-K SparseZip sizes it from the counts, to skip a host sync, so the
+    # `duplicates` rows keep zero slots where clusters ended empty); the tokens themselves may not change.
+    pinned = pin[f"{case}/tokens"]
+    width = pinned.shape[1]
+    assert result.tokens.shape[1] >= width if input_set == "duplicates" else result.tokens.shape[1] == width
+    torch.testing.assert_close(result.tokens[:, :width], pinned, rtol=0, atol=1e-5)
+    assert not result.tokens[:, width:].any()
 
 
 def test_dynamic_cases_spread_k() -> None:

@@ -143,9 +143,10 @@ class SparseZip(CompressionMethod):
     def compress(self, ctx: VisionContext) -> CompressionResult:
         """hidden ``[B, N, C]`` -> tokens ``[B, T, C]`` laid out ``[prefix?, dominant ascending, contextual]``.
 
-        One host sync (the output width, which depends on how many contextual clusters are non-empty), whatever
-        the configuration; fixed K needs no other. The unit keys' Gram matrix is computed once and shared by the
-        mutual-information score and the k-means distances.
+        No host sync with fixed K: the output width ``T`` is what the counts allow (prefix + dominant +
+        ``min(contextual_num, remaining)``), so in the rare call where a contextual cluster ends up empty the
+        row's length is one short of ``T`` (a zero pad slot). Dynamic K reads its widths in one sync. The unit
+        keys' Gram matrix is computed once and shared by the mutual-information score and the k-means distances.
         """
         if ctx.cls_attn is None:
             raise ValueError("sparsezip needs the CLS attention row (VisionContext.cls_attn), got None")
@@ -195,10 +196,13 @@ class SparseZip(CompressionMethod):
         keep = with_prefix(dominant, prefix, cfg.keep_cls)
         kept = (prefix if cfg.keep_cls else 0) + k_fixed
         width = None
-        if cfg.skip_ctx_merge and not dynamic:  # VisionZip's slots depend on counts alone: a known width
+        if not dynamic:  # the counts alone bound the output: a width known on the host, no sync
             remaining_count = m - k_fixed
-            step = max(1, remaining_count // contextual_num) if contextual_num else 1
-            width = kept + sum(1 for j in range(contextual_num) if j * step < remaining_count)
+            if cfg.skip_ctx_merge:  # VisionZip's slots: exactly this many
+                step = max(1, remaining_count // contextual_num) if contextual_num else 1
+                width = kept + sum(1 for j in range(contextual_num) if j * step < remaining_count)
+            else:  # at most this many clusters; one left empty (rare: see kmeans_assign) is a zero pad slot
+                width = kept + min(contextual_num, remaining_count)
         return assemble(ctx.hidden, keep, k, contextual, slot_valid, with_prefix(labels, prefix, -1),
                         kept_per_row=None if dynamic else kept, width=width, valid_slots_first=True)
 
