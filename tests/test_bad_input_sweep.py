@@ -160,6 +160,8 @@ CASES: dict[str, tuple[Callable[[SimpleNamespace, Path], list[str]], list[str]]]
     "merge-of-no-run": (lambda w, o: ["merge", str(w.root / "no-run"), "--out", str(o)], ["no-run", "no run.json"]),
     "make-fixtures-over-committed": (lambda w, o: ["make-fixtures"], ["fixtures/data", "--out", "--force"]),
     "train-tiny-over-committed": (lambda w, o: ["train-tiny"], ["fixtures/tiny-llava", "--force"]),
+    "train-tiny-no-tower-steps": (lambda w, o: ["train-tiny", "--out", str(o), "--tower-steps", "0"],
+                                  ["--tower-steps must be >= 1, got 0"]),
 }
 assert len(CASES) >= 24
 

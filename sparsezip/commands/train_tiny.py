@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="without --out: overwrite the committed checkpoint of --arch (retraining it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training data and weights (default: 0)")
+    parser.add_argument("--tower-steps", type=int, default=None,
+                        help="stage-1 (vision tower) steps (default: the recipe's, see the model cards)")
     parser.add_argument("--lm-steps", type=int, default=None,
                         help="stage-2 steps (default: the recipe's 2000, as the committed tiny-llava; the committed "
                              "LLaVA-NeXT and Qwen2.5-VL models used 3500, see their model cards)")
@@ -48,10 +50,12 @@ def run(args: argparse.Namespace) -> int:
     arch = family(args.arch)
     out = committed_or_given(args.out, args.force, f"fixtures/{arch.fixture}", "train-tiny")
     recipe = dataclasses.replace(TrainRecipe(), seed=args.seed)
-    if args.lm_steps is not None:
-        if args.lm_steps < 1:
-            raise ValueError(f"--lm-steps must be >= 1, got {args.lm_steps}")
-        recipe = dataclasses.replace(recipe, lm_steps=args.lm_steps)
+    for flag, field in (("--tower-steps", "tower_steps"), ("--lm-steps", "lm_steps")):
+        value = getattr(args, field)
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"{flag} must be >= 1, got {value}")
+            recipe = dataclasses.replace(recipe, **{field: value})
     for flag, field in (("--coordinate-weight", "coordinate_weight"), ("--name-weight", "name_weight")):
         value = getattr(args, field)
         if value is not None:

@@ -56,8 +56,8 @@ _FAMILIES: dict[str, FamilyCard] = {
 
 # Recipe settings ``sparsezip train-tiny`` takes on its command line, and the values of settings a report
 # written before they existed trained with (the name targets were off).
-COMMAND_LINE_SETTINGS: dict[str, str] = {"lm_steps": "--lm-steps", "coordinate_weight": "--coordinate-weight",
-                                         "name_weight": "--name-weight"}
+COMMAND_LINE_SETTINGS: dict[str, str] = {"tower_steps": "--tower-steps", "lm_steps": "--lm-steps",
+                                         "coordinate_weight": "--coordinate-weight", "name_weight": "--name-weight"}
 SETTINGS_BEFORE_THEY_EXISTED: dict[str, object] = {"coordinate_weight": 0.0, "name_weight": 0.0}
 
 
