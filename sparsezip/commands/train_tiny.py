@@ -50,17 +50,14 @@ def run(args: argparse.Namespace) -> int:
     arch = family(args.arch)
     out = committed_or_given(args.out, args.force, f"fixtures/{arch.fixture}", "train-tiny")
     recipe = dataclasses.replace(TrainRecipe(), seed=args.seed)
-    for flag, field in (("--tower-steps", "tower_steps"), ("--lm-steps", "lm_steps")):
+    # (flag, recipe field, least allowed value): steps count from 1, a weight of 0 turns its target off
+    settings = (("--tower-steps", "tower_steps", 1), ("--lm-steps", "lm_steps", 1),
+                ("--coordinate-weight", "coordinate_weight", 0), ("--name-weight", "name_weight", 0))
+    for flag, field, least in settings:
         value = getattr(args, field)
         if value is not None:
-            if value < 1:
-                raise ValueError(f"{flag} must be >= 1, got {value}")
-            recipe = dataclasses.replace(recipe, **{field: value})
-    for flag, field in (("--coordinate-weight", "coordinate_weight"), ("--name-weight", "name_weight")):
-        value = getattr(args, field)
-        if value is not None:
-            if value < 0:
-                raise ValueError(f"{flag} must be >= 0, got {value}")
+            if value < least:
+                raise ValueError(f"{flag} must be >= {least}, got {value}")
             recipe = dataclasses.replace(recipe, **{field: value})
     if args.validation_images < 0 or args.validate_every < 0:
         raise ValueError("--validation-images and --validate-every must be >= 0")
