@@ -54,9 +54,9 @@ def test_committed_model_loads_like_a_real_checkpoint_and_answers(embedded_plain
     texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert all(t.strip() in ("Yes", "No") for t in texts), texts
     right = sum((t.strip() == "Yes") == (r["label"] == "yes") for t, r in zip(texts, rows, strict=True))
-    # a sanity bar, well above chance: the committed model answers 29 of these 36 (accuracy 0.865-0.905 on the
-    # full 600-question splits through the adapter)
-    assert right >= 0.75 * len(rows), f"{right}/{len(rows)} committed questions answered correctly"
+    # a sanity bar, well above chance: the committed model answers all 36 (accuracy 0.975-0.978 on the full
+    # 600-question splits through the adapter)
+    assert right >= 0.85 * len(rows), f"{right}/{len(rows)} committed questions answered correctly"
 
 
 @pytest.mark.parametrize("folder", ["tiny-llava", "tiny-llava-next", "tiny-qwen2.5-vl"])
@@ -86,7 +86,9 @@ def test_cls_attention_selection_beats_random_on_the_committed_model(embedded_pl
     k = 144 // 4
     with torch.no_grad():
         full = pope_probe(model, processor, DATA, "adversarial", limit=120)
-        top = pope_probe(model, processor, DATA, "adversarial", selection="cls_topk", k=k, limit=120)
-        rand = pope_probe(model, processor, DATA, "adversarial", selection="random", k=k, limit=120)
-    assert full["f1"] >= 0.85  # the committed model: 0.89 on this probe's 120 questions (0.893 on all 600)
+        # 300 questions: on the first 120 the two are within noise of each other (0.80 vs 0.83 on the committed
+        # model), on 300 0.87 vs 0.76, on all 600 0.86 vs 0.79 (its model card)
+        top = pope_probe(model, processor, DATA, "adversarial", selection="cls_topk", k=k, limit=300)
+        rand = pope_probe(model, processor, DATA, "adversarial", selection="random", k=k, limit=300)
+    assert full["f1"] >= 0.85  # the committed model: 0.98 on this probe's 120 questions (0.975 on all 600)
     assert top["f1"] > rand["f1"] + 0.05, (top, rand)

@@ -31,7 +31,7 @@ class TrainRecipe:
     images: int = 12_000  # rendered once, shared by both stages
     document_share: float = 0.2  # of the training images that are documents (the rest: scenes)
     # stage 1: vision tower
-    tower_steps: int = 1000
+    tower_steps: int = 2000
     tower_batch: int = 64
     tower_lr: float = 3e-3
     background_weight: float = 0.25  # per-patch loss weight of background patches (objects, words: 1)
@@ -40,7 +40,7 @@ class TrainRecipe:
     # comparing two positions is a difference, not a lookup
     coordinate_weight: float = 1.0
     # stage 2: projector + language model
-    lm_steps: int = 2000
+    lm_steps: int = 2500
     lm_scene_only_steps: int = 0  # the first stage-2 steps see scenes only (documents join afterwards)
     existence_share: float = 0.5  # of the scene questions that ask whether an object is there
     lm_batch_images: int = 16
