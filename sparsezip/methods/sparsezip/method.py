@@ -144,8 +144,8 @@ class SparseZip(CompressionMethod):
         """hidden ``[B, N, C]`` -> tokens ``[B, T, C]`` laid out ``[prefix?, dominant ascending, contextual]``.
 
         No host sync with fixed K: the output width ``T`` is what the counts allow (prefix + dominant +
-        ``min(contextual_num, remaining)``), so in the rare call where a contextual cluster ends up empty the
-        row's length is one short of ``T`` (a zero pad slot). Dynamic K reads its widths in one sync. The unit
+        ``min(contextual_num, remaining)``), so where contextual clusters end up empty (rare outside degenerate,
+        e.g. duplicated, inputs) the row ends in zero pad slots. Dynamic K reads its widths in one sync. The unit
         keys' Gram matrix is computed once and shared by the mutual-information score and the k-means distances.
         """
         if ctx.cls_attn is None:
@@ -201,7 +201,7 @@ class SparseZip(CompressionMethod):
             if cfg.skip_ctx_merge:  # VisionZip's slots: exactly this many
                 step = max(1, remaining_count // contextual_num) if contextual_num else 1
                 width = kept + sum(1 for j in range(contextual_num) if j * step < remaining_count)
-            else:  # at most this many clusters; one left empty (rare: see kmeans_assign) is a zero pad slot
+            else:  # at most this many clusters; one left empty (rare) leaves a zero pad slot
                 width = kept + min(contextual_num, remaining_count)
         return assemble(ctx.hidden, keep, k, contextual, slot_valid, with_prefix(labels, prefix, -1),
                         kept_per_row=None if dynamic else kept, width=width, valid_slots_first=True)
