@@ -14,7 +14,7 @@ from PIL import Image
 from sparsezip.data.prompts import build_prompt
 from sparsezip.embedded.documents import Document
 from sparsezip.embedded.family import family
-from sparsezip.embedded.language_stage import question_batch, shared_prefix_hidden
+from sparsezip.embedded.language_stage import at_scored_positions, question_batch, suffix_states
 from sparsezip.embedded.models import TinyLlavaSpec
 from sparsezip.embedded.scenes import Scene
 from sparsezip.embedded.tower_stage import feature_layer_patches
@@ -54,7 +54,8 @@ def test_shared_prefix_equals_the_models_own_forward(micro) -> None:
     eos = processor.tokenizer.eos_token
     with torch.no_grad():
         features = feature_layer_patches(model, processor, data.pixels[chosen], family=fam)
-        logits = fam.lm_head(model)(shared_prefix_hidden(model, prompts, features, batch, 3, fam))
+        hidden = suffix_states(model, prompts, features, batch, 3, fam)[-1]
+        logits = fam.lm_head(model)(at_scored_positions(hidden, batch))
         for j, (question, answer) in enumerate(items):
             text = build_prompt("pope", question) + ({True: " Yes", False: " No"}.get(answer, answer)) + eos
             inputs = processor(images=[Image.fromarray(data.pixels[chosen[j // 3]])], text=[text],

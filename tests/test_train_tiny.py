@@ -13,7 +13,13 @@ from sparsezip.adapters.vision_tower import FeatureLayerTap
 from sparsezip.data.prompts import build_prompt
 from sparsezip.embedded.datasets import SetSizes, docvqa_documents, mme_items, pope_scenes
 from sparsezip.embedded.documents import Document, render_document, word_class
-from sparsezip.embedded.language_stage import lm_order, name_positions, question_batch, shared_prefix_hidden
+from sparsezip.embedded.language_stage import (
+    at_scored_positions,
+    lm_order,
+    name_positions,
+    question_batch,
+    suffix_states,
+)
 from sparsezip.embedded.models import TinyLlavaSpec
 from sparsezip.embedded.probe import answer_yes, keep_indices
 from sparsezip.embedded.scenes import COLOURS, SHAPES, Scene, existence_question
@@ -90,7 +96,7 @@ def test_shared_prefix_equals_full_prompts(micro) -> None:
     batch = question_batch(prompts, items, processor.tokenizer.pad_token_id)
     with torch.no_grad():
         features = feature_layer_patches(model, processor, data.pixels[chosen])
-        logits = model.lm_head(shared_prefix_hidden(model, prompts, features, batch, questions_per_image=3))
+        logits = model.lm_head(at_scored_positions(suffix_states(model, prompts, features, batch, 3)[-1], batch))
         for j, (question, answer) in enumerate(items):
             text = build_prompt("pope", question) + answer + "</s>"
             image = Image.fromarray(data.pixels[chosen[j // 3]])
@@ -277,7 +283,8 @@ def test_name_targets_say_where_each_named_object_is_and_find_its_tokens(micro) 
     batch = question_batch(prompts, [(q.question, q.answer) for q in questions], processor.tokenizer.pad_token_id)
     rows, positions, cols, grid_rows = name_positions(batch, questions, processor.tokenizer)
     assert len(rows) == sum(len(q.names) for q in questions) and rows.tolist() == sorted(rows.tolist())
-    for r, pos, col in zip(rows.tolist(), positions.tolist(), cols.tolist(), strict=True):
+    for r, pos, col, grid_row in zip(rows.tolist(), positions.tolist(), cols.tolist(), grid_rows.tolist(),
+                                     strict=True):
         text = processor.tokenizer.decode(batch.ids[r, : pos + 1])
-        name = next(n for n, c, _ in questions[r].names if text.endswith(n) and c == col)
+        name = next(n for n, c, g in questions[r].names if text.endswith(n) and (c, g) == (col, grid_row))
         assert questions[r].question.count(name) == 1

@@ -67,26 +67,6 @@ def question_batch(prompts: PromptTokens, items: Sequence[tuple[str, bool | str]
     return QuestionBatch(ids, mask, positions, targets)
 
 
-def shared_prefix_hidden(
-    model: nn.Module,
-    prompts: PromptTokens,
-    features: torch.Tensor,
-    batch: QuestionBatch,
-    questions_per_image: int,
-    family: TinyFamily = LLAVA,
-) -> torch.Tensor:
-    """Final hidden states at the scored positions of ``questions_per_image`` questions per image, running
-    each image's prefix (system prompt + image tokens) once.
-
-    ``features: [B, P, C]`` feature-layer patch outputs; ``batch`` holds ``B * questions_per_image``
-    suffixes (image-major). Returns ``[B * Q, A, D]`` at ``batch.positions`` (the family's ``lm_head`` turns
-    them into logits). Mathematically the same as running every full prompt, since the prefix is causal and
-    question-independent: its KV cache is repeated per question and gradients flow through it (tested).
-    """
-    hidden = suffix_states(model, prompts, features, batch, questions_per_image, family)[-1]
-    return hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-
-
 def suffix_states(
     model: nn.Module,
     prompts: PromptTokens,
@@ -95,8 +75,14 @@ def suffix_states(
     questions_per_image: int,
     family: TinyFamily = LLAVA,
 ) -> tuple[torch.Tensor, ...]:
-    """Every suffix position's hidden states, as :func:`shared_prefix_hidden` runs them: the input embeddings
-    and each layer's output ``[B * Q, S, D]`` (HF's ``hidden_states``; the last one after the final norm)."""
+    """The hidden states of ``questions_per_image`` question suffixes per image, running each image's prefix
+    (system prompt + image tokens) once: the input embeddings and each layer's output ``[B * Q, S, D]`` (HF's
+    ``hidden_states``; the last one after the final norm).
+
+    ``features: [B, P, C]`` feature-layer patch outputs; ``batch`` holds ``B * questions_per_image`` suffixes
+    (image-major). Mathematically the same as running every full prompt, since the prefix is causal and
+    question-independent: its KV cache is repeated per question and gradients flow through it (tested).
+    """
     from transformers import DynamicCache
 
     lm = family.language_model(model)
@@ -115,6 +101,12 @@ def suffix_states(
     out = lm(input_ids=batch.ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
              output_hidden_states=True)
     return (*out.hidden_states[:-1], out.last_hidden_state)
+
+
+def at_scored_positions(hidden: torch.Tensor, batch: QuestionBatch) -> torch.Tensor:
+    """``hidden [B * Q, S, D]`` at ``batch.positions`` -> ``[B * Q, A, D]`` (the family's ``lm_head`` turns them
+    into the logits of the answer tokens)."""
+    return hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
 
 def name_positions(batch: QuestionBatch, items: Sequence[TrainQuestion], tokenizer: object) -> tuple[torch.Tensor, ...]:
@@ -233,7 +225,7 @@ def train_language(
         items = [tq for i in idx for tq in training_questions(data.items[i], rng, q, recipe.existence_share)]
         batch = question_batch(prompts, [(tq.question, tq.answer) for tq in items], pad_id)
         states = suffix_states(model, prompts, features[idx], batch, q, family)
-        hidden = states[-1].gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, width))
+        hidden = at_scored_positions(states[-1], batch)
         logits = head(hidden)
         loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
         aux = aux_head(hidden[:, 0])

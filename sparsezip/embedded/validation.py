@@ -18,7 +18,12 @@ from torch import nn
 
 from sparsezip.embedded.datasets import TRAIN_STREAM
 from sparsezip.embedded.family import LLAVA, TinyFamily
-from sparsezip.embedded.language_stage import QuestionBatch, question_batch, shared_prefix_hidden
+from sparsezip.embedded.language_stage import (
+    QuestionBatch,
+    at_scored_positions,
+    question_batch,
+    suffix_states,
+)
 from sparsezip.embedded.tower_stage import feature_layer_patches
 from sparsezip.embedded.training_data import (
     QUESTION_KINDS,
@@ -81,7 +86,8 @@ def validate(model: nn.Module, processor: object, vset: ValidationSet, family: T
         width = int(vset.batch.mask[rows].sum(1).max())
         chunk = QuestionBatch(vset.batch.ids[rows, :width], vset.batch.mask[rows, :width],
                               vset.batch.positions[rows, :1], vset.batch.targets[rows, :1])
-        hidden = shared_prefix_hidden(model, prompts, vset.features[start:stop], chunk, q, family)
+        hidden = at_scored_positions(suffix_states(model, prompts, vset.features[start:stop], chunk, q, family)[-1],
+                                     chunk)
         hits.append(head(hidden[:, 0]).argmax(-1) == chunk.targets[:, 0])
     model.train(was_training)
     correct = torch.cat(hits).float().numpy()
