@@ -40,20 +40,19 @@ from sparsezip.adapters.common import (
     image_seed,
     mean_question_embedding,
     method_budget,
-    prefill_flops,
     stage_timings,
     to_device,
-    trim_at_eos,
 )
 from sparsezip.adapters.in_llm import in_llm_outputs, run_in_llm
 from sparsezip.adapters.llava_loader import llava_visual_tokens, load_llava
 from sparsezip.adapters.placeholders import shorten_image_runs
 from sparsezip.adapters.prompt_ids import encode_prompts
+from sparsezip.adapters.vision_stage import generate_on_embeds, vision_stage_outputs
 from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.imageprep import aspect_mode, prepare_images
 from sparsezip.methods.base import CompressionMethod
-from sparsezip.profiling import FirstCallClock, StageTimer
+from sparsezip.profiling import StageTimer
 
 # load_llava lives with LLaVA's registry entry, image_seed with the other adapters' shared helpers; both are
 # re-exported here, where users have always imported them.
@@ -340,42 +339,16 @@ class LlavaVLM(WrappedModel):
         if method.stage == "llm":
             return self._generate_in_llm(images, prompts, method, max_new_tokens)
         prepared = self.prepare(images, prompts, method=method, questions=questions)
-        first_token = FirstCallClock(self.device)
-        with torch.inference_mode():
-            sequences = self.model.generate(
-                inputs_embeds=prepared.inputs_embeds,
-                attention_mask=prepared.attention_mask,
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-                do_sample=False,
-                logits_processor=[first_token],
-                pad_token_id=self.pad_token_id,
-            )
-        end = prepared.timer.now()
-        timings = stage_timings(prepared.timer, prepared.start, prepared.compress_end, first_token.first_call, end)
-        batch = len(prompts)
-        outputs = []
-        for b, generated in enumerate(sequences.tolist()):  # one read of the whole batch
-            tokens = trim_at_eos(generated, self.eos)
-            visual = prepared.visual_tokens[b]
-            prefill = prepared.prefill_tokens[b]
-            outputs.append(
-                GenerationOutput(
-                    text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-                    new_tokens=len(tokens),
-                    visual_tokens=float(visual),
-                    uncompressed_visual_tokens=int(prepared.uncompressed[b]),
-                    prefill_tokens=prefill,
-                    timings=dict(timings),
-                    batch_size=batch,
-                    extra={
-                        "token_ids": tokens,
-                        "k": prepared.dominant[b],
-                        "prefill_flops": prefill_flops(self.model.config.text_config, prefill),
-                    },
-                )
-            )
-        return outputs
+        generated, timings = generate_on_embeds(
+            self.model, inputs_embeds=prepared.inputs_embeds, attention_mask=prepared.attention_mask,
+            max_new_tokens=max_new_tokens, num_beams=num_beams, pad_token_id=self.pad_token_id,
+            timer=prepared.timer, start=prepared.start, compress_end=prepared.compress_end,
+        )
+        return vision_stage_outputs(
+            generated, tokenizer=self.tokenizer, eos=self.eos, text_config=self.model.config.text_config,
+            visual=prepared.visual_tokens, uncompressed=prepared.uncompressed, prefill_tokens=prepared.prefill_tokens,
+            timings=timings, extras=[{"k": k} for k in prepared.dominant],
+        )
 
     def _generate_in_llm(
         self, images: Sequence[Image.Image], prompts: Sequence[str], method: CompressionMethod, max_new_tokens: int

@@ -41,19 +41,18 @@ from sparsezip.adapters.common import (
     image_seed,
     mean_question_embedding,
     method_budget,
-    prefill_flops,
     stage_timings,
     to_device,
-    trim_at_eos,
 )
 from sparsezip.adapters.grouped import RowGroup, budget_groups, compress_grouped
 from sparsezip.adapters.in_llm import in_llm_outputs, run_in_llm
 from sparsezip.adapters.placeholders import shorten_image_runs
+from sparsezip.adapters.vision_stage import generate_on_embeds, vision_stage_outputs
 from sparsezip.adapters.vision_tower import FeatureLayerTap, TowerFeatures
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.methods.base import CompressionMethod, LayerPruner
 from sparsezip.methods.none import NoCompression
-from sparsezip.profiling import FirstCallClock, StageTimer
+from sparsezip.profiling import StageTimer
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -305,40 +304,20 @@ class LlavaNextVLM(WrappedModel):
         if method.stage == "llm":
             return self._generate_in_llm(images, prompts, method, max_new_tokens)
         batch = self.prepare(images, prompts, method=method, questions=questions)
-        first_token = FirstCallClock(self.device)
-        with torch.inference_mode():
-            sequences = self.model.generate(
-                inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                logits_processor=[first_token], pad_token_id=self.pad_token_id,
-            )
-        end = batch.timer.now()
-        timings = stage_timings(batch.timer, batch.start, batch.compress_end, first_token.first_call, end)
-        text_config = self.model.config.text_config
-        # One read of the batch from the device (not one per sample).
-        per_crop_k = batch.result.k.cpu()
-        generated, prefills = sequences.tolist(), batch.attention_mask.sum(1).tolist()
-        outputs = []
-        for b in range(len(prompts)):
-            tokens = trim_at_eos(generated[b], self.eos)
-            prefill = prefills[b]
-            rows = batch.crops.image_index.cpu() == b
-            outputs.append(GenerationOutput(
-                text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-                new_tokens=len(tokens),
-                visual_tokens=float(batch.visual[b]),
-                uncompressed_visual_tokens=int(batch.uncompressed[b]),
-                prefill_tokens=prefill,
-                timings=dict(timings),
-                batch_size=len(prompts),
-                extra={
-                    "token_ids": tokens,
-                    "k": int(per_crop_k[rows].sum()),
-                    "crops": int(batch.crops.per_image[b]),
-                    "prefill_flops": prefill_flops(text_config, prefill),
-                },
-            ))
-        return outputs
+        generated, timings = generate_on_embeds(
+            self.model, inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+            max_new_tokens=max_new_tokens, num_beams=num_beams, pad_token_id=self.pad_token_id,
+            timer=batch.timer, start=batch.start, compress_end=batch.compress_end,
+        )
+        # One read of the batch's per-crop K and crop owners from the device (not one per sample).
+        per_crop_k, owner = batch.result.k.cpu(), batch.crops.image_index.cpu()
+        extras = [{"k": int(per_crop_k[owner == b].sum()), "crops": int(batch.crops.per_image[b])}
+                  for b in range(len(prompts))]
+        return vision_stage_outputs(
+            generated, tokenizer=self.tokenizer, eos=self.eos, text_config=self.model.config.text_config,
+            visual=batch.visual, uncompressed=batch.uncompressed,
+            prefill_tokens=batch.attention_mask.sum(1).tolist(), timings=timings, extras=extras,
+        )
 
     def layerwise(
         self, images: Sequence[Image.Image], prompts: Sequence[str], method: LayerPruner, max_new_tokens: int, *,

@@ -43,20 +43,19 @@ from sparsezip.adapters.common import (
     image_processor_settings,
     image_seed,
     mean_question_embedding,
-    prefill_flops,
     stage_timings,
     to_device,
-    trim_at_eos,
 )
 from sparsezip.adapters.grouped import RowGroup, compress_grouped
 from sparsezip.adapters.in_llm import in_llm_outputs, run_in_llm
 from sparsezip.adapters.qwen_sequence import expand_image_runs, keep_mask, raster_order, repack
 from sparsezip.adapters.qwen_tower import QwenFeatures, QwenTowerTap
+from sparsezip.adapters.vision_stage import generate_on_embeds, vision_stage_outputs
 from sparsezip.context import CompressionResult, VisionContext
 from sparsezip.data.prompts import IMAGE_PLACEHOLDER
 from sparsezip.methods.base import CompressionMethod, LayerPruner
 from sparsezip.methods.none import NoCompression
-from sparsezip.profiling import FirstCallClock, StageTimer
+from sparsezip.profiling import StageTimer
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -342,35 +341,17 @@ class QwenVLM(WrappedModel):
         if method.stage == "llm":
             return self._generate_in_llm(images, prompts, method, max_new_tokens)
         batch = self.prepare(images, prompts, method=method, questions=questions)
-        first_token = FirstCallClock(self.device)
-        with torch.inference_mode():
-            sequences = self.model.generate(
-                inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                do_sample=False, logits_processor=[first_token], pad_token_id=self.pad_token_id,
-            )
-        end = batch.timer.now()
-        timings = stage_timings(batch.timer, batch.start, batch.compress_end, first_token.first_call, end)
-        text_config = self.model.config.text_config
-        # One read of the batch from the device (not one per sample).
-        generated, prefills = sequences.tolist(), batch.attention_mask.sum(1).tolist()
-        dominant = batch.result.k.tolist()
-        outputs = []
-        for b in range(len(prompts)):
-            tokens = trim_at_eos(generated[b], self.eos)
-            prefill = prefills[b]
-            outputs.append(GenerationOutput(
-                text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-                new_tokens=len(tokens),
-                visual_tokens=float(batch.visual[b]),
-                uncompressed_visual_tokens=int(batch.uncompressed[b]),
-                prefill_tokens=prefill,
-                timings=dict(timings),
-                batch_size=len(prompts),
-                extra={"token_ids": tokens, "k": dominant[b],
-                       "prefill_flops": prefill_flops(text_config, prefill)},
-            ))
-        return outputs
+        generated, timings = generate_on_embeds(
+            self.model, inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids, max_new_tokens=max_new_tokens, num_beams=num_beams,
+            pad_token_id=self.pad_token_id, timer=batch.timer, start=batch.start, compress_end=batch.compress_end,
+        )
+        return vision_stage_outputs(
+            generated, tokenizer=self.tokenizer, eos=self.eos, text_config=self.model.config.text_config,
+            visual=batch.visual, uncompressed=batch.uncompressed,
+            prefill_tokens=batch.attention_mask.sum(1).tolist(), timings=timings,
+            extras=[{"k": k} for k in batch.result.k.tolist()],
+        )
 
     def layerwise(
         self, images: Sequence[Image.Image], prompts: Sequence[str], method: LayerPruner, max_new_tokens: int, *,
