@@ -49,6 +49,16 @@ def test_eval_batch_size_has_help_text() -> None:
     assert action.help and "resume with the same value" in action.help
 
 
+def test_train_tiny_help_states_the_recipes_own_step_defaults() -> None:
+    from sparsezip.embedded.recipe import TrainRecipe
+
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train-tiny"]
+    helps = {a.option_strings[0]: a.help for a in train._actions if a.option_strings}
+    assert f"the recipe's {TrainRecipe().tower_steps}," in helps["--tower-steps"]
+    assert f"the recipe's {TrainRecipe().lm_steps}," in helps["--lm-steps"]
+
+
 @pytest.mark.parametrize(("command", "committed"), [(["make-fixtures"], "fixtures/data"),
                                                     (["train-tiny"], "fixtures/tiny-llava"),
                                                     (["train-tiny", "--arch", "llava-next"], "fixtures/tiny-llava-next"),

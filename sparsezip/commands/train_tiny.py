@@ -20,11 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="without --out: overwrite the committed checkpoint of --arch (retraining it)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the training data and weights (default: 0)")
     parser.add_argument("--tower-steps", type=int, default=None,
-                        help="stage-1 (vision tower) steps (default: the recipe's 2000, as the committed tiny-llava; "
-                             "the committed LLaVA-NeXT and Qwen2.5-VL models used 1000, see their model cards)")
+                        help="stage-1 (vision tower) steps (default: the recipe's 2000, as every committed embedded "
+                             "model; see their model cards)")
     parser.add_argument("--lm-steps", type=int, default=None,
-                        help="stage-2 steps (default: the recipe's 2500, as the committed tiny-llava; the committed "
-                             "LLaVA-NeXT and Qwen2.5-VL models used 3500, see their model cards)")
+                        help="stage-2 steps (default: the recipe's 2500, as every committed embedded model)")
     parser.add_argument("--coordinate-weight", type=float, default=None,
                         help="weight of the tower's linear x / y coordinate target (0 = off; default: the recipe's, "
                              "see the model cards)")
